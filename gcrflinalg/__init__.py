@@ -1,0 +1,68 @@
+"""gcrflinalg: numerical linear algebra for Gaussian CRF (G-CRF) inference.
+
+Inference in a G-CRF is the solution of one symmetric positive-definite system
+``(A + lam I) x = b``; training needs the adjoint solve and the gradients of the pairwise
+parameters.  This package builds structured, batched operators for every precision-matrix form
+(sparse grid general/Potts, multi-resolution, low-rank general/Potts, video), solves them with the
+:mod:`solvers` package or exact direct methods, and hands gradients to any framework through DLPack.
+
+Submodules are loaded on first use, so ``import gcrflinalg`` is cheap and never compiles kernels.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    # backends
+    "get_array_module": "backend",
+    "from_dlpack": "backend",
+    "asarray": "backend",
+    "to_host": "backend",
+    "to_device": "backend",
+    "cupy_available": "backend",
+    "available_backends": "backend",
+    # operators
+    "GCRFOperator": "operator",
+    "GridGCRF": "grid",
+    "GridPottsGCRF": "grid",
+    "MultiResGCRF": "multires",
+    "LowRankGCRF": "lowrank",
+    "LowRankPottsGCRF": "lowrank",
+    "VideoGCRF": "video",
+    "solve_video_windows": "video",
+    "neighbourhood_offsets": "neighbourhoods",
+    # solve API
+    "solve": "solve",
+    "adjoint_solve": "solve",
+    # problems, mean-field
+    "problems": None,
+    "meanfield": None,
+    "interop": None,
+    # errors and results (defined in the solvers package)
+    "NotPositiveDefiniteError": "solvers",
+    "SolveResult": "solvers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'gcrflinalg' has no attribute {name!r}") from None
+    if module is None:
+        value = importlib.import_module(f"gcrflinalg.{name}")
+    elif module == "solvers":
+        value = getattr(importlib.import_module("solvers"), name)
+    else:
+        value = getattr(importlib.import_module(f"gcrflinalg.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,295 @@
+"""The base class of every G-CRF precision-matrix operator ``M = lam I + A``.
+
+Conventions (DESIGN.md section 3): a vector has shape ``vector_shape`` (``(L, H, W)`` for one image),
+flattened in C order to ``N`` entries; leading *batch axes* index independent systems with their own
+parameters.  Subclasses implement the structured product and the gradient contractions; this class
+provides shape handling, the flat view, dense/LinearOperator views and the pieces the solvers use.
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+import numpy as np
+
+from .backend import asarray, get_array_module, linear_operator_class
+from ._validation import floating_dtype
+
+__all__ = ["GCRFOperator", "DENSE_MAX_SIZE"]
+
+#: ``to_dense()`` refuses systems with more unknowns than this unless called with ``force=True``
+#: (an ``N x N`` float64 matrix of this size is 512 MiB).
+DENSE_MAX_SIZE = 8192
+
+
+class GCRFOperator(abc.ABC):
+    """Batched symmetric operator ``M = lam I + A`` of a G-CRF.
+
+    Attributes
+    ----------
+    batch_shape : tuple of int
+        Leading axes of independent systems.
+    vector_shape : tuple of int
+        Shape of one unknown vector, e.g. ``(L, H, W)``.
+    shape : (int, int)
+        ``(N, N)`` with ``N = prod(vector_shape)``: the size of one system.
+    dtype : numpy.dtype
+        float32 or float64, the parameters' dtype.
+    lam : array, shape ``batch_shape``
+        The diagonal shift, one value per system.
+    xp : module
+        ``numpy`` or ``cupy``: where the parameters live.
+
+    Subclasses implement ``_matvec`` (and may override ``_diagonal``, ``_to_dense``,
+    ``_gauss_seidel_sweep``, ``_solve``, ``check_positive_definite``) on arrays of shape
+    ``batch_shape + vector_shape``.
+    """
+
+    def __init__(self, *, xp, dtype, batch_shape, vector_shape, lam, lam_shape=()):
+        self.xp = xp
+        self.dtype = np.dtype(dtype)
+        self.batch_shape = tuple(int(s) for s in batch_shape)
+        self.vector_shape = tuple(int(s) for s in vector_shape)
+        self.lam = lam
+        self._lam_shape = tuple(lam_shape)
+        self._pd_checked = False
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def size(self) -> int:
+        """``N``, the number of unknowns of one system."""
+        return math.prod(self.vector_shape)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        batch = f", batch_shape={self.batch_shape}" if self.batch_shape else ""
+        return (f"{type(self).__name__}(vector_shape={self.vector_shape}{batch}, "
+                f"dtype={self.dtype}, backend={'numpy' if self.xp is np else 'cupy'})")
+
+    def as_vectors(self, v, name: str = "v"):
+        """View ``v`` as an array of shape ``(*extra, *batch_shape, *vector_shape)``.
+
+        ``v`` may be laid out as ``batch_shape + vector_shape`` or as the flat ``batch_shape + (N,)``,
+        optionally with further leading axes (many right-hand sides per system).  Returns
+        ``(array, flat)`` where ``flat`` says which layout the caller used.  Real non-float inputs
+        are cast to the operator's dtype; complex inputs raise ``ValueError``.
+        """
+        arr = asarray(v)
+        if get_array_module(arr) is not self.xp:
+            raise TypeError(f"{name} lives on another device than the operator's parameters")
+        floating_dtype(arr.dtype)  # rejects complex / non-numeric
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        shape = tuple(arr.shape)
+        nb, nv = len(self.batch_shape), len(self.vector_shape)
+        tail_full = self.batch_shape + self.vector_shape
+        tail_flat = self.batch_shape + (self.size,)
+        if len(shape) >= nb + nv and shape[len(shape) - nb - nv:] == tail_full:
+            return arr, False
+        if len(shape) >= nb + 1 and shape[len(shape) - nb - 1:] == tail_flat:
+            return arr.reshape(shape[: len(shape) - nb - 1] + tail_full), True
+        raise ValueError(
+            f"{name} must have shape (..., *{tail_full}) or (..., *{tail_flat}); got {shape}"
+        )
+
+    def _restore(self, out, like_flat: bool):
+        if like_flat:
+            nv = len(self.vector_shape)
+            return out.reshape(out.shape[: out.ndim - nv] + (self.size,))
+        return out
+
+    def _over_extra_axes(self, fn, *arrays):
+        """Apply ``fn`` (defined on ``batch_shape + vector_shape`` arrays) over extra leading axes."""
+        nd = len(self.batch_shape) + len(self.vector_shape)
+        extra = arrays[0].shape[: arrays[0].ndim - nd]
+        if not extra:
+            return fn(*arrays)
+        flat = [a.reshape((-1,) + a.shape[len(extra):]) for a in arrays]
+        out = [fn(*(a[i] for a in flat)) for i in range(flat[0].shape[0])]
+        return self.xp.stack(out).reshape(arrays[0].shape)
+
+    # ------------------------------------------------------------------ products
+    def matvec(self, v):
+        """``M v = lam v + A v`` for every system of the batch.
+
+        Parameters
+        ----------
+        v : array, shape ``(..., *batch_shape, *vector_shape)`` or ``(..., *batch_shape, N)``
+
+        Returns
+        -------
+        array of the same shape as ``v``
+        """
+        arr, flat = self.as_vectors(v)
+        return self._restore(self._over_extra_axes(self._matvec, arr), flat)
+
+    __matmul__ = matvec
+
+    def rmatvec(self, v):
+        """``M^T v``; ``M`` is symmetric, so this is :meth:`matvec`."""
+        return self.matvec(v)
+
+    @abc.abstractmethod
+    def _matvec(self, v):
+        """``M v`` for ``v`` of shape ``batch_shape + vector_shape``."""
+
+    def _lam_times(self, v):
+        """``lam v`` with ``lam`` broadcast over the vector axes."""
+        lam = self.lam.reshape(self.lam.shape + (1,) * len(self.vector_shape))
+        return lam * v
+
+    def diagonal(self):
+        """The diagonal of ``M``, shape ``batch_shape + (N,)``."""
+        d = self._diagonal()
+        return d.reshape(self.batch_shape + (self.size,))
+
+    def _diagonal(self):
+        # Default: lam (the pairwise terms of most forms have a zero diagonal); override otherwise.
+        return self.xp.broadcast_to(
+            self.lam.reshape(self.lam.shape + (1,) * len(self.vector_shape)),
+            self.batch_shape + self.vector_shape,
+        ).copy()
+
+    def to_dense(self, *, force: bool = False):
+        """The dense matrix ``M``, shape ``batch_shape + (N, N)``: for tests and small problems.
+
+        Refuses (``MemoryError``) when ``N > DENSE_MAX_SIZE`` unless ``force=True``.
+        """
+        if self.size > DENSE_MAX_SIZE and not force:
+            raise MemoryError(
+                f"to_dense() would form a {self.size} x {self.size} matrix per system "
+                f"(N > DENSE_MAX_SIZE = {DENSE_MAX_SIZE}); pass force=True if you mean it"
+            )
+        return self._to_dense()
+
+    def _to_dense(self):
+        # Column by column through the product: M e_j for all j at once as extra leading axes.
+        xp, n = self.xp, self.size
+        eye = xp.eye(n, dtype=self.dtype)
+        cols = xp.broadcast_to(eye.reshape((n,) + (1,) * len(self.batch_shape) + (n,)),
+                               (n,) + self.batch_shape + (n,))
+        mcols = self.matvec(xp.ascontiguousarray(cols))  # (n_col, *batch, n_row)
+        return xp.moveaxis(mcols, 0, -1)  # (*batch, n_row, n_col)
+
+    def aslinearoperator(self, index=()):
+        """A SciPy (or CuPy) ``LinearOperator`` for one system of the batch.
+
+        Parameters
+        ----------
+        index : tuple of int
+            Batch index of the system; ``()`` for an unbatched operator.
+        """
+        index = tuple(np.atleast_1d(index)) if not isinstance(index, tuple) else index
+        if len(index) != len(self.batch_shape):
+            raise ValueError(f"index must have {len(self.batch_shape)} entries for batch_shape "
+                             f"{self.batch_shape}; got {index}")
+        xp, n, bs = self.xp, self.size, self.batch_shape
+
+        def mv(v):
+            v = xp.asarray(v, dtype=self.dtype).reshape(n)
+            full = xp.zeros(bs + (n,), dtype=self.dtype)
+            full[index] = v
+            return self.matvec(full)[index]
+
+        def mm(V):
+            V = xp.asarray(V, dtype=self.dtype)
+            k = V.shape[1]
+            full = xp.zeros((k,) + bs + (n,), dtype=self.dtype)
+            full[(slice(None),) + index] = V.T
+            return self.matvec(full)[(slice(None),) + index].T
+
+        LinearOperator = linear_operator_class(xp)
+        return LinearOperator((n, n), matvec=mv, rmatvec=mv, matmat=mm, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ solver hooks
+    def gauss_seidel_sweep(self, x, b, omega: float = 1.0):
+        """One Gauss–Seidel (SOR) sweep on ``M x = b`` in the operator's own ordering.
+
+        ``x`` and ``b`` have shape ``batch_shape + (N,)`` (or the vector layout); returns the swept
+        ``x`` in the same layout.  ``x`` may be overwritten.
+        """
+        xa, flat = self.as_vectors(x, "x")
+        ba, _ = self.as_vectors(b, "b")
+        out = self._over_extra_axes(lambda xx, bb: self._gauss_seidel_sweep(xx, bb, omega), xa, ba)
+        return self._restore(out, flat)
+
+    def _gauss_seidel_sweep(self, x, b, omega):
+        raise TypeError(f"{type(self).__name__} provides no Gauss-Seidel sweep")
+
+    def block_jacobi_preconditioner(self):
+        """A callable applying the inverse of ``M``'s per-pixel ``L x L`` diagonal blocks.
+
+        Default: the point Jacobi preconditioner ``R -> R / diag(M)`` (for the forms whose pixel
+        blocks are ``lam I`` that is the same thing).  Applies to arrays of shape
+        ``(..., *batch_shape, N)``.
+        """
+        inv_diag = 1.0 / self.diagonal()
+
+        def apply(r):
+            return r * inv_diag
+
+        return apply
+
+    def check_positive_definite(self) -> None:
+        """Raise :class:`NotPositiveDefiniteError` when a positive-definiteness bound of the form is
+        violated (DESIGN.md section 6).  The base operator knows no bound: a no-op."""
+        return None
+
+    def _solve(self, b, method: str, x0, options: dict):
+        """Form-specific solve of ``M x = b`` (``b`` of shape ``batch_shape + (N,)``), or
+        ``NotImplemented`` to let :func:`gcrflinalg.solve` run the generic solver."""
+        return NotImplemented
+
+    # ------------------------------------------------------------------ gradients
+    def parameter_gradients(self, x, g) -> dict:
+        """Gradients of a loss ``L`` w.r.t. the parameters, given the solution ``x = M^{-1} b`` and
+        the adjoint ``g = M^{-1} dL/dx``: ``dL/dM = -g x^T`` contracted with the structure
+        (DESIGN.md section 5).
+
+        Parameters
+        ----------
+        x, g : array, shape ``batch_shape + vector_shape`` or ``batch_shape + (N,)``
+
+        Returns
+        -------
+        dict
+            One array per parameter, shaped like the parameter as given, and ``"lam"``
+            (``dL/dlam = -g . x``, summed over the batch when one ``lam`` is shared).
+        """
+        xa, _ = self.as_vectors(x, "x")
+        ga, _ = self.as_vectors(g, "g")
+        nd = len(self.batch_shape) + len(self.vector_shape)
+        if xa.ndim != nd or ga.ndim != nd:
+            raise ValueError("parameter_gradients takes one solution per system (no extra axes)")
+        grads = dict(self._parameter_gradients(xa, ga))
+        grads["lam"] = self._lam_gradient(xa, ga)
+        return grads
+
+    @abc.abstractmethod
+    def _parameter_gradients(self, x, g) -> dict:
+        """Gradients of the structural parameters; ``x``, ``g`` of shape batch + vector shape."""
+
+    def _lam_gradient(self, x, g):
+        xp = self.xp
+        axes = tuple(range(len(self.batch_shape), x.ndim))
+        per_system = -xp.sum(g * x, axis=axes)  # shape batch_shape
+        return _sum_to_shape(per_system, self._lam_shape, xp)
+
+
+def _sum_to_shape(arr, shape, xp):
+    """Sum a broadcast result back to ``shape`` (the adjoint of ``broadcast_to``)."""
+    shape = tuple(shape)
+    lead = arr.ndim - len(shape)
+    if lead:
+        arr = arr.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and arr.shape[i] != 1)
+    if axes:
+        arr = arr.sum(axis=axes, keepdims=True)
+    return arr.reshape(shape)
