@@ -1,0 +1,183 @@
+"""Preconditioned conjugate gradients, batched (lock-step systems with per-system steps)."""
+from __future__ import annotations
+
+import numpy as np
+
+from gcrflinalg.backend import to_host
+
+from ._errors import NotPositiveDefiniteError
+from ._operator import dots, finish, norms, prepare
+from ._preconditioners import as_preconditioner
+
+__all__ = ["cg"]
+
+#: every this many iterations the recursively updated residual is replaced by ``b - A x``
+TRUE_RESIDUAL_EVERY = 50
+
+
+def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, check_pd=True):
+    """Solve ``A x = b`` for symmetric positive definite ``A`` with (preconditioned) CG.
+
+    Textbook preconditioned conjugate gradients (Saad, *Iterative Methods for Sparse Linear
+    Systems*, Alg. 9.1), run on every system of a batch in lock-step with per-system step sizes::
+
+        r_0 = b - A x_0,  z_0 = M r_0,  p_0 = z_0
+        alpha_k = (r_k^T z_k) / (p_k^T A p_k)
+        x_{k+1} = x_k + alpha_k p_k,   r_{k+1} = r_k - alpha_k A p_k
+        z_{k+1} = M r_{k+1},  beta_k = (r_{k+1}^T z_{k+1}) / (r_k^T z_k)
+        p_{k+1} = z_{k+1} + beta_k p_k
+
+    A system stops (its ``x`` is frozen) when ``||r||_2 <= max(rtol ||b||_2, atol)``.  The
+    recursively updated ``r`` is replaced by the true residual ``b - A x`` every
+    50 iterations, and the final test uses the true residual: a system whose recursive residual
+    claims convergence but whose true residual does not is restarted from the true residual
+    (while iterations remain), so float32 results are honest.
+
+    Parameters
+    ----------
+    A : dense array ``(n, n)``, sparse matrix, LinearOperator, or object with ``shape`` and a
+        batched ``matvec`` (see :mod:`solvers`).  Must be symmetric positive definite.
+    b : array, shape ``(n,)`` or ``(*batch, n)``
+        Right-hand side(s); leading axes are independent systems.
+    x0 : array, shape ``b.shape``, optional
+        Initial guess (default zeros).  Never modified.
+    rtol, atol : float
+        Stopping rule ``||b - A x||_2 <= max(rtol ||b||_2, atol)`` per system.
+    maxiter : int, optional
+        Maximum number of iterations (default ``10 n``).
+    M : matrix, LinearOperator, batched operator or callable, optional
+        Preconditioner approximating ``A^{-1}`` (must be SPD), e.g.
+        :func:`block_jacobi_preconditioner`.
+    callback : callable, optional
+        Called as ``callback(x)`` after every iteration with the current ``(*batch, n)`` iterate.
+    check_pd : bool
+        If True (default) raise :class:`NotPositiveDefiniteError` on ``p^T A p <= 0``; if False
+        that system stops with ``info = -1``.
+
+    Returns
+    -------
+    SolveResult
+        ``residual_norms`` holds the recursively updated residual norms (true residual norms at
+        every 50th iteration and in the last row).  ``info``: 0 converged, ``> 0`` iteration limit,
+        ``-1`` breakdown (``r^T z <= 0``: preconditioner not positive definite, or ``p^T A p <= 0``
+        with ``check_pd=False``).
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When ``p^T A p <= 0`` for a system still iterating and ``check_pd`` is True.
+    ValueError
+        Invalid shapes, NaN/Inf in ``b`` or ``x0``, negative tolerances, complex input.
+    """
+    pb = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, method="cg")
+    xp, op, b, x, tol, dt = pb.xp, pb.op, pb.b, pb.x, pb.tol, pb.dtype
+    maxiter = 10 * pb.n if pb.maxiter is None else pb.maxiter
+    precond = as_preconditioner(M, xp, pb.n, dt)
+    zero = dt.type(0)
+    one = dt.type(1)
+
+    def psolve(R):
+        return R if precond is None else precond(R)
+
+    # Step 1: r_0 = b - A x_0 (no product when x_0 = 0)
+    if x0 is None:
+        r = b
+        matvecs = 0
+    else:
+        r = b - op.apply(x)
+        matvecs = 1
+    rnorm = norms(xp, r)
+    pb.history.append(rnorm)
+    broken = xp.zeros(pb.batch, dtype=bool)
+    iterations = xp.zeros(pb.batch, dtype=np.int64)
+    active = rnorm > tol
+    z = psolve(r)
+    rho = dots(xp, r, z)
+    # rho breakdown at the start: r^T M r <= 0, the preconditioner is not positive definite
+    bad_rho = active & ~(rho > 0)
+    broken |= bad_rho
+    active &= ~bad_rho
+    p = z
+    since_true = 0
+    k = 0
+    any_active = bool(xp.any(active))
+    while True:
+        if not any_active or k >= maxiter:
+            # final check on the true residual b - A x
+            r_true = b - op.apply(x)
+            matvecs += 1
+            tnorm = norms(xp, r_true)
+            claimed = ~active & ~broken
+            fail = claimed & (tnorm > tol)
+            if k < maxiter and bool(xp.any(fail)):
+                # recursive residual converged but the true one did not: restart those systems
+                r = xp.where(fail[..., None], r_true, r)
+                rnorm = xp.where(fail, tnorm, rnorm)
+                z_new = psolve(r)
+                rho = xp.where(fail, dots(xp, r, z_new), rho)
+                p = xp.where(fail[..., None], z_new, p)
+                active = active | fail
+                since_true = 0
+                any_active = True
+                continue
+            final_norm = tnorm
+            break
+
+        # Step 2: q = A p, alpha = rho / p^T A p
+        q = op.apply(p)
+        matvecs += 1
+        pAp = dots(xp, p, q)
+        bad = active & ~(pAp > 0)  # p^T A p <= 0 (or NaN): A is not positive definite
+        if not check_pd:
+            broken |= bad
+            active &= ~bad
+        alpha = xp.where(active, rho / xp.where(bad | (pAp == 0), one, pAp), zero)
+        # Step 3: x += alpha p, r -= alpha A p (alpha = 0 freezes stopped systems)
+        x = x + alpha[..., None] * p
+        r = r - alpha[..., None] * q
+        iterations = iterations + active
+        since_true += 1
+        if since_true >= TRUE_RESIDUAL_EVERY:
+            # residual replacement: r = b - A x, keeps float32 honest
+            r = xp.where(active[..., None], b - op.apply(x), r)
+            matvecs += 1
+            since_true = 0
+        rnorm = xp.where(active, norms(xp, r), rnorm)
+        pb.history.append(rnorm)
+        active = active & (rnorm > tol)
+        # Step 4: z = M r, beta = rho_new / rho, p = z + beta p
+        z = psolve(r)
+        rho_new = dots(xp, r, z)
+        bad_rho = active & ~(rho_new > 0)  # rho breakdown: preconditioner not positive definite
+        broken |= bad_rho
+        active &= ~bad_rho
+        beta = xp.where(active, rho_new / xp.where(rho == 0, one, rho), zero)
+        p = xp.where(active[..., None], z + beta[..., None] * p, p)
+        rho = xp.where(active, rho_new, rho)
+        k += 1
+        # one small device-to-host transfer per iteration: [any p^T A p <= 0, any still active]
+        flags = to_host(xp.stack([xp.any(bad), xp.any(active)]))
+        if check_pd and flags[0]:
+            _raise_not_pd(xp, bad, pAp, pb.batch, k)
+        if callback is not None:
+            callback(x)
+        any_active = bool(flags[1])
+    return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
+
+
+def _raise_not_pd(xp, bad, pAp, batch, k):
+    bad_h = np.atleast_1d(to_host(bad))
+    vals = np.atleast_1d(to_host(pAp))
+    flat = int(np.flatnonzero(bad_h.ravel())[0])
+    value = float(vals.ravel()[flat])
+    if batch == ():
+        system = None
+        where = ""
+    else:
+        system = tuple(int(i) for i in np.unravel_index(flat, batch))
+        where = f" for system {system}"
+    raise NotPositiveDefiniteError(
+        f"cg: p^T A p = {value:.6g} <= 0{where} at iteration {k}; A is not symmetric positive "
+        "definite (use gmres, or check the matrix)",
+        quantity="p^T A p", value=value, bound=0.0, system=system,
+    )
