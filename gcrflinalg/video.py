@@ -1,0 +1,861 @@
+"""The spatio-temporal (video) G-CRF (DESIGN.md section 3.6) and its windowed solve.
+
+``V`` frames share one system.  With per-frame spatial embeddings ``S_v`` (``Ds x n``), temporal
+embeddings ``T_v`` (``Dt x n``), ``n = L*H*W`` unknowns per frame and the frame coupling matrix
+``K`` (``V x V``, ``K[u, v] = 1`` when ``u != v`` and ``|u - v|`` is in the temporal neighbourhood)::
+
+    M = lam I + blockdiag_v(S_v^T S_v) + sum_{u, v} K[u, v] T_u^T T_v          (block (u, v))
+      = lam I + U^T C U,   U = blockdiag_v([S_v; T_v]),   C = I_V (x) J_S + K (x) J_T,
+
+where ``J_S = diag(I_Ds, 0)`` and ``J_T = diag(0, I_Dt)`` pick the spatial and temporal rows of a
+frame.  ``A = U^T C U`` has rank at most ``V (Ds + Dt)`` and ``C`` is indefinite, so ``M`` is
+positive definite only when ``lam`` is large enough (see :meth:`VideoGCRF.check_positive_definite`).
+
+Products never form ``N x N``: every projection ``S_v p_v``, ``T_v p_v`` is computed once per
+product and the temporal message ``c_u = sum_v K[u, v] T_v p_v`` is a ``V x V`` combination of
+them (for the fully connected neighbourhood ``c_u = sum_v T_v p_v - T_u p_u``, one cached sum).
+The direct solve factors a ``V (Ds + Dt)`` square capacitance matrix once and reuses it for the
+adjoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from .backend import asarray, get_array_module, to_host
+from .operator import GCRFOperator
+from ._validation import as_lam, as_parameter, check_finite
+
+__all__ = [
+    "VideoGCRF",
+    "solve_video_windows",
+    "VideoWindowsSolution",
+    "frame_coupling_matrix",
+    "window_starts",
+]
+
+# options of the iterative methods that the direct solve accepts and ignores
+_ITERATIVE_ONLY_OPTIONS = {"maxiter", "callback", "M", "restart", "omega"}
+
+
+# ---------------------------------------------------------------------------- neighbourhoods
+def _normalise_neighbourhood(neighbourhood):
+    """``"fc"`` or a sorted tuple of positive frame distances."""
+    if isinstance(neighbourhood, str):
+        if neighbourhood == "fc":
+            return "fc"
+        raise ValueError(f"neighbourhood must be 'fc' or a set of positive frame distances such as "
+                         f"{{1}}, {{1, 2}}, {{1, 2, 4}}; got {neighbourhood!r}")
+    if isinstance(neighbourhood, numbers.Integral):
+        neighbourhood = (neighbourhood,)
+    try:
+        distances = tuple(neighbourhood)
+    except TypeError:
+        raise TypeError(f"neighbourhood must be 'fc' or a set of positive frame distances; "
+                        f"got {neighbourhood!r}") from None
+    if not distances or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                and d >= 1 for d in distances):
+        raise ValueError(f"neighbourhood must be 'fc' or a non-empty set of positive integer frame "
+                         f"distances; got {neighbourhood!r}")
+    return tuple(sorted({int(d) for d in distances}))
+
+
+def frame_coupling_matrix(neighbourhood, n_frames: int) -> np.ndarray:
+    """The frame coupling matrix ``K`` of a temporal neighbourhood.
+
+    ``K[u, v] = 1`` if ``u != v`` and ``|u - v|`` is one of the neighbourhood's frame distances
+    (every distance for ``"fc"``), else 0.
+
+    Parameters
+    ----------
+    neighbourhood : "fc" or iterable of int
+        ``"fc"`` (all frame pairs) or positive frame distances, e.g. ``{1}``, ``{1, 2}``,
+        ``{1, 2, 4}``.
+    n_frames : int
+        ``V``.
+
+    Returns
+    -------
+    numpy.ndarray, shape ``(V, V)``, float64, symmetric with a zero diagonal.
+    """
+    nb = _normalise_neighbourhood(neighbourhood)
+    gap = np.abs(np.subtract.outer(np.arange(n_frames), np.arange(n_frames)))
+    if nb == "fc":
+        return (gap > 0).astype(np.float64)
+    return np.isin(gap, nb).astype(np.float64)
+
+
+@numba.njit(cache=True)
+def _gauss_seidel_video(s_rows, t_rows, diag, coupling, lam, x, b, omega):  # pragma: no cover - compiled
+    """One SOR sweep on the video system for each system of the batch, in place on ``x``.
+
+    Parameters
+    ----------
+    s_rows : (B, V, n, Ds)  ``S_v^T``: row ``i`` holds ``S_v[:, i]``
+    t_rows : (B, V, n, Dt)  ``T_v^T``
+    diag : (B, V, n)        ``lam + |S_v[:, i]|^2``
+    coupling : (V, V)       ``K``
+    lam : (B,)
+    x, b : (B, V, n)
+
+    Unknowns are visited frame by frame in the natural order.  Row ``(u, i)``:
+    ``(M x)_{u,i} = lam x_{u,i} + S_u[:, i] . s_u + T_u[:, i] . c_u`` with ``s_u = S_u x_u`` kept
+    current and ``c_u = sum_v K[u, v] T_v x_v``, which does not change while frame ``u`` is swept
+    (``K[u, u] = 0``); ``t_u = T_u x_u`` is kept current for the frames after ``u``.
+    """
+    nb, n_frames, n, ds = s_rows.shape
+    dt = t_rows.shape[3]
+    s = np.zeros(ds, dtype=s_rows.dtype)
+    t = np.zeros((n_frames, dt), dtype=t_rows.dtype)
+    c = np.zeros(dt, dtype=t_rows.dtype)
+    for bi in range(nb):
+        t[:, :] = 0.0
+        for v in range(n_frames):
+            for i in range(n):
+                xi = x[bi, v, i]
+                for k in range(dt):
+                    t[v, k] += t_rows[bi, v, i, k] * xi
+        for u in range(n_frames):
+            s[:] = 0.0
+            for i in range(n):
+                xi = x[bi, u, i]
+                for k in range(ds):
+                    s[k] += s_rows[bi, u, i, k] * xi
+            c[:] = 0.0
+            for v in range(n_frames):
+                if coupling[u, v] != 0.0:
+                    for k in range(dt):
+                        c[k] += coupling[u, v] * t[v, k]
+            for i in range(n):
+                acc = lam[bi] * x[bi, u, i]
+                for k in range(ds):
+                    acc += s_rows[bi, u, i, k] * s[k]
+                for k in range(dt):
+                    acc += t_rows[bi, u, i, k] * c[k]
+                step = omega * (b[bi, u, i] - acc) / diag[bi, u, i]
+                x[bi, u, i] += step
+                for k in range(ds):
+                    s[k] += s_rows[bi, u, i, k] * step
+                for k in range(dt):
+                    t[u, k] += t_rows[bi, u, i, k] * step
+    return x
+
+
+# ---------------------------------------------------------------------------- the operator
+class VideoGCRF(GCRFOperator):
+    """Spatio-temporal G-CRF ``M = lam I + blockdiag_v(S_v^T S_v) + sum K[u,v] T_u^T T_v``.
+
+    Parameters
+    ----------
+    spatial : array, shape ``(..., V, Ds, L, H, W)``
+        Spatial embeddings ``S``: frame ``v`` couples its own pixels through ``S_v^T S_v``.
+    temporal : array, shape ``(..., V, Dt, L, H, W)``
+        Temporal embeddings ``T``: frames ``u != v`` at a distance in the neighbourhood are coupled
+        through the block ``T_u^T T_v``.  Same batch axes as ``spatial``.
+    lam : float or array of shape ``batch_shape``
+        The diagonal shift, ``> 0``.
+    neighbourhood : "fc" or iterable of int
+        ``"fc"`` couples every pair of frames; a set of frame distances couples only the frames at
+        those distances (``{1}``, ``{1, 2}`` and the multiscale ``{1, 2, 4}`` are common).
+    product : {"cached", "pairwise"}
+        ``"cached"`` (default) computes each projection ``T_v p_v`` once per product and combines
+        them over the coupled frames; ``"pairwise"`` applies every coupled block ``T_u^T T_v``
+        separately (``V (V - 1)`` projections for ``"fc"``), for comparison.
+
+    Notes
+    -----
+    The vector shape is ``(V, L, H, W)`` (frame-major, then label-major as in every form).  The
+    product costs ``O(V (Ds + Dt) n)`` with ``n = L*H*W``; ``N x N`` is never formed.
+
+    ``M`` is **not** positive definite for every ``lam > 0``: the temporal blocks are off-diagonal
+    and can make it indefinite.  :meth:`check_positive_definite` decides it exactly; a cheap
+    sufficient condition is ``lam > -lambda_min(K) max_v ||T_v||_2^2`` (see
+    :meth:`sufficient_lam`).
+    """
+
+    def __init__(self, spatial, temporal, lam, neighbourhood="fc", *, product: str = "cached"):
+        S = as_parameter(spatial, "spatial", min_ndim=5)
+        xp = get_array_module(S)
+        T = as_parameter(temporal, "temporal", min_ndim=5, xp=xp)
+        dtype = np.result_type(S.dtype, T.dtype)
+        S, T = S.astype(dtype, copy=False), T.astype(dtype, copy=False)
+        batch_shape = tuple(S.shape[:-5])
+        n_frames, ds, n_labels, height, width = S.shape[-5:]
+        if tuple(T.shape[:-5]) != batch_shape or T.shape[-5] != n_frames or T.shape[-3:] != S.shape[-3:]:
+            raise ValueError(
+                f"temporal must have shape (*batch, V, Dt, L, H, W) with the batch, V, L, H, W of "
+                f"spatial {tuple(S.shape)} = (*batch, V, Ds, L, H, W); got {tuple(T.shape)}")
+        if n_frames < 1 or n_labels < 1 or height < 1 or width < 1:
+            raise ValueError(f"spatial must have at least one frame, label and pixel; got shape "
+                             f"{tuple(S.shape)}")
+        if product not in ("cached", "pairwise"):
+            raise ValueError(f"product must be 'cached' or 'pairwise'; got {product!r}")
+        lam_full, lam_shape = as_lam(lam, batch_shape, dtype, xp)
+        super().__init__(xp=xp, dtype=dtype, batch_shape=batch_shape,
+                         vector_shape=(n_frames, n_labels, height, width), lam=lam_full,
+                         lam_shape=lam_shape)
+        self.spatial = S
+        self.temporal = T
+        self.neighbourhood = _normalise_neighbourhood(neighbourhood)
+        self.product = product
+        self.n_frames = int(n_frames)
+        self.frame_size = int(n_labels * height * width)
+        self.spatial_dim = int(ds)
+        self.temporal_dim = int(T.shape[-4])
+        self.coupling = frame_coupling_matrix(self.neighbourhood, self.n_frames)
+        self._coupling_xp = xp.asarray(self.coupling, dtype=dtype)
+        self._pairs = [tuple(map(int, uv)) for uv in np.argwhere(self.coupling > 0)]
+        # (*batch, V, D, n) views of the embeddings (copies only if the input was not contiguous)
+        self._S = S.reshape(batch_shape + (n_frames, ds, self.frame_size))
+        self._T = T.reshape(batch_shape + (n_frames, self.temporal_dim, self.frame_size))
+        self._capacitance_matrices_cache = None
+        self._capacitance_cache = None
+        self._spatial_sq_cache = None
+        self._sweep_rows = None
+
+    @property
+    def coupled(self) -> bool:
+        """True when some pair of frames is coupled (``K != 0``)."""
+        return bool(self._pairs)
+
+    # ------------------------------------------------------------------ products
+    def _project(self, E, p):
+        """``E_v p_v`` per frame: ``E`` ``(*batch, V, D, n)``, ``p`` ``(..., *batch, V, n)`` ->
+        ``(..., *batch, V, D)``."""
+        if self.xp is not np:
+            return self.xp.einsum("...vdn,...vn->...vd", E, p)
+        # one BLAS product per frame (GEMV, or GEMM over extra right-hand sides); measured
+        # 2x faster than a stacked einsum or matmul on the CPU
+        E2, p2, out = self._per_frame(E, p, E.shape[-2])
+        for i in range(E2.shape[0]):
+            np.matmul(p2[:, i, :], E2[i].T, out=out[:, i, :])
+        return out.reshape(p.shape[:-1] + (E.shape[-2],))
+
+    def _back_project(self, E, y):
+        """``E_v^T y_v`` per frame: ``y`` ``(..., *batch, V, D)`` -> ``(..., *batch, V, n)``."""
+        if self.xp is not np:
+            return self.xp.einsum("...vdn,...vd->...vn", E, y)
+        E2, y2, out = self._per_frame(E, y, E.shape[-1])
+        for i in range(E2.shape[0]):
+            np.matmul(y2[:, i, :], E2[i], out=out[:, i, :])
+        return out.reshape(y.shape[:-1] + (E.shape[-1],))
+
+    def _per_frame(self, E, v, out_len):
+        """``E`` as ``(items, D, n)`` and ``v`` as ``(extra, items, len)`` with ``items`` the batch
+        systems times frames, and an output buffer ``(extra, items, out_len)``."""
+        items = int(np.prod(E.shape[:-2]))
+        E2 = E.reshape((items,) + E.shape[-2:])
+        v = np.broadcast_to(v, v.shape[: v.ndim - E.ndim + 1] + E.shape[:-2] + v.shape[-1:])
+        v2 = np.ascontiguousarray(v, dtype=E.dtype).reshape((-1, items, v.shape[-1]))
+        out = np.empty((v2.shape[0], items, out_len), dtype=E.dtype)
+        return E2, v2, out
+
+    def _temporal_message(self, t):
+        """``c_u = sum_v K[u, v] t_v`` for ``t`` of shape ``(..., V, Dt)``.
+
+        Fully connected: ``c_u = (sum_v t_v) - t_u`` (the cached sum); otherwise the ``V x V``
+        combination over the coupled pairs only.
+        """
+        if self.neighbourhood == "fc":
+            return t.sum(axis=-2, keepdims=True) - t
+        return self._coupling_xp @ t
+
+    def _matvec(self, p):
+        # q_u = S_u^T S_u p_u + lam p_u + T_u^T c_u,  c_u = sum_v K[u, v] T_v p_v
+        lead = p.shape[: p.ndim - 3]
+        pf = p.reshape(lead + (self.frame_size,))
+        q = self._back_project(self._S, self._project(self._S, pf))
+        if self.coupled:
+            if self.product == "cached":
+                c = self._temporal_message(self._project(self._T, pf))
+                q = q + self._back_project(self._T, c)
+            else:
+                q = q + self._pairwise_temporal_product(pf)
+        return q.reshape(p.shape) + self._lam_times(p)
+
+    def _pairwise_temporal_product(self, pf):
+        """``sum_v K[u, v] T_u^T (T_v p_v)`` one coupled block at a time (no shared projection)."""
+        xp = self.xp
+        q = xp.zeros_like(pf)
+        for u, v in self._pairs:
+            T_u, T_v = self._T[..., u:u + 1, :, :], self._T[..., v:v + 1, :, :]
+            t_v = self._project(T_v, pf[..., v:v + 1, :])
+            q[..., u:u + 1, :] += self._back_project(T_u, t_v)
+        return q
+
+    def _diagonal(self):
+        # diag(M) = lam + sum_d S[v, d, n]^2 (the temporal blocks lie off the frame diagonal)
+        if self._spatial_sq_cache is None:
+            self._spatial_sq_cache = (self._S * self._S).sum(axis=-2)
+        diag = self._spatial_sq_cache + self.lam.reshape(self.lam.shape + (1, 1))
+        return diag.reshape(self.batch_shape + self.vector_shape)
+
+    def _to_dense(self):
+        xp, V, n = self.xp, self.n_frames, self.frame_size
+        spatial = xp.einsum("...vdm,...vdn->...vmn", self._S, self._S)
+        dense = xp.einsum("...udm,...vdn->...umvn", self._T, self._T)
+        dense = dense * self._coupling_xp[:, None, :, None]
+        idx = xp.arange(V)
+        dense[..., idx, :, idx, :] += xp.moveaxis(spatial, -3, 0)
+        dense = dense.reshape(self.batch_shape + (V * n, V * n))
+        eye = xp.eye(V * n, dtype=self.dtype)
+        return dense + self.lam.reshape(self.lam.shape + (1, 1)) * eye
+
+    def block_jacobi_preconditioner(self):
+        """A callable applying the inverse of ``M``'s per-pixel ``L x L`` diagonal blocks.
+
+        The block of frame ``v`` at pixel ``p`` is ``lam I + S_v[:, :, p]^T S_v[:, :, p]`` (the
+        temporal blocks never touch it).  Applies to arrays of shape ``(..., *batch_shape, N)``.
+        """
+        xp = self.xp
+        V, L, H, W = self.vector_shape
+        P = H * W
+        S = self._S.reshape(self.batch_shape + (V, self.spatial_dim, L, P))
+        blocks = xp.einsum("...vdlp,...vdmp->...vplm", S, S)
+        lam = self.lam.reshape(self.lam.shape + (1, 1, 1, 1))
+        inv_blocks = xp.linalg.inv(blocks + lam * xp.eye(L, dtype=self.dtype))
+
+        def apply(r):
+            rr = r.reshape(r.shape[:-1] + (V, L, P))
+            out = xp.einsum("...vplm,...vmp->...vlp", inv_blocks, rr)
+            return out.reshape(r.shape)
+
+        return apply
+
+    def _gauss_seidel_sweep(self, x, b, omega):
+        # Natural-order SOR sweep on the CPU (a compiled O(V (Ds + Dt) n) loop); device arrays are
+        # copied to the host and back.
+        nb = int(np.prod(self.batch_shape))
+        V, n = self.n_frames, self.frame_size
+        if self._sweep_rows is None:
+            def rows(E):
+                return np.ascontiguousarray(to_host(self.xp.swapaxes(E, -1, -2))).reshape(
+                    (nb, V, n, E.shape[-2]))
+            T = self._T if self.coupled else self._T[..., :0, :]
+            diag = np.ascontiguousarray(to_host(self._diagonal())).reshape(nb, V, n)
+            self._sweep_rows = (rows(self._S), rows(T), diag,
+                                np.ascontiguousarray(self.coupling, dtype=self.dtype))
+        s_rows, t_rows, diag, coupling = self._sweep_rows
+        xh = np.array(to_host(x), dtype=self.dtype, order="C").reshape(nb, V, n)
+        bh = np.ascontiguousarray(to_host(b), dtype=self.dtype).reshape(nb, V, n)
+        lam = np.ascontiguousarray(to_host(self.lam), dtype=self.dtype).reshape(nb)
+        _gauss_seidel_video(s_rows, t_rows, diag, coupling, lam, xh, bh, self.dtype.type(omega))
+        xh = xh.reshape(x.shape)
+        return xh if self.xp is np else self.xp.asarray(xh)
+
+    # ------------------------------------------------------------------ gradients
+    def _parameter_gradients(self, x, g):
+        # dL/dS_v = -(S_v g_v) x_v^T - (S_v x_v) g_v^T
+        # dL/dT_w = -(sum_v K[w, v] T_v x_v) g_w^T - (sum_v K[w, v] T_v g_v) x_w^T
+        xp = self.xp
+        lead = x.shape[: x.ndim - 3]
+        xf = x.reshape(lead + (self.frame_size,))
+        gf = g.reshape(lead + (self.frame_size,))
+        Sx, Sg = self._project(self._S, xf), self._project(self._S, gf)
+        dS = -(Sg[..., :, None] * xf[..., None, :] + Sx[..., :, None] * gf[..., None, :])
+        if self.coupled:
+            cx = self._temporal_message(self._project(self._T, xf))
+            cg = self._temporal_message(self._project(self._T, gf))
+            dT = -(cx[..., :, None] * gf[..., None, :] + cg[..., :, None] * xf[..., None, :])
+        else:
+            dT = xp.zeros_like(self._T)
+        return {"spatial": dS.reshape(self.spatial.shape),
+                "temporal": dT.reshape(self.temporal.shape)}
+
+    # ------------------------------------------------------------------ positive definiteness
+    def sufficient_lam(self):
+        """A cheap ``lam`` above which ``M`` is certainly positive definite, per system.
+
+        Sufficient condition.  Write ``M = lam I + blockdiag_v(S_v^T S_v) + A_T`` with the temporal
+        part ``p^T A_T p = sum_{u,v} K[u, v] t_u . t_v``, ``t_v = T_v p_v``.  The spatial part is
+        positive semi-definite and ``sum_{u,v} K[u, v] t_u . t_v >= lambda_min(K) sum_v |t_v|^2
+        >= lambda_min(K) max_v ||T_v||_2^2 |p|^2``, hence
+
+            lam > -lambda_min(K) max_v ||T_v||_2^2   implies   M positive definite.
+
+        ``-lambda_min(K) = 1`` for ``"fc"`` with ``V >= 2`` and is at most the largest number of
+        frames coupled to one frame (Gershgorin) for the sparse neighbourhoods.  The value returned
+        uses the Frobenius norm ``||T_v||_F >= ||T_v||_2``: ``O(V Dt n)`` to compute, never below
+        the exact threshold of :meth:`positive_definite_threshold`.
+
+        Returns
+        -------
+        array, shape ``batch_shape`` (host NumPy, float64)
+        """
+        if not self.coupled:
+            return np.zeros(self.batch_shape)
+        kappa = max(0.0, -float(np.linalg.eigvalsh(self.coupling)[0]))
+        # ||T_v||_F^2 accumulated in float64, one frame at a time (no float64 copy of T)
+        fro2 = np.max([to_host((self._T[..., v, :, :].astype(np.float64) ** 2).sum(axis=(-2, -1)))
+                       for v in range(self.n_frames)], axis=0)
+        return kappa * fro2
+
+    def positive_definite_threshold(self):
+        """The exact threshold: ``M`` is positive definite iff ``lam > threshold``, per system.
+
+        ``threshold = max(0, -lambda_min(U^T C U))``, the most negative eigenvalue of the pairwise
+        term, computed from the capacitance matrix ``B = R^T C R`` (``G_v = R_v R_v^T``, the
+        per-frame Gram matrices of ``[S_v; T_v]``), whose nonzero eigenvalues are those of
+        ``U^T C U``.  Costs ``O(V (Ds + Dt)^2 n + (V (Ds + Dt))^3)``.
+
+        Returns
+        -------
+        array, shape ``batch_shape`` (host NumPy, float64)
+        """
+        B = self._capacitance_matrices()["B"]
+        theta_min = to_host(self.xp.linalg.eigvalsh(B)[..., 0])
+        return np.maximum(0.0, -theta_min)
+
+    def check_positive_definite(self) -> None:
+        """Raise :class:`NotPositiveDefiniteError` unless ``M`` is positive definite.
+
+        First the sufficient bound of :meth:`sufficient_lam`; where it does not certify a system,
+        the exact test: ``M`` is positive definite iff the Cholesky factorisation of the
+        capacitance matrix ``lam I + B`` exists (``B`` as in :meth:`positive_definite_threshold`).
+        The error names ``lam``, the threshold ``-lambda_min(U^T C U)`` it must exceed and the
+        smallest eigenvalue of ``M``.
+        """
+        if not self.coupled:
+            return None  # M = lam I + PSD
+        lam = to_host(self.lam).astype(np.float64)
+        if bool(np.all(lam > self.sufficient_lam())):
+            return None
+        self._capacitance()  # raises when the factorisation fails
+        return None
+
+    # ------------------------------------------------------------------ capacitance / direct solve
+    def _capacitance_matrices(self):
+        """The capacitance matrix ``B = R^T C R`` and ``C R`` (cached), float64.
+
+        With ``E_v = [S_v; T_v]`` (``D x n``, ``D = Ds + Dt``; ``D = Ds`` when no frames are
+        coupled), ``G_v = E_v E_v^T = Q_v Lambda_v Q_v^T`` and ``R_v = Q_v Lambda_v^{1/2}``,
+        ``U = R Y`` with ``Y`` of orthonormal rows, hence ``M = lam I + Y^T B Y``: the nonzero
+        eigenvalues of ``U^T C U`` are those of ``B`` (order ``V D``).  Costs
+        ``O(V D^2 n + V^2 D^3)``.
+        """
+        if self._capacitance_matrices_cache is not None:
+            return self._capacitance_matrices_cache
+        xp, V, Ds = self.xp, self.n_frames, self.spatial_dim
+        S = self._S
+        if self.coupled:
+            T = self._T
+            Dt = self.temporal_dim
+            St = xp.swapaxes(S, -1, -2)
+            Tt = xp.swapaxes(T, -1, -2)
+            G = xp.concatenate([
+                xp.concatenate([S @ St, S @ Tt], axis=-1),
+                xp.concatenate([T @ St, T @ Tt], axis=-1),
+            ], axis=-2)
+        else:
+            Dt = 0
+            G = S @ xp.swapaxes(S, -1, -2)
+        D = Ds + Dt
+        G = G.astype(np.float64)
+        G = 0.5 * (G + xp.swapaxes(G, -1, -2))
+        evals, Q = xp.linalg.eigh(G)
+        R = Q * xp.sqrt(xp.clip(evals, 0.0, None))[..., None, :]  # G_v = R_v R_v^T
+        Rs, Rt = R[..., :Ds, :], R[..., Ds:, :]
+        K = xp.asarray(self.coupling)
+        idx = xp.arange(V)
+        # B = R^T C R, block (u, v) = delta_uv Rs_u^T Rs_u + K[u, v] Rt_u^T Rt_v  (Rs/Rt: the
+        # spatial/temporal rows of R_v).  Shape (*batch, V, D, V, D).
+        B = xp.zeros(self.batch_shape + (V, D, V, D), dtype=np.float64)
+        B[..., idx, :, idx, :] = xp.moveaxis(xp.swapaxes(Rs, -1, -2) @ Rs, -3, 0)
+        B = B.reshape(self.batch_shape + (V * D, V * D))
+        if Dt:
+            # all temporal blocks Rt_u^T Rt_v in one GEMM, then masked by K
+            Rt_all = xp.moveaxis(Rt, -3, -2).reshape(self.batch_shape + (Dt, V * D))
+            mask = xp.repeat(xp.repeat(K, D, axis=0), D, axis=1)
+            B += mask * (xp.swapaxes(Rt_all, -1, -2) @ Rt_all)
+        # C R: rows (u, spatial) of column block v hold delta_uv Rs_v; rows (u, temporal) hold
+        # K[u, v] Rt_v.
+        CR = xp.zeros(self.batch_shape + (V, D, V, D), dtype=np.float64)
+        CR[..., idx, :Ds, idx, :] = xp.moveaxis(Rs, -3, 0)
+        if Dt:
+            CR[..., :, Ds:, :, :] = K[:, None, :, None] * xp.moveaxis(Rt, -3, -2)[..., None, :, :, :]
+        CR = CR.reshape(self.batch_shape + (V * D, V * D))
+        B = 0.5 * (B + xp.swapaxes(B, -1, -2))
+        self._capacitance_matrices_cache = {"B": B, "CR": CR, "D": D, "Dt": Dt}
+        return self._capacitance_matrices_cache
+
+    def _capacitance(self):
+        """Factor ``lam I + B = L L^T`` once (cached): the exact positive-definiteness test.
+
+        ``M``'s eigenvalues are ``lam`` and ``lam + eig(B)`` (see :meth:`_capacitance_matrices`),
+        so with ``lam > 0`` ``M`` is positive definite iff the Cholesky factor exists.  On failure
+        the smallest eigenvalue of ``B`` is computed for the error message.
+
+        Returns
+        -------
+        dict with ``B``, ``CR`` (``(*batch, VD, VD)``, float64), ``chol`` (the lower factor),
+        ``D`` and ``Dt``.
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            ``lam <= -lambda_min(B)`` for some system of the batch.
+        """
+        if self._capacitance_cache is not None:
+            return self._capacitance_cache
+        from solvers._errors import NotPositiveDefiniteError
+        xp = self.xp
+        mats = self._capacitance_matrices()
+        B = mats["B"]
+        n_rank = B.shape[-1]
+        lam = self.lam.astype(np.float64)[..., None, None]
+        shifted = B + lam * xp.eye(n_rank, dtype=np.float64)
+        try:
+            chol = xp.linalg.cholesky(shifted)
+            failed = not bool(xp.isfinite(chol).all())  # CuPy may return NaN instead of raising
+        except np.linalg.LinAlgError:
+            chol, failed = None, True
+        if failed:
+            theta = to_host(xp.linalg.eigvalsh(B)[..., 0])
+            lam_h = to_host(self.lam).astype(np.float64)
+            bad = np.argwhere(np.broadcast_to(lam_h + theta <= 0, self.batch_shape))
+            if bad.size == 0:  # rounding at the boundary: treat as (numerically) singular
+                bad = np.argwhere(np.broadcast_to(lam_h + theta <= lam_h * 1e-12, self.batch_shape))
+            system = tuple(int(i) for i in bad[0]) if bad.size else ()
+            lam_s = float(np.broadcast_to(lam_h, self.batch_shape)[system])
+            bound = float(-np.broadcast_to(theta, self.batch_shape)[system])
+            where = f" (system {system} of the batch)" if system else ""
+            raise NotPositiveDefiniteError(
+                f"VideoGCRF is not positive definite{where}: lam = {lam_s:.6g} must exceed "
+                f"-lambda_min(pairwise term) = {bound:.6g}; the smallest eigenvalue of M is "
+                f"{lam_s - bound:.6g}.  Increase lam or shrink the temporal embeddings "
+                f"(lam > -lambda_min(K) max_v ||T_v||_2^2 is sufficient).",
+                quantity="lam", value=lam_s, bound=bound, system=system or None)
+        self._capacitance_cache = dict(mats, chol=chol)
+        return self._capacitance_cache
+
+    def _solve_capacitance(self, rhs):
+        """``(lam I + B)^{-1} rhs`` with the cached Cholesky factor; ``rhs`` ``(..., *batch, VD)``."""
+        xp = self.xp
+        chol = self._capacitance()["chol"]
+        shape = rhs.shape
+        # move extra right-hand sides into columns: (*batch, VD, n_rhs)
+        extra = rhs.ndim - 1 - len(self.batch_shape)
+        cols = xp.moveaxis(rhs.reshape((-1,) + rhs.shape[extra:]), 0, -1)
+        if xp is np:
+            from scipy.linalg import solve_triangular
+            y = solve_triangular(chol, cols, lower=True, check_finite=False)
+            y = solve_triangular(chol, y, lower=True, trans="T", check_finite=False)
+        else:
+            y = xp.linalg.solve(chol, cols)
+            y = xp.linalg.solve(xp.swapaxes(chol, -1, -2), y)
+        return xp.moveaxis(y, -1, 0).reshape(shape)
+
+    def _embed(self, pf):
+        """``U p``: per frame ``[S_v p_v; T_v p_v]``, shape ``(..., *batch, V, D)``."""
+        y = self._project(self._S, pf)
+        if self._capacitance()["Dt"]:
+            y = self.xp.concatenate([y, self._project(self._T, pf)], axis=-1)
+        return y
+
+    def _apply_core(self, y):
+        """``C y`` for ``y`` of shape ``(..., V, D)``: temporal rows become ``sum_v K[u, v] y_v``."""
+        Ds = self.spatial_dim
+        if y.shape[-1] == Ds:
+            return y
+        return self.xp.concatenate([y[..., :Ds], self._temporal_message(y[..., Ds:])], axis=-1)
+
+    def _embed_adjoint(self, z):
+        """``U^T z`` for ``z`` of shape ``(..., *batch, V, D)``, shape ``(..., *batch, V, n)``."""
+        Ds = self.spatial_dim
+        out = self._back_project(self._S, z[..., :Ds])
+        if z.shape[-1] > Ds:
+            out = out + self._back_project(self._T, z[..., Ds:])
+        return out
+
+    def solve_direct(self, b):
+        """Exact solve ``x = M^{-1} b`` (see :meth:`_solve_direct_flat`); ``b`` of shape
+        ``(..., *batch_shape, *vector_shape)`` or ``(..., *batch_shape, N)``, ``x`` of that shape.
+
+        Raises :class:`NotPositiveDefiniteError` when ``M`` is not positive definite.
+        """
+        arr, flat = self.as_vectors(b, "b")
+        check_finite(arr, "b")
+        nv = len(self.vector_shape)
+        x = self._solve_direct_flat(arr.reshape(arr.shape[: arr.ndim - nv] + (self.size,)))
+        return self._restore(x.reshape(arr.shape), flat)
+
+    def _solve_direct_flat(self, b):
+        """Exact solve of ``M x = b`` through the capacitance matrix (factored once, cached).
+
+        ``M^{-1} = I / lam - U^T H U / lam^2`` with ``H = C - (C R)(lam I + B)^{-1}(C R)^T``:
+        with ``M = lam I + Y^T B Y`` (``U = R Y``, ``Y`` orthonormal rows),
+        ``M^{-1} = I / lam + Y^T [(lam + B)^{-1} - I / lam] Y`` and
+        ``(lam + B)^{-1} - I / lam = -(B - B (lam + B)^{-1} B) / lam^2``; ``Y^T B Y = U^T C U`` and
+        ``Y^T B (lam + B)^{-1} B Y = U^T C R (lam + B)^{-1} R^T C U``.  No inverse of the Gram
+        matrices is needed, so rank-deficient embeddings are fine.
+
+        Parameters
+        ----------
+        b : array, shape ``(..., *batch_shape, N)``
+
+        Returns
+        -------
+        array, shape of ``b``
+        """
+        xp = self.xp
+        cap = self._capacitance()
+        lead = b.shape[:-1]
+        bf = b.reshape(lead + (self.n_frames, self.frame_size))
+        y = self._embed(bf)                       # U b, (..., V, D)
+        yflat = y.reshape(lead + (-1,)).astype(np.float64)
+        CRt_y = (xp.swapaxes(cap["CR"], -1, -2) @ yflat[..., None])[..., 0]
+        corr = (cap["CR"] @ self._solve_capacitance(CRt_y)[..., None])[..., 0]
+        w = self._apply_core(y).astype(np.float64) - corr.reshape(y.shape)
+        lam = self.lam.reshape(self.lam.shape + (1, 1))
+        x = (bf - self._embed_adjoint(w.astype(self.dtype)) / lam) / lam
+        return xp.ascontiguousarray(x.reshape(b.shape))
+
+    def _prefer_direct(self, n_rhs: int) -> bool:
+        """The ``"auto"`` cost model of the low-rank forms applied to the capacitance solve."""
+        from .lowrank import direct_is_cheaper
+
+        V, n = self.n_frames, self.frame_size
+        D = self.spatial_dim + (self.temporal_dim if self.coupled else 0)
+        factor_flops = 2.0 * V * D * D * n + 9.0 * V * D ** 3 + 2.0 * (V * D) ** 3
+        return direct_is_cheaper(factor_flops=factor_flops, matvec_flops=4.0 * V * D * n,
+                                 max_cg_iterations=V * D + 1, n_rhs=n_rhs,
+                                 factored=self._capacitance_cache is not None)
+
+    def factorize(self):
+        """Compute (once) and return the cached capacitance factorisation used by ``"direct"``.
+
+        Raises :class:`NotPositiveDefiniteError` when ``M`` is not positive definite.
+        """
+        return self._capacitance()
+
+    def _solve(self, b, method, x0, options):
+        """``"direct"``: the exact capacitance solve (``x0`` ignored; ``rtol``/``atol`` only set the
+        ``converged`` flag; ``refine=k`` adds ``k`` steps of iterative refinement).  ``"auto"``:
+        direct when the cost model of the low-rank forms expects it to beat CG (always once the
+        factor is cached).
+        Every other method runs the generic iterative solver on this operator."""
+        if method == "auto":
+            n_rhs = int(np.prod(b.shape[: b.ndim - len(self.batch_shape) - 1]))
+            if not self._prefer_direct(n_rhs):
+                return NotImplemented
+            method = "direct"
+        if method != "direct":
+            return NotImplemented
+        from solvers._result import SolveResult
+        from .backend import synchronize
+
+        unknown = set(options) - {"rtol", "atol", "refine"} - _ITERATIVE_ONLY_OPTIONS
+        if unknown:
+            raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
+        rtol, atol = float(options.get("rtol", 1e-5)), float(options.get("atol", 0.0))
+        refine = int(options.get("refine", 0))
+        xp = self.xp
+        t0 = time.perf_counter()
+        x = self._solve_direct_flat(b)  # factors (once); raises when M is not positive definite
+        residual = b - self.matvec(x)
+        for _ in range(refine):  # iterative refinement: x += M^{-1} (b - M x)
+            x = x + self._solve_direct_flat(residual)
+            residual = b - self.matvec(x)
+        r_norm = to_host(xp.linalg.norm(residual.astype(np.float64), axis=-1))
+        b_norm = to_host(xp.linalg.norm(b.astype(np.float64), axis=-1))
+        synchronize(xp)
+        elapsed = time.perf_counter() - t0
+        converged = r_norm <= np.maximum(rtol * b_norm, atol)
+        info = np.where(converged, 0, 1)  # 1: the residual is above the tolerance
+        scalar = r_norm.ndim == 0
+        return SolveResult(
+            x=x,
+            info=int(info) if scalar else info,
+            converged=bool(converged) if scalar else converged,
+            iterations=1 if scalar else np.ones(r_norm.shape, dtype=int),
+            residual_norms=np.stack([b_norm, r_norm]).astype(np.float64),
+            matvecs=1 + refine,
+            time_s=elapsed,
+            method="direct",
+            b_norm=float(b_norm) if scalar else b_norm,
+        )
+
+
+# ---------------------------------------------------------------------------- windowed solve
+def window_starts(n_frames: int, window: int, stride: int) -> list[int]:
+    """First frames of the windows ``[s, s + window)`` covering ``n_frames`` frames.
+
+    Windows start every ``stride`` frames; a last window ending at the last frame is added when
+    the stride does not land there.
+    """
+    starts = list(range(0, n_frames - window + 1, stride))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    return starts
+
+
+@dataclasses.dataclass(repr=False)
+class VideoWindowsSolution:
+    """The result of :func:`solve_video_windows`, with the backward pass of the averaging.
+
+    Attributes
+    ----------
+    x : array, shape ``(*batch, F, L, H, W)``
+        Per-frame predictions averaged over the windows that contain the frame.
+    windows : list of (int, int)
+        ``[start, stop)`` frame ranges of the windows.
+    counts : numpy.ndarray, shape ``(F,)``
+        Number of windows covering each frame.
+    operators : list of VideoGCRF
+        One system per window (a direct factorisation is cached on it for the backward pass).
+    window_solutions : list of arrays
+        ``x`` of each window system, shape ``(*batch, window, L, H, W)``.
+    results : list of SolveResult
+        The forward solve of each window.
+    """
+
+    x: Any
+    windows: list
+    counts: np.ndarray
+    operators: list
+    window_solutions: list
+    results: list
+    method: str
+    solver_options: dict
+
+    def __repr__(self):
+        return (f"VideoWindowsSolution(frames={len(self.counts)}, windows={self.windows}, "
+                f"method={self.method!r})")
+
+    def backward(self, grad_x) -> dict:
+        """Gradients of a loss ``L`` given ``dL/dx`` for the averaged prediction ``x``.
+
+        ``x_f = (1/c_f) sum_{w containing f} x^{(w)}_f``, so window ``w`` receives
+        ``dL/dx^{(w)}_f = dL/dx_f / c_f``; each window's adjoint solve
+        ``g^{(w)} = M_w^{-1} dL/dx^{(w)}`` and contractions (DESIGN.md section 5) are accumulated
+        onto the frames (and ``lam``) they were taken from.
+
+        Parameters
+        ----------
+        grad_x : array, shape of :attr:`x`
+
+        Returns
+        -------
+        dict
+            ``"b"``, ``"spatial"``, ``"temporal"`` (shaped like the inputs) and ``"lam"`` (shaped
+            like the ``lam`` given).
+        """
+        from .solve import adjoint_solve
+
+        first = self.operators[0]
+        xp = first.xp
+        gx = asarray(grad_x)
+        if get_array_module(gx) is not xp:
+            raise TypeError("grad_x lives on another device than the solution")
+        if tuple(gx.shape) != tuple(self.x.shape):
+            raise ValueError(f"grad_x must have the shape of x {tuple(self.x.shape)}; "
+                             f"got {tuple(gx.shape)}")
+        check_finite(gx, "grad_x")
+        # dL/dx^{(w)}_f = dL/dx_f / c_f
+        gx = gx.astype(first.dtype, copy=False) / xp.asarray(
+            self.counts, dtype=first.dtype)[:, None, None, None]
+        n_frames = len(self.counts)
+        db = xp.zeros_like(self.x)
+        dS = xp.zeros(first.batch_shape + (n_frames,) + first.spatial.shape[-4:], dtype=first.dtype)
+        dT = xp.zeros(first.batch_shape + (n_frames,) + first.temporal.shape[-4:], dtype=first.dtype)
+        dlam = None
+
+        for (start, stop), op, xw in zip(self.windows, self.operators, self.window_solutions):
+            g = adjoint_solve(op, gx[..., start:stop, :, :, :], method=self.method,
+                              **self.solver_options).x
+            grads = op.parameter_gradients(xw, g)
+            db[..., start:stop, :, :, :] += g
+            dS[..., start:stop, :, :, :, :] += grads["spatial"]
+            dT[..., start:stop, :, :, :, :] += grads["temporal"]
+            dlam = grads["lam"] if dlam is None else dlam + grads["lam"]
+        return {"b": db, "spatial": dS, "temporal": dT, "lam": dlam}
+
+
+def solve_video_windows(spatial, temporal, b, lam, *, window: int, stride: int = 1,
+                        neighbourhood="fc", method: str = "direct", check_pd: bool = True,
+                        **solver_options) -> VideoWindowsSolution:
+    """Solve a video longer than the temporal context in overlapping windows of ``window`` frames.
+
+    Window ``w`` covers frames ``[s_w, s_w + window)`` and is the :class:`VideoGCRF` system built
+    from those frames' embeddings and unary scores; the prediction of frame ``f`` is the average
+    ``x_f = (1/c_f) sum_{w containing f} x^{(w)}_f`` over the ``c_f`` windows containing it.
+
+    Parameters
+    ----------
+    spatial : array, shape ``(*batch, F, Ds, L, H, W)``
+    temporal : array, shape ``(*batch, F, Dt, L, H, W)``
+    b : array, shape ``(*batch, F, L, H, W)``
+        Unary scores of the ``F`` frames.
+    lam : float or array of shape ``batch``
+    window : int
+        Frames per window, ``1 <= window <= F``.
+    stride : int
+        Frames between window starts, ``1 <= stride <= window`` (default 1: every window
+        position); a last window ending at frame ``F - 1`` is always included.
+    neighbourhood : "fc" or iterable of int
+        Temporal neighbourhood inside a window (see :class:`VideoGCRF`).
+    method : str
+        Solve method of every window (:func:`gcrflinalg.solve`); ``"direct"`` by default, whose
+        factorisation the backward pass reuses.
+    check_pd : bool
+        Check every window system's positive definiteness.
+    **solver_options
+        Passed to :func:`gcrflinalg.solve` (``rtol``, ``maxiter``, ...).
+
+    Returns
+    -------
+    VideoWindowsSolution
+        ``.x`` the averaged predictions (shape of ``b``); ``.backward(dL/dx)`` the gradients.
+    """
+    from .solve import solve
+
+    S = as_parameter(spatial, "spatial", min_ndim=5)
+    xp = get_array_module(S)
+    T = as_parameter(temporal, "temporal", min_ndim=5, xp=xp)
+    n_frames = S.shape[-5]
+    batch = tuple(S.shape[:-5])
+    if T.shape[-5] != n_frames or tuple(T.shape[:-5]) != batch or T.shape[-3:] != S.shape[-3:]:
+        raise ValueError(f"temporal must have shape (*batch, F, Dt, L, H, W) matching spatial "
+                         f"{tuple(S.shape)}; got {tuple(T.shape)}")
+    b_arr = asarray(b)
+    if get_array_module(b_arr) is not xp:
+        raise TypeError("b lives on another device than the embeddings")
+    expected = batch + (n_frames,) + tuple(S.shape[-3:])
+    if tuple(b_arr.shape) != expected:
+        raise ValueError(f"b must have shape (*batch, F, L, H, W) = {expected} to match the "
+                         f"embeddings; got {tuple(b_arr.shape)}")
+    for name, val in (("window", window), ("stride", stride)):
+        if not isinstance(val, numbers.Integral) or isinstance(val, bool):
+            raise TypeError(f"{name} must be an int; got {val!r}")
+    if not 1 <= window <= n_frames:
+        raise ValueError(f"window must be between 1 and the number of frames F = {n_frames}; "
+                         f"got {window}")
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be between 1 and window = {window} (larger strides leave "
+                         f"frames uncovered); got {stride}")
+    starts = window_starts(n_frames, int(window), int(stride))
+    windows = [(s, s + int(window)) for s in starts]
+    counts = np.zeros(n_frames, dtype=np.int64)
+    for s, e in windows:
+        counts[s:e] += 1
+    operators, xs, results = [], [], []
+    x = None
+    for s, e in windows:
+        op = VideoGCRF(S[..., s:e, :, :, :, :], T[..., s:e, :, :, :, :], lam, neighbourhood)
+        res = solve(op, b_arr[..., s:e, :, :, :], method=method, check_pd=check_pd,
+                    **solver_options)
+        if x is None:
+            x = xp.zeros(expected, dtype=op.dtype)
+        x[..., s:e, :, :, :] += res.x
+        operators.append(op)
+        xs.append(res.x)
+        results.append(res)
+    x /= xp.asarray(counts, dtype=x.dtype)[:, None, None, None]
+    return VideoWindowsSolution(x=x, windows=windows, counts=counts, operators=operators,
+                                window_solutions=xs, results=results, method=method,
+                                solver_options=dict(solver_options))

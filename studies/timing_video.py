@@ -1,0 +1,219 @@
+"""Timing of the video G-CRF: cached vs pairwise temporal products, CG and direct solves.
+
+Problem: ``41 x 41`` positions, ``L = 12`` labels, ``Ds = Dt = 128``, ``V`` = 2, 3, 4, 7 frames,
+float32 embeddings with a decaying spectrum and correlated frames (``||S_v||_2^2 ~ 8 lam``,
+``||T_v||_2^2 ~ 0.3 lam``: positive definite for every neighbourhood timed), ``lam = 1``.  Rows:
+
+* ``matvec``: one product with the cached temporal message (each ``T_v p_v`` once) against the
+  pairwise product (every coupled block ``T_u^T T_v`` on its own).  Target: at 4 frames with the
+  ``fc`` neighbourhood the cached product is at least 1.3x faster.
+* ``cg``: CG to ``rtol = 1e-5`` with either product, against ``V`` independent single-frame
+  solves (``V = 1`` systems of the same frames).  Target: at 4 frames (``fc``) at most 2.5x the
+  time of the four single-frame solves.
+* ``direct``: the exact capacitance solve, factorisation included (the forward pass), and the
+  solve that reuses the factor (the adjoint); the positive-definiteness check is part of the
+  factorisation.
+
+Run alone: ``python -m studies.timing_video [--quick]`` prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from gcrflinalg import solve
+from gcrflinalg.video import VideoGCRF, frame_coupling_matrix
+
+from ._common import array_module, best_time, markdown_table
+
+__all__ = ["run", "main"]
+
+ENTRY = "video"
+FULL = dict(height=41, width=41, labels=12, ds=128, dt=128, frames=(2, 3, 4, 7),
+            neighbourhoods=("fc", (1,), (1, 2), (1, 2, 4)), repeats=3)
+QUICK = dict(height=15, width=15, labels=4, ds=16, dt=16, frames=(2, 4),
+             neighbourhoods=("fc", (1,)), repeats=2)
+RTOL = 1e-5
+LAM = 1.0
+COLUMNS = ["entry", "case", "what", "time_s", "peer", "ratio", "target", "met", "iterations",
+           "rel_residual"]
+
+
+def _label(neighbourhood) -> str:
+    return "fc" if neighbourhood == "fc" else "{" + ",".join(map(str, neighbourhood)) + "}"
+
+
+def _embeddings(rng, n_frames, dim, n, top, *, decay=1.0, rho=0.8):
+    """Video-like embeddings ``(V, dim, n)``: row ``d`` has norm ``sqrt(top / (d + 1)^decay)`` (a
+    decaying spectrum, as learnt features have) and the frames are correlated (coefficient
+    ``rho`` with a shared base, as consecutive frames are)."""
+    scale = np.sqrt(top * np.arange(1, dim + 1, dtype=np.float64) ** (-decay))[:, None]
+    base = rng.standard_normal((dim, n), dtype=np.float32)
+    out = np.empty((n_frames, dim, n), dtype=np.float32)
+    for v in range(n_frames):
+        g = rho * base + math.sqrt(1.0 - rho * rho) * rng.standard_normal((dim, n), dtype=np.float32)
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        out[v] = scale * g
+    return out
+
+
+def _problem(xp, cfg, n_frames, seed=0):
+    """Spatial embeddings with ``||S_v||_2^2 ~ 8 lam``, temporal ones with ``||T_v||_2^2 ~ 0.3 lam``
+    (positive definite for every neighbourhood timed), random unary scores; float32."""
+    rng = np.random.default_rng(seed)
+    shape = (cfg["labels"], cfg["height"], cfg["width"])
+    n = math.prod(shape)
+    S = _embeddings(rng, n_frames, cfg["ds"], n, 8.0 * LAM).reshape((n_frames, cfg["ds"]) + shape)
+    T = _embeddings(rng, n_frames, cfg["dt"], n, 0.3 * LAM).reshape((n_frames, cfg["dt"]) + shape)
+    b = rng.standard_normal((n_frames,) + shape, dtype=np.float32)
+    return xp.asarray(S), xp.asarray(T), xp.asarray(b)
+
+
+def _row(case, what, time_s, *, peer=None, ratio=None, target=None, met=None, **extra):
+    row = {"entry": ENTRY, "case": case, "what": what, "time_s": float(time_s), "peer": peer,
+           "ratio": None if ratio is None else float(ratio), "target": target, "met": met}
+    row.update(extra)
+    return row
+
+
+def _rel_residual(result):
+    return float(np.max(result.relative_residual))
+
+
+def _paired_best(fn_a, fn_b, *, repeats: int, xp) -> tuple[float, float]:
+    """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
+    each), so that a load change on a shared machine affects both alike."""
+    from gcrflinalg.backend import synchronize
+
+    fn_a(), fn_b()
+    best = [math.inf, math.inf]
+    for _ in range(max(1, int(repeats))):
+        for k, fn in enumerate((fn_a, fn_b)):
+            synchronize(xp)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(xp)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
+def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
+    """Measure the video G-CRF products and solves; one dict per measured row.
+
+    Each ratio compares two measurements taken alternately (best of ``repeats`` each).
+
+    Parameters
+    ----------
+    quick : bool
+        Small sizes (``15 x 15``, ``L = 4``, ``Ds = Dt = 16``, 2 and 4 frames), well under a minute.
+    backend : {"cpu", "gpu"}
+    progress : callable, optional
+        Called with a short description before each case.
+
+    Returns
+    -------
+    list of dict
+        Keys ``entry, case, what, time_s, peer, ratio, target, met`` and, for solves,
+        ``iterations``, ``rel_residual`` and ``single_frame_iterations``.
+    """
+    cfg = QUICK if quick else FULL
+    xp = array_module(backend)
+    reps = cfg["repeats"]
+    size = f"{cfg['height']}x{cfg['width']} L={cfg['labels']} Ds={cfg['ds']} Dt={cfg['dt']}"
+    rows: list[dict] = []
+    S_all, T_all, b_all = _problem(xp, cfg, max(cfg["frames"]))
+
+    for V in cfg["frames"]:
+        S, T, b = S_all[:V], T_all[:V], b_all[:V]
+        # the V frames solved independently (V = 1 systems: the temporal embeddings play no role)
+        singles = [(VideoGCRF(S[f:f + 1], T[f:f + 1], LAM), b[f:f + 1]) for f in range(V)]
+        single_its = [int(solve(op1, b1, method="cg", rtol=RTOL).iterations) for op1, b1 in singles]
+
+        def singles_cg():
+            for op1, b1 in singles:
+                solve(op1, b1, method="cg", rtol=RTOL)
+
+        def singles_direct():
+            for f in range(V):
+                solve(VideoGCRF(S[f:f + 1], T[f:f + 1], LAM), b[f:f + 1], method="direct")
+
+        seen = []
+        for nb in cfg["neighbourhoods"]:
+            K = frame_coupling_matrix(nb, V)
+            if any(np.array_equal(K, k) for k in seen):
+                continue  # the same coupling as an earlier neighbourhood at this V
+            seen.append(K)
+            case = f"V={V} {_label(nb)} {size}"
+            if progress is not None:
+                progress(f"video: {case}")
+            headline = V == 4 and nb == "fc"
+            cached = VideoGCRF(S, T, LAM, nb)
+            pairwise = VideoGCRF(S, T, LAM, nb, product="pairwise")
+            cached.check_positive_definite()  # once per operator; not timed
+            cached._pd_checked = pairwise._pd_checked = True
+
+            t_cached, t_pair = _paired_best(lambda: cached.matvec(b), lambda: pairwise.matvec(b),
+                                            repeats=2 * reps + 1, xp=xp)
+            ratio = t_pair / t_cached
+            rows.append(_row(case, "matvec, cached temporal message", t_cached,
+                             peer="matvec, pairwise blocks", ratio=ratio,
+                             target=">= 1.3x faster" if headline else None,
+                             met=(ratio >= 1.3) if headline else None,
+                             coupled_pairs=int(K.sum())))
+            rows.append(_row(case, "matvec, pairwise blocks", t_pair))
+
+            res = solve(cached, b, method="cg", rtol=RTOL)
+            its = int(res.iterations)
+            t_cg, t_singles = _paired_best(lambda: solve(cached, b, method="cg", rtol=RTOL),
+                                           singles_cg, repeats=reps, xp=xp)
+            ratio = t_cg / t_singles
+            rows.append(_row(case, "cg, cached product", t_cg,
+                             peer=f"{V} single-frame cg solves", ratio=ratio,
+                             target="<= 2.5x" if headline else None,
+                             met=(ratio <= 2.5) if headline else None,
+                             iterations=its, rel_residual=_rel_residual(res),
+                             single_frame_iterations=single_its, peer_time_s=t_singles))
+            # per iteration: the video iteration against one iteration of each single-frame solve
+            per_it_ratio = (t_cg / its) / (t_singles / sum(single_its) * V)
+            rows.append(_row(case, "cg, cached product, per iteration", t_cg / its,
+                             peer=f"{V} single-frame cg iterations", ratio=per_it_ratio,
+                             target="<= 2.5x per iteration" if headline else None,
+                             met=(per_it_ratio <= 2.5) if headline else None))
+            res_p = solve(pairwise, b, method="cg", rtol=RTOL)
+            t_cg_p = best_time(lambda: solve(pairwise, b, method="cg", rtol=RTOL),
+                               repeats=reps, xp=xp)
+            rows.append(_row(case, "cg, pairwise product", t_cg_p, peer="cg, cached product",
+                             ratio=t_cg_p / t_cg, iterations=int(res_p.iterations),
+                             rel_residual=_rel_residual(res_p)))
+
+            res_d = solve(VideoGCRF(S, T, LAM, nb), b, method="direct")
+            t_dir, t_singles_d = _paired_best(
+                lambda: solve(VideoGCRF(S, T, LAM, nb), b, method="direct"), singles_direct,
+                repeats=reps, xp=xp)
+            rows.append(_row(case, "direct, factorisation + solve", t_dir,
+                             peer=f"{V} single-frame direct solves", ratio=t_dir / t_singles_d,
+                             rel_residual=_rel_residual(res_d), peer_time_s=t_singles_d,
+                             capacitance_order=V * (cfg["ds"] + cfg["dt"])))
+            factored = VideoGCRF(S, T, LAM, nb)
+            solve(factored, b, method="direct")
+            t_reuse = best_time(lambda: solve(factored, b, method="direct"), repeats=reps, xp=xp)
+            rows.append(_row(case, "direct, factor reused (adjoint)", t_reuse,
+                             peer="cg, cached product", ratio=t_reuse / t_cg))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
+    parser.add_argument("--backend", choices=("cpu", "gpu"), default="cpu")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick, backend=args.backend,
+               progress=lambda msg: print(msg, flush=True))
+    print(markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
