@@ -48,6 +48,10 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# Bound eagerly: the submodule ``gcrflinalg.solve`` shares its name with the function, and a lazy
+# import of the submodule would otherwise rebind ``gcrflinalg.solve`` to the module.
+from .solve import adjoint_solve, solve  # noqa: E402
+
 
 def __getattr__(name):
     try:

@@ -1,0 +1,490 @@
+"""Dense low-rank G-CRFs from embeddings (DESIGN.md 3.4 and 3.5), never forming ``N x N``.
+
+* :class:`LowRankGCRF`: ``M = lam I + E^T E`` with embeddings ``E`` of shape ``(..., D, L, H, W)``
+  read as a ``D x N`` matrix (index ``n = l*P + i*W + j``).  Always positive definite.
+* :class:`LowRankPottsGCRF`: ``M = lam I + (11^T - I_L) (x) W``, ``W = psi^T psi``, with embeddings
+  ``psi`` of shape ``(..., D, H, W)``.  Positive definite iff ``lam > ||psi||_2^2`` (for ``L >= 2``).
+
+Products cost O(N D) (3.4: two thin matrix products) and O(P D L) (3.5: the label sum is formed in
+the ``D``-dimensional embedding space, shared by every label).
+
+``method="direct"`` solves exactly through the Woodbury identity (:mod:`gcrflinalg._woodbury`): one
+``D x D`` Cholesky factorisation per ``lam I +- c G`` (``G`` the Gram matrix ``E E^T`` or
+``psi psi^T``), computed once per operator and cached, so the adjoint solve of the backward pass and
+any later right-hand sides reuse it.  For 3.5 that factorisation exists iff ``lam > ||psi||_2^2``:
+the positive-definiteness check is exact, and the eigenvalues of ``G`` name the bound when it fails.
+
+``method="auto"`` chooses between the direct solve and CG with a cost model (see
+:func:`direct_is_cheaper`).
+"""
+from __future__ import annotations
+
+import math
+import operator
+import time
+
+import numpy as np
+
+from ._validation import as_lam, as_parameter
+from ._woodbury import WoodburyFactor, raise_if_lam_below
+from .backend import get_array_module, synchronize, to_host
+from .operator import GCRFOperator
+
+__all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper"]
+
+#: A floating-point operation inside a matrix-matrix product (the Gram matrix) runs about this many
+#: times faster than one inside the memory-bound matrix-vector products of an iterative solver.
+GEMM_SPEEDUP = 8.0
+#: CG iteration count assumed by the ``"auto"`` cost model (capped by the exact-arithmetic bound:
+#: ``D + 1`` for 3.4 and ``2 D + 1`` for 3.5, the number of distinct eigenvalues of ``M``).
+CG_ITERATIONS_ESTIMATE = 50
+#: Options a direct solve accepts; the iterative-solver options are accepted and ignored.
+_DIRECT_IGNORED = frozenset({"maxiter", "callback", "M", "restart", "omega"})
+
+
+def direct_is_cheaper(*, factor_flops: float, matvec_flops: float, max_cg_iterations: int,
+                      n_rhs: int, factored: bool) -> bool:
+    """The ``"auto"`` cost model: is the direct solve expected to be faster than CG?
+
+    Direct: ``factor_flops / GEMM_SPEEDUP`` once (zero when the factor is cached) plus about two
+    matrix-vector products per right-hand side (the solve and its residual check).  CG:
+    ``min(CG_ITERATIONS_ESTIMATE, max_cg_iterations)`` products per right-hand side.
+
+    Parameters
+    ----------
+    factor_flops : float
+        Flops of the factorisation (Gram matrix plus the ``D x D`` Cholesky factorisations).
+    matvec_flops : float
+        Flops of one product ``M v`` for one right-hand side.
+    max_cg_iterations : int
+        The exact-arithmetic bound on CG iterations (number of distinct eigenvalues of ``M``).
+    n_rhs : int
+        Right-hand sides solved together.
+    factored : bool
+        Whether the factorisation is already cached.
+    """
+    direct = (0.0 if factored else factor_flops / GEMM_SPEEDUP) + 2.0 * matvec_flops * n_rhs
+    cg = min(CG_ITERATIONS_ESTIMATE, max_cg_iterations) * matvec_flops * n_rhs
+    return direct <= cg
+
+
+class _LowRankOperator(GCRFOperator):
+    """Shared machinery: flat products over any leading axes, the direct-solve driver, Gauss–Seidel
+    dispatch.  Subclasses define ``_apply_flat``, ``_direct_flat``, the factor and the cost model."""
+
+    _factor_cache = None
+
+    # ------------------------------------------------------------------ products
+    def _flatten(self, arr):
+        nv = len(self.vector_shape)
+        return arr.reshape(arr.shape[: arr.ndim - nv] + (self.size,))
+
+    def matvec(self, v):
+        """``M v`` for every system; ``v`` of shape ``(..., *batch_shape, *vector_shape)`` or
+        ``(..., *batch_shape, N)``, extra leading axes handled in one matrix product."""
+        arr, flat = self.as_vectors(v)
+        out = self._apply_flat(self._flatten(arr))
+        return out if flat else out.reshape(arr.shape)
+
+    __matmul__ = matvec
+
+    def _matvec(self, v):
+        return self._apply_flat(self._flatten(v)).reshape(v.shape)
+
+    def _lam_flat(self):
+        return self.lam[..., None]  # (*batch, 1): broadcasts against (..., *batch, N)
+
+    # ------------------------------------------------------------------ direct solve
+    def factorize(self):
+        """Compute (once) and return the cached Woodbury factorisation of this operator."""
+        if self._factor_cache is None:
+            self._factor_cache = self._compute_factor()
+        return self._factor_cache
+
+    def _solve(self, b, method: str, x0, options: dict):
+        """``"direct"``: the exact Woodbury solve.  ``x0`` is not needed and ignored; ``rtol`` and
+        ``atol`` only set the ``converged`` flag; ``refine=k`` adds ``k`` steps of iterative
+        refinement; ``check_residual=False`` skips the true-residual check (one product with ``M``,
+        about half the cost of a solve with a cached factor), leaving ``NaN`` as the final residual
+        norm and ``converged=True``.  ``"auto"``: the cost model of :func:`direct_is_cheaper`.
+        Every other method runs the generic iterative solver on this operator."""
+        if method == "auto":
+            n_rhs = math.prod(b.shape[: b.ndim - len(self.batch_shape) - 1])
+            if not self._prefer_direct(n_rhs):
+                return NotImplemented
+            method = "direct"
+        if method != "direct":
+            return NotImplemented
+        from solvers import SolveResult
+
+        unknown = set(options) - _DIRECT_IGNORED - {"rtol", "atol", "refine", "check_residual"}
+        if unknown:
+            raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
+        rtol = float(options.get("rtol", 1e-5))
+        atol = float(options.get("atol", 0.0))
+        refine = operator.index(options.get("refine", 0))
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0; got {refine}")
+        check = bool(options.get("check_residual", True)) or refine > 0
+        xp = self.xp
+        t0 = time.perf_counter()
+        x = self._direct_flat(b)
+        for _ in range(refine):
+            x = x + self._direct_flat(b - self._apply_flat(x))
+        bnorm = xp.linalg.norm(b, axis=-1)
+        if check:
+            res = xp.linalg.norm(b - self._apply_flat(x), axis=-1)
+            converged = res <= xp.maximum(rtol * bnorm, atol)
+        else:
+            res = xp.full(bnorm.shape, np.nan)
+            converged = xp.ones(bnorm.shape, dtype=bool)
+        res_h, bnorm_h, conv_h = to_host(res), to_host(bnorm), to_host(converged)
+        synchronize(xp)
+        elapsed = time.perf_counter() - t0
+        history = np.stack([bnorm_h, res_h]).astype(np.float64)
+        info = np.where(conv_h, 0, 1)  # 1: the residual is above the tolerance (as the video form)
+        if conv_h.ndim == 0:
+            info, conv, its, bn = int(info), bool(conv_h), 1, float(bnorm_h)
+        else:
+            conv, its, bn = conv_h, np.ones(conv_h.shape, int), bnorm_h
+        return SolveResult(x=x, info=info, converged=conv, iterations=its, residual_norms=history,
+                           matvecs=refine + int(check), time_s=elapsed, method="direct", b_norm=bn)
+
+    # ------------------------------------------------------------------ Gauss–Seidel
+    def _gauss_seidel_sweep(self, x, b, omega):
+        xp = self.xp
+        nb = math.prod(self.batch_shape)
+        xh = np.array(to_host(x), order="C").reshape((nb,) + self._sweep_shape())  # swept in place
+        bh = np.ascontiguousarray(to_host(b)).reshape(xh.shape)
+        lam = np.ascontiguousarray(to_host(self.lam)).reshape(nb)
+        self._sweep_kernel(xh, bh, lam, float(omega))
+        xh = xh.reshape(x.shape)
+        return xh if xp is np else xp.asarray(xh)
+
+
+def _check_dims(shape, names, what):
+    for size, name in zip(shape, names):
+        if size < 1:
+            raise ValueError(f"{what} must have {name} >= 1; got shape {tuple(shape)}")
+
+
+class LowRankGCRF(_LowRankOperator):
+    """Dense low-rank G-CRF ``M = lam I + E^T E`` (DESIGN.md 3.4).
+
+    ``A[(m,p),(n,q)] = sum_d E[d,m,p] E[d,n,q]`` for all pairs, ``p = q`` included; positive definite
+    for every ``lam > 0``.  Memory O(N D).
+
+    Parameters
+    ----------
+    embeddings : array, shape ``(..., D, L, H, W)``
+        ``E``; leading axes are batch axes.  NumPy, CuPy or any DLPack-exporting array; float32 or
+        float64 (other real dtypes become float64).  Never modified.
+    lam : float or array of the batch shape
+        The diagonal shift, ``> 0``.
+
+    Notes
+    -----
+    Product: ``M v = E^T (E v) + lam v`` as two thin matrix products, O(N D).
+
+    Direct solve (Woodbury): ``M^{-1} b = (b - E^T K E b) / lam`` with
+    ``K = (lam I_D + E E^T)^{-1}`` from the Cholesky factorisation of that ``D x D`` matrix; cost
+    O(N D^2 + D^3) once, O(N D) per right-hand side.  Relative error
+    ``O(eps cond(M))`` with ``cond(M) = (lam + ||E||_2^2) / lam``: accuracy degrades when ``lam`` is
+    tiny against ``||E||_2^2`` (cancellation in ``b - E^T K E b``); ``refine=1`` (one step of
+    iterative refinement) brings the residual down to that of a backward-stable dense solve,
+    ``O(eps ||M|| ||x||)``.
+    """
+
+    def __init__(self, embeddings, lam):
+        emb = as_parameter(embeddings, "embeddings", min_ndim=4)
+        xp = get_array_module(emb)
+        _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
+        batch_shape = tuple(emb.shape[:-4])
+        d, n_labels, h, w = emb.shape[-4:]
+        lam_full, lam_shape = as_lam(lam, batch_shape, emb.dtype, xp)
+        super().__init__(xp=xp, dtype=emb.dtype, batch_shape=batch_shape,
+                         vector_shape=(n_labels, h, w), lam=lam_full, lam_shape=lam_shape)
+        self.embeddings = emb
+        self.rank = int(d)
+        self._emb_flat = emb.reshape(batch_shape + (d, self.size))  # (*batch, D, N)
+        self._rows = None
+
+    # ------------------------------------------------------------------ products
+    def _columns(self, vflat):
+        """``(..., *batch, N)`` -> ``(*batch, N, k)`` with the extra axes as columns, and its inverse."""
+        nb = len(self.batch_shape)
+        extra = vflat.shape[: vflat.ndim - nb - 1]
+        if not extra:
+            return vflat[..., None], lambda c: c[..., 0]
+        k = math.prod(extra)
+        cols = self.xp.moveaxis(vflat.reshape((k,) + vflat.shape[len(extra):]), 0, -1)
+
+        def back(c):
+            return self.xp.moveaxis(c, -1, 0).reshape(vflat.shape)
+
+        return cols, back
+
+    def _embed_t(self):
+        return self.xp.swapaxes(self._emb_flat, -1, -2)  # (*batch, N, D)
+
+    def _apply_flat(self, vflat):
+        # M v = E^T (E v) + lam v
+        cols, back = self._columns(vflat)
+        ev = self._emb_flat @ cols  # (*batch, D, k)
+        return back(self._embed_t() @ ev) + self._lam_flat() * vflat
+
+    def _diagonal(self):
+        # M_nn = lam + sum_d E[d, n]^2
+        lam = self.lam.reshape(self.lam.shape + (1, 1, 1))
+        return lam + (self.embeddings * self.embeddings).sum(axis=-4)
+
+    def _to_dense(self):
+        xp = self.xp
+        a = self._embed_t() @ self._emb_flat
+        return a + self.lam[..., None, None] * xp.eye(self.size, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ direct solve
+    def _compute_factor(self):
+        gram = self._emb_flat @ self._embed_t()  # (*batch, D, D)
+        return WoodburyFactor(gram, self.lam, None, dtype=self.dtype)
+
+    def _direct_flat(self, bflat):
+        # x = (b - E^T K (E b)) / lam
+        factor = self.factorize()
+        cols, back = self._columns(bflat)
+        y = factor.coefficients(self._emb_flat @ cols)
+        return (bflat - back(self._embed_t() @ y)) / self._lam_flat()
+
+    def _prefer_direct(self, n_rhs):
+        n, d = self.size, self.rank
+        return direct_is_cheaper(factor_flops=2.0 * n * d * d + 4.0 * d ** 3,
+                                 matvec_flops=4.0 * n * d, max_cg_iterations=d + 1,
+                                 n_rhs=n_rhs, factored=self._factor_cache is not None)
+
+    # ------------------------------------------------------------------ solver hooks
+    def _sweep_shape(self):
+        return (self.size,)
+
+    def _sweep_kernel(self, x, b, lam, omega):
+        from ._lowrank_kernels import gauss_seidel_general
+
+        if self._rows is None:
+            rows = np.ascontiguousarray(to_host(self._embed_t()))
+            nb = math.prod(self.batch_shape)
+            diag = np.ascontiguousarray(to_host(self.diagonal())).reshape(nb, self.size)
+            self._rows = (rows.reshape(nb, self.size, self.rank), diag)
+        rows, diag = self._rows
+        gauss_seidel_general(rows, diag, lam, x, b, omega)
+
+    def block_jacobi_preconditioner(self):
+        """Inverse of the per-pixel ``L x L`` blocks ``lam I + E_p^T E_p`` (``E_p = E[:, :, p]``),
+        applied to arrays of shape ``(..., *batch_shape, N)``."""
+        xp = self.xp
+        n_labels = self.vector_shape[0]
+        p = self.size // n_labels
+        e = self.embeddings.reshape(self.batch_shape + (self.rank, n_labels, p))
+        blocks = xp.einsum("...dmp,...dnp->...pmn", e, e)
+        blocks = blocks + self.lam[..., None, None, None] * xp.eye(n_labels, dtype=self.dtype)
+        inv = xp.linalg.inv(blocks)  # (*batch, P, L, L)
+
+        def apply(r):
+            rr = r.reshape(r.shape[:-1] + (n_labels, p))
+            return xp.einsum("...pmn,...np->...mp", inv, rr).reshape(r.shape)
+
+        return apply
+
+    # ------------------------------------------------------------------ gradients
+    def _parameter_gradients(self, x, g):
+        # dL/dE = -(E g) x^T - (E x) g^T,  (D x N) per system
+        xf = self._flatten(x)[..., None, :]  # (*batch, 1, N)
+        gf = self._flatten(g)[..., None, :]
+        eg = self._emb_flat @ _swap_last(gf)  # (*batch, D, 1)
+        ex = self._emb_flat @ _swap_last(xf)
+        grad = -(eg * xf + ex * gf)
+        return {"embeddings": grad.reshape(self.embeddings.shape)}
+
+
+class LowRankPottsGCRF(_LowRankOperator):
+    """Dense low-rank Potts G-CRF (DESIGN.md 3.5).
+
+    ``A[(m,p),(n,q)] = <psi_p, psi_q>`` if ``m != n`` and ``0`` if ``m == n``:
+    ``M = I_L (x) (lam I_P - W) + 1 1^T (x) W`` with ``W = psi^T psi``.  Positive definite iff
+    ``lam > ||psi||_2^2`` (when ``L >= 2``; for ``L = 1``, ``M = lam I``).  Memory O(P D).
+
+    Parameters
+    ----------
+    embeddings : array, shape ``(..., D, H, W)``
+        ``psi``; leading axes are batch axes.  Never modified.
+    lam : float or array of the batch shape
+        The diagonal shift, ``> 0``.
+    num_labels : int
+        ``L >= 1``.
+
+    Notes
+    -----
+    Product: with ``Y = psi V^T`` (``D x L``, one matrix product for all labels),
+    ``M v`` has label rows ``q_l = psi^T (sum_m Y_m - Y_l) + lam v_l``: the label sum is taken in
+    the embedding space and shared, O(P D L) in all.
+
+    Direct solve: the label sum ``s = sum_l x_l`` solves ``(lam I + (L-1) W) s = sum_l b_l``, then
+    ``(lam I - W) x_l = b_l - W s`` for every label; both are ``lam I_P +- psi^T psi`` systems solved
+    by Woodbury with the ``D x D`` capacitance matrices ``lam I + (L-1) psi psi^T`` and
+    ``lam I - psi psi^T`` (Cholesky; O(P D^2 + D^3) once, O(P D L) per right-hand side).  With
+    ``psi psi^T = Q diag(s) Q^T`` the per-label inverse is ``Q diag(1 / (lam - s)) Q^T``: relative
+    error ``O(eps cond(M))``, ``cond(M) = (lam + (L-1)||psi||_2^2) / (lam - ||psi||_2^2)``,
+    so accuracy degrades as ``lam`` approaches ``||psi||_2^2`` (and when ``lam`` is tiny against
+    ``||psi||_2^2``).  The eigenvalues ``lam - s_i`` and ``lam + (L-1) s_i`` are the spectrum of ``M``
+    (with ``lam``); the Cholesky factorisation of ``lam I - psi psi^T`` exists iff ``lam > max s``,
+    which makes :meth:`check_positive_definite` exact (an indefinite but invertible ``M`` is still
+    solved exactly, through the eigendecomposition, when the check is skipped).
+    """
+
+    def __init__(self, embeddings, lam, num_labels):
+        if isinstance(num_labels, bool):
+            raise TypeError("num_labels must be an integer >= 1; got a bool")
+        try:
+            n_labels = operator.index(num_labels)
+        except TypeError:
+            raise TypeError(f"num_labels must be an integer >= 1; got {num_labels!r}") from None
+        if n_labels < 1:
+            raise ValueError(f"num_labels must be >= 1; got {n_labels}")
+        psi = as_parameter(embeddings, "embeddings", min_ndim=3)
+        xp = get_array_module(psi)
+        _check_dims(psi.shape[-3:], ("D", "H", "W"), "embeddings (..., D, H, W)")
+        batch_shape = tuple(psi.shape[:-3])
+        d, h, w = psi.shape[-3:]
+        lam_full, lam_shape = as_lam(lam, batch_shape, psi.dtype, xp)
+        super().__init__(xp=xp, dtype=psi.dtype, batch_shape=batch_shape,
+                         vector_shape=(n_labels, h, w), lam=lam_full, lam_shape=lam_shape)
+        self.embeddings = psi
+        self.rank = int(d)
+        self.num_labels = n_labels
+        self.num_pixels = int(h * w)
+        self._psi = psi.reshape(batch_shape + (d, self.num_pixels))  # (*batch, D, P)
+        self._rows = None
+        self._gram = None
+
+    # ------------------------------------------------------------------ products
+    def _labels(self, vflat):
+        """``(..., N)`` -> ``(..., L, P)``: one row per label (a view)."""
+        return vflat.reshape(vflat.shape[:-1] + (self.num_labels, self.num_pixels))
+
+    def _psi_t(self):
+        return self.xp.swapaxes(self._psi, -1, -2)  # (*batch, P, D)
+
+    def _apply_flat(self, vflat):
+        # q_l = psi^T (sum_m Y_m - Y_l) + lam v_l,  Y_m = psi v_m  (rows of V psi^T, shape (L, D))
+        v = self._labels(vflat)
+        y = v @ self._psi_t()  # (..., L, D)
+        t = y.sum(axis=-2, keepdims=True) - y
+        return (t @ self._psi).reshape(vflat.shape) + self._lam_flat() * vflat
+
+    def _to_dense(self):
+        xp = self.xp
+        n_labels, p = self.num_labels, self.num_pixels
+        wmat = self._psi_t() @ self._psi  # (*batch, P, P)
+        off = (1.0 - xp.eye(n_labels, dtype=self.dtype))[:, None, :, None]
+        a = off * wmat[..., None, :, None, :]
+        a = a.reshape(self.batch_shape + (self.size, self.size))
+        return a + self.lam[..., None, None] * xp.eye(self.size, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ factor, PD, direct solve
+    def _compute_factor(self):
+        self._gram = self._psi @ self._psi_t()  # (*batch, D, D)
+        label_sum = WoodburyFactor(self._gram, self.lam, self.xp.asarray(float(self.num_labels - 1)))
+        per_label = WoodburyFactor(self._gram, self.lam, self.xp.asarray(-1.0))
+        return label_sum, per_label
+
+    def squared_spectral_norm(self):
+        """``||psi||_2^2 = lambda_max(psi psi^T)`` per system (float64, shape ``batch_shape``)."""
+        return self.factorize()[1].gram_eigenvalues[..., -1]
+
+    def check_positive_definite(self) -> None:
+        """Raise :class:`NotPositiveDefiniteError` unless ``lam > ||psi||_2^2`` in every system
+        (``L >= 2``; DESIGN.md section 6).
+
+        The test is the Cholesky factorisation of the ``D x D`` capacitance matrix
+        ``lam I - psi psi^T``, which exists iff ``lam > ||psi||_2^2`` (exact up to its round-off,
+        ``O(eps D ||psi||_2^2)``); the factorisation is cached and reused by the direct solve.  On
+        failure the eigenvalues of ``psi psi^T`` name the bound."""
+        if self.num_labels < 2 or self.factorize()[1].is_positive_definite():
+            return
+        raise_if_lam_below(self.lam, self.squared_spectral_norm(), bound_name="||psi||_2^2",
+                           form=type(self).__name__)
+
+    def _direct_flat(self, bflat):
+        lam = self.lam[..., None, None]
+        if self.num_labels == 1:
+            return bflat / self._lam_flat()
+        label_sum, per_label = self.factorize()
+        brows = self._labels(bflat)  # (..., L, P)
+        y = brows @ self._psi_t()  # (..., L, D): rows psi b_l
+        # z = psi s = F_sum (psi sum_l b_l); the factors' matrices are symmetric, so rows multiply
+        # from the right
+        z = y.sum(axis=-2, keepdims=True) @ label_sum.range_inverse  # (..., 1, D)
+        rhs = y - z @ self._gram  # rows psi (b_l - W s)
+        c = rhs @ per_label.capacitance_inverse
+        # x_l = (b_l - W s - psi^T K psi (b_l - W s)) / lam = (b_l - psi^T (z + c_l)) / lam
+        return ((brows - (z + c) @ self._psi) / lam).reshape(bflat.shape)
+
+    def _prefer_direct(self, n_rhs):
+        p, d, n_labels = self.num_pixels, self.rank, self.num_labels
+        return direct_is_cheaper(factor_flops=2.0 * p * d * d + 8.0 * d ** 3,
+                                 matvec_flops=4.0 * p * d * n_labels, max_cg_iterations=2 * d + 1,
+                                 n_rhs=n_rhs, factored=self._factor_cache is not None)
+
+    # ------------------------------------------------------------------ solver hooks
+    def _sweep_shape(self):
+        return (self.num_labels, self.num_pixels)
+
+    def _sweep_kernel(self, x, b, lam, omega):
+        from ._lowrank_kernels import gauss_seidel_potts
+
+        if self._rows is None:
+            nb = math.prod(self.batch_shape)
+            rows = np.ascontiguousarray(to_host(self._psi_t()))
+            self._rows = rows.reshape(nb, self.num_pixels, self.rank)
+        gauss_seidel_potts(self._rows, lam, x, b, omega)
+
+    def block_jacobi_preconditioner(self):
+        """Inverse of the per-pixel ``L x L`` blocks ``lam I + a_p (11^T - I)``, ``a_p = |psi_p|^2``,
+        in closed form: ``(lam - a_p)^{-1} (I - a_p / (lam + (L-1) a_p) 11^T)``.
+
+        Raises :class:`NotPositiveDefiniteError` when some block is not positive definite
+        (``lam <= max_p a_p``, so ``M`` is not either)."""
+        xp = self.xp
+        n_labels, p = self.num_labels, self.num_pixels
+        if n_labels == 1:
+            inv_lam = 1.0 / self._lam_flat()
+            return lambda r: r * inv_lam
+        a = (self._psi * self._psi).sum(axis=-2)  # (*batch, P)
+        raise_if_lam_below(self.lam, a.max(axis=-1), bound_name="max_p |psi_p|^2",
+                           form=type(self).__name__ + " (pixel block)")
+        lam = self.lam[..., None]
+        shrink = (a / (lam + (n_labels - 1) * a))[..., None, :]  # (*batch, 1, P)
+        scale = (1.0 / (lam - a))[..., None, :]
+
+        def apply(r):
+            rr = r.reshape(r.shape[:-1] + (n_labels, p))
+            out = (rr - shrink * rr.sum(axis=-2, keepdims=True)) * scale
+            return out.reshape(r.shape)
+
+        return apply
+
+    # ------------------------------------------------------------------ gradients
+    def _parameter_gradients(self, x, g):
+        # dL/dpsi = -[(psi G) X^T + (psi X) G^T - sum_l ((psi g_l) x_l^T + (psi x_l) g_l^T)]
+        #         = -(T_g x + T_x g),  T_v = Y_v (11^T - I),  Y_v = psi v^T  (D x L)
+        shape = self.batch_shape + (self.num_labels, self.num_pixels)
+        xl, gl = x.reshape(shape), g.reshape(shape)
+        yg = self._psi @ _swap_last(gl)
+        yx = self._psi @ _swap_last(xl)
+        tg = yg.sum(axis=-1, keepdims=True) - yg
+        tx = yx.sum(axis=-1, keepdims=True) - yx
+        grad = -(tg @ xl + tx @ gl)
+        return {"embeddings": grad.reshape(self.embeddings.shape)}
+
+
+def _swap_last(a):
+    """Swap the last two axes (NumPy and CuPy arrays)."""
+    return a.swapaxes(-1, -2)
