@@ -29,24 +29,28 @@ _EXPORTS = {
     "GridGCRF": "grid",
     "GridPottsGCRF": "grid",
     "MultiResGCRF": "multires",
+    "GeneralLevel": "multires",
+    "PottsLevel": "multires",
     "LowRankGCRF": "lowrank",
     "LowRankPottsGCRF": "lowrank",
     "VideoGCRF": "video",
     "solve_video_windows": "video",
+    "VideoWindowsSolution": "video",
+    "frame_coupling_matrix": "video",
     "neighbourhood_offsets": "neighbourhoods",
-    # solve API
-    "solve": "solve",
-    "adjoint_solve": "solve",
     # problems, mean-field
     "problems": None,
     "meanfield": None,
+    "MeanFieldResult": "meanfield",
+    "parallel_meanfield": "meanfield",
+    "sequential_meanfield": "meanfield",
     "interop": None,
     # errors and results (defined in the solvers package)
     "NotPositiveDefiniteError": "solvers",
     "SolveResult": "solvers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(set(_EXPORTS) | {"solve", "adjoint_solve"})
 
 # Bound eagerly: the submodule ``gcrflinalg.solve`` shares its name with the function, and a lazy
 # import of the submodule would otherwise rebind ``gcrflinalg.solve`` to the module.

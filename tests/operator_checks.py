@@ -23,10 +23,10 @@ def assert_dense_matches(op, dense_ref, rng, dtype=np.float64):
     np.testing.assert_allclose(to_host(op.to_dense()), dense_ref, rtol=t, atol=t * scale)
     v = rng.standard_normal(op.batch_shape + (op.size,)).astype(dtype)
     ref = np.einsum("...ij,...j->...i", dense_ref, v.astype(np.float64))
-    out = to_host(op.matvec(v))
+    out = to_host(op.matvec(op.xp.asarray(v)))
     assert out.shape == v.shape
     np.testing.assert_allclose(out, ref, rtol=t, atol=t * scale * op.size ** 0.5)
-    out_full = to_host(op.matvec(v.reshape(op.batch_shape + op.vector_shape)))
+    out_full = to_host(op.matvec(op.xp.asarray(v.reshape(op.batch_shape + op.vector_shape))))
     assert out_full.shape == op.batch_shape + op.vector_shape
     np.testing.assert_allclose(out_full.reshape(v.shape), out, rtol=t, atol=t * scale)
 
@@ -35,8 +35,8 @@ def assert_symmetric(op, rng, dtype=np.float64):
     """The adjoint identity ``<M u, v> = <u, M v>`` per system."""
     u = rng.standard_normal(op.batch_shape + (op.size,)).astype(dtype)
     v = rng.standard_normal(op.batch_shape + (op.size,)).astype(dtype)
-    lhs = np.sum(to_host(op.matvec(u)) * v, axis=-1)
-    rhs = np.sum(u * to_host(op.matvec(v)), axis=-1)
+    lhs = np.sum(to_host(op.matvec(op.xp.asarray(u))) * v, axis=-1)
+    rhs = np.sum(u * to_host(op.matvec(op.xp.asarray(v))), axis=-1)
     scale = np.abs(lhs).max() + 1.0
     np.testing.assert_allclose(lhs, rhs, rtol=tol(dtype) * 10, atol=tol(dtype) * 10 * scale)
 

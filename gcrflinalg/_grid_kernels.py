@@ -1,0 +1,557 @@
+"""Structured products of the grid G-CRFs (DESIGN.md 3.1, 3.2): Numba kernels on the CPU, sliced
+array code for any other backend (CuPy).
+
+Shapes used throughout (``B`` systems, ``E`` right-hand sides per system, ``K`` offsets):
+
+- ``pairwise``: ``(B, K, L, L, H, W)``, ``weights``: ``(B, K, H, W)``;
+- vectors ``v`` and products ``out``: ``(E, B, R, H, W)`` (``R = L`` labels, or any number of
+  ``P``-vectors for the weight products);
+- ``offsets``: the ``(di, dj)`` half-set of the neighbourhood, edge ``k`` at ``p = (i, j)`` joining
+  ``p`` and ``q = (i + di, j + dj)``; edges leaving the image are skipped.
+
+Every product *accumulates* into ``out`` and computes only the pairwise part ``A v`` (no ``lam``).
+Each kernel reads every stored block once per product: one block row ``pairwise[b, k, m, n, i, :]``
+serves both the product of the edge and of its transpose.
+
+Also here: the multicolour Gauss–Seidel sweeps (:func:`pairwise_colour_sweep`,
+:func:`potts_colour_sweep`) and the compiled CG on the ``P x P`` systems of the Potts split
+(:func:`shifted_weight_cg`).
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+__all__ = [
+    "pairwise_product",
+    "weight_product",
+    "shifted_weight_cg",
+    "product_threads",
+    "pixel_colouring",
+    "colour_masks",
+    "pairwise_colour_sweep",
+    "potts_colour_sweep",
+    "edge_ranges",
+]
+
+
+def edge_ranges(di: int, dj: int, height: int, width: int):
+    """Slices of the pixels ``p`` whose neighbour ``q = p + (di, dj)`` is inside the image.
+
+    Returns ``(p_rows, p_cols, q_rows, q_cols)`` as slices: ``x[..., p_rows, p_cols]`` and
+    ``x[..., q_rows, q_cols]`` are the two ends of every in-image edge of this offset.
+    """
+    i0, i1 = max(0, -di), min(height, height - di)
+    j0, j1 = max(0, -dj), min(width, width - dj)
+    i1, j1 = max(i0, i1), max(j0, j1)
+    return slice(i0, i1), slice(j0, j1), slice(i0 + di, i1 + di), slice(j0 + dj, j1 + dj)
+
+
+def _use_numba(arr) -> bool:
+    """Numba kernels for NumPy arrays; sliced array code (any backend) otherwise."""
+    return isinstance(arr, np.ndarray)
+
+
+def _offset_arrays(offsets):
+    di = np.array([o[0] for o in offsets], dtype=np.int64)
+    dj = np.array([o[1] for o in offsets], dtype=np.int64)
+    return di, dj
+
+
+# ---------------------------------------------------------------------------------------------
+# general blocks: out[m, p] += P[k,m,n,p] v[n, q];  out[n, q] += P[k,m,n,p] v[m, p]
+
+#: products with at least this many stored block entries run on several Numba threads
+PARALLEL_MIN_ENTRIES = 1 << 20
+
+
+def product_threads() -> int:
+    """Threads used by large general products: ``numba.get_num_threads()``, or fewer when the
+    environment variable ``GCRFLINALG_NUM_THREADS`` says so.
+
+    On a shared or oversubscribed machine set ``GCRFLINALG_NUM_THREADS=1`` (or let OpenMP threads
+    sleep with ``OMP_WAIT_POLICY=passive``): spinning threads that lose their core make a
+    parallel product slower than a serial one.
+    """
+    n = numba.get_num_threads()
+    try:
+        n = min(n, int(os.environ.get("GCRFLINALG_NUM_THREADS", n)))
+    except ValueError:
+        pass
+    return max(1, n)
+
+
+@numba.njit(inline="always")
+def _edge_segment(coef, out_p, x_q, out_q, x_p, start, length, shift):  # pragma: no cover
+    # Pixels p = start .. start+length-1 (flat), q = p + shift:
+    #   out_p[p] += coef[p] x_q[q];  out_q[q] += coef[p] x_p[p].
+    # Slices starting at 0 let the two loops vectorise.
+    c = coef[start:start + length]
+    o = out_p[start:start + length]
+    x = x_q[start + shift:start + shift + length]
+    for j in range(length):
+        o[j] += c[j] * x[j]
+    o = out_q[start + shift:start + shift + length]
+    x = x_p[start:start + length]
+    for j in range(length):
+        o[j] += c[j] * x[j]
+
+
+@numba.njit(inline="always")
+def _edge_segments(coef, out_p, x_q, out_q, x_p, di, dj, height, width):  # pragma: no cover
+    # All in-image edges of one offset: one contiguous run when dj == 0, one run per row otherwise.
+    i0 = max(0, -di)
+    i1 = min(height, height - di)
+    j0 = max(0, -dj)
+    j1 = min(width, width - dj)
+    shift = di * width + dj
+    if i1 <= i0 or j1 <= j0:
+        return
+    if dj == 0:
+        _edge_segment(coef, out_p, x_q, out_q, x_p, i0 * width, (i1 - i0) * width, shift)
+    else:
+        for i in range(i0, i1):
+            _edge_segment(coef, out_p, x_q, out_q, x_p, i * width + j0, j1 - j0, shift)
+
+
+@numba.njit(inline="always")
+def _edge_segment4(c0, c1, c2, c3, out_m, x_m, o0, o1, o2, o3, x0, x1, x2, x3, start, length, shift):
+    # pragma: no cover - compiled
+    # Four label columns n0..n3 (all != m) of row label m at once, p = start.., q = p + shift:
+    #   out_m[p] += sum_i c_i[p] x_i[q];  o_i[q] += c_i[p] x_m[p].
+    # out_m is read and written once for four blocks instead of four times.
+    e = start + length
+    a0, a1, a2, a3 = c0[start:e], c1[start:e], c2[start:e], c3[start:e]
+    om = out_m[start:e]
+    xm = x_m[start:e]
+    y0, y1 = x0[start + shift:e + shift], x1[start + shift:e + shift]
+    y2, y3 = x2[start + shift:e + shift], x3[start + shift:e + shift]
+    for j in range(length):
+        om[j] += a0[j] * y0[j] + a1[j] * y1[j] + a2[j] * y2[j] + a3[j] * y3[j]
+    p0, p1 = o0[start + shift:e + shift], o1[start + shift:e + shift]
+    p2, p3 = o2[start + shift:e + shift], o3[start + shift:e + shift]
+    for j in range(length):
+        t = xm[j]
+        p0[j] += a0[j] * t
+        p1[j] += a1[j] * t
+        p2[j] += a2[j] * t
+        p3[j] += a3[j] * t
+
+
+@numba.njit(inline="always")
+def _edge_segments4(c0, c1, c2, c3, out_m, x_m, o0, o1, o2, o3, x0, x1, x2, x3, di, dj, height, width):
+    # pragma: no cover - compiled
+    i0 = max(0, -di)
+    i1 = min(height, height - di)
+    j0 = max(0, -dj)
+    j1 = min(width, width - dj)
+    shift = di * width + dj
+    if i1 <= i0 or j1 <= j0:
+        return
+    if dj == 0:
+        _edge_segment4(c0, c1, c2, c3, out_m, x_m, o0, o1, o2, o3, x0, x1, x2, x3,
+                       i0 * width, (i1 - i0) * width, shift)
+    else:
+        for i in range(i0, i1):
+            _edge_segment4(c0, c1, c2, c3, out_m, x_m, o0, o1, o2, o3, x0, x1, x2, x3,
+                           i * width + j0, j1 - j0, shift)
+
+
+@numba.njit(nogil=True)
+def _pairwise_item(pw, v, out, di, dj, b, k, m):  # pragma: no cover - compiled
+    # Edge k of system b, row label m: every block row pw[b, k, m, n] read once.
+    # Columns n != m go four at a time (one pass over out[m] for four blocks); n = m (whose two
+    # updates touch the same label row) and the remainder one at a time.
+    L, H, W = pw.shape[2], pw.shape[4], pw.shape[5]
+    P = H * W
+    others = np.empty(L, dtype=np.int64)
+    count = 0
+    for n in range(L):
+        if n != m:
+            others[count] = n
+            count += 1
+    n_fused = (count // 4) * 4
+    for g in range(0, n_fused, 4):
+        n0, n1, n2, n3 = others[g], others[g + 1], others[g + 2], others[g + 3]
+        for e in range(v.shape[0]):
+            _edge_segments4(pw[b, k, m, n0].reshape(P), pw[b, k, m, n1].reshape(P),
+                            pw[b, k, m, n2].reshape(P), pw[b, k, m, n3].reshape(P),
+                            out[e, b, m].reshape(P), v[e, b, m].reshape(P),
+                            out[e, b, n0].reshape(P), out[e, b, n1].reshape(P),
+                            out[e, b, n2].reshape(P), out[e, b, n3].reshape(P),
+                            v[e, b, n0].reshape(P), v[e, b, n1].reshape(P),
+                            v[e, b, n2].reshape(P), v[e, b, n3].reshape(P), di[k], dj[k], H, W)
+    for g in range(n_fused, count + 1):
+        n = others[g] if g < count else m
+        blk = pw[b, k, m, n].reshape(P)
+        for e in range(v.shape[0]):
+            _edge_segments(blk, out[e, b, m].reshape(P), v[e, b, n].reshape(P),
+                           out[e, b, n].reshape(P), v[e, b, m].reshape(P), di[k], dj[k], H, W)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_product_nb(pw, v, out, di, dj):  # pragma: no cover - compiled
+    B, K, L = pw.shape[0], pw.shape[1], pw.shape[2]
+    for b in range(B):
+        for k in range(K):
+            for m in range(L):
+                _pairwise_item(pw, v, out, di, dj, b, k, m)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _pairwise_product_parallel_nb(pw, v, out, acc, di, dj):  # pragma: no cover - compiled
+    # Work items (b, k, m) split statically over T = len(acc) + 1 threads; thread t > 0
+    # accumulates into its private zeroed acc[t - 1] (the transposed term writes every label
+    # row), summed into out at the end.
+    B, K, L = pw.shape[0], pw.shape[1], pw.shape[2]
+    n_items = B * K * L
+    T = acc.shape[0] + 1
+    for t in numba.prange(T):
+        for item in range(t * n_items // T, (t + 1) * n_items // T):
+            b = item // (K * L)
+            k = (item // L) % K
+            m = item % L
+            if t == 0:
+                _pairwise_item(pw, v, out, di, dj, b, k, m)
+            else:
+                _pairwise_item(pw, v, acc[t - 1], di, dj, b, k, m)
+    for t in range(T - 1):
+        out += acc[t]
+
+
+def _pairwise_product_xp(xp, pw, v, out, offsets):
+    H, W = pw.shape[-2:]
+    for k, (di, dj) in enumerate(offsets):
+        pi, pj, qi, qj = edge_ranges(di, dj, H, W)
+        blk = pw[:, k, :, :, pi, pj]  # (B, L, L, h, w)
+        out[..., pi, pj] += xp.einsum("bmnij,ebnij->ebmij", blk, v[..., qi, qj])
+        out[..., qi, qj] += xp.einsum("bmnij,ebmij->ebnij", blk, v[..., pi, pj])
+
+
+def pairwise_product(pw, v, out, offsets):
+    """Accumulate the general pairwise product ``out += A v`` (DESIGN.md 3.1).
+
+    ``(A v)[m, p] = sum_k sum_n pairwise[k, m, n, p] v[n, p + d_k]
+                  + sum_k sum_n pairwise[k, n, m, p - d_k] v[n, p - d_k]``
+
+    On the CPU large products (:data:`PARALLEL_MIN_ENTRIES`) run on :func:`product_threads`
+    threads, each accumulating into its own copy of ``out``.
+
+    Parameters
+    ----------
+    pw : array, shape ``(B, K, L, L, H, W)``, C-contiguous
+    v, out : arrays, shape ``(E, B, L, H, W)``, C-contiguous, of ``pw``'s dtype
+    offsets : tuple of ``(di, dj)``
+    """
+    if _use_numba(pw):
+        di, dj = _offset_arrays(offsets)
+        threads = min(product_threads(), pw.shape[0] * pw.shape[1] * pw.shape[2])
+        if pw.size >= PARALLEL_MIN_ENTRIES and threads > 1:
+            acc = np.zeros((threads - 1,) + out.shape, dtype=out.dtype)
+            _pairwise_product_parallel_nb(pw, v, out, acc, di, dj)
+        else:
+            _pairwise_product_nb(pw, v, out, di, dj)
+    else:
+        from .backend import get_array_module
+        _pairwise_product_xp(get_array_module(pw), pw, v, out, offsets)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar edge weights: out[r, p] += w[k,p] x[r, q];  out[r, q] += w[k,p] x[r, p]
+
+
+@numba.njit(cache=True, nogil=True)
+def _weight_product_nb(wt, x, out, di, dj):  # pragma: no cover - compiled
+    B, K, H, W = wt.shape
+    P = H * W
+    E, R = x.shape[0], x.shape[2]
+    for b in range(B):
+        for k in range(K):
+            w = wt[b, k].reshape(P)
+            for e in range(E):
+                for r in range(R):
+                    _edge_segments(w, out[e, b, r].reshape(P), x[e, b, r].reshape(P),
+                                   out[e, b, r].reshape(P), x[e, b, r].reshape(P), di[k], dj[k], H, W)
+
+
+def _weight_product_xp(xp, wt, x, out, offsets):
+    H, W = wt.shape[-2:]
+    for k, (di, dj) in enumerate(offsets):
+        pi, pj, qi, qj = edge_ranges(di, dj, H, W)
+        w = wt[None, :, k, None, pi, pj]  # (1, B, 1, h, w)
+        out[..., pi, pj] += w * x[..., qi, qj]
+        out[..., qi, qj] += w * x[..., pi, pj]
+
+
+def weight_product(wt, x, out, offsets):
+    """Accumulate ``out += W x`` for the symmetric ``P x P`` edge-weight matrix ``W`` of every
+    system, applied to ``R`` pixel vectors at once (DESIGN.md 3.2).
+
+    ``(W x)[p] = sum_k w[k, p] x[p + d_k] + sum_k w[k, p - d_k] x[p - d_k]``
+
+    Parameters
+    ----------
+    wt : array, shape ``(B, K, H, W)``, C-contiguous
+    x, out : arrays, shape ``(E, B, R, H, W)``, C-contiguous, of ``wt``'s dtype
+    offsets : tuple of ``(di, dj)``
+    """
+    if _use_numba(wt):
+        di, dj = _offset_arrays(offsets)
+        _weight_product_nb(wt, x, out, di, dj)
+    else:
+        from .backend import get_array_module
+        _weight_product_xp(get_array_module(wt), wt, x, out, offsets)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# multicolour Gauss-Seidel
+
+#: ``colour(i, j) = (a * i + j) mod C`` per neighbourhood: ``(a, C)``.  For every offset
+#: ``(di, dj)`` of the neighbourhood ``a * di + dj`` is not a multiple of ``C``, so no two pixels of
+#: one colour are neighbours (4: red-black; 8: four colours, the fewest a 2 x 2 clique allows;
+#: 12: five colours).
+_COLOURINGS = {4: (1, 2), 8: (2, 4), 12: (2, 5)}
+
+
+def pixel_colouring(neighbourhood: int) -> tuple[int, int]:
+    """``(a, C)`` of the pixel colouring ``colour(i, j) = (a i + j) mod C`` of a neighbourhood."""
+    return _COLOURINGS[int(neighbourhood)]
+
+
+def colour_masks(neighbourhood: int, height: int, width: int) -> np.ndarray:
+    """Boolean ``(C, H, W)``: ``masks[c]`` marks the pixels of colour ``c``."""
+    a, C = pixel_colouring(neighbourhood)
+    colour = (a * np.arange(height)[:, None] + np.arange(width)[None, :]) % C
+    return colour[None] == np.arange(C)[:, None, None]
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_colour_sweep_nb(pw, x, b, lam, di, dj, a, C, omega):  # pragma: no cover - compiled
+    # x, b: (B, L, H, W); lam: (B,).  For colour c, acc = (A x) at the pixels of colour c, then
+    # x_p <- (1 - omega) x_p + omega (b_p - acc_p) / lam for those pixels (the pixel block is lam I).
+    B, K, L, _, H, W = pw.shape
+    acc = np.zeros((L, H, W), dtype=x.dtype)
+    for bb in range(B):
+        for c in range(C):
+            acc[:] = 0
+            for k in range(K):
+                dik = di[k]
+                djk = dj[k]
+                for m in range(L):
+                    for n in range(L):
+                        for i in range(H):
+                            js = (c - a * i) % C
+                            iq = i + dik
+                            if 0 <= iq < H:  # p = (i, j) of colour c, q = p + d
+                                for j in range(js, W, C):
+                                    jq = j + djk
+                                    if 0 <= jq < W:
+                                        acc[m, i, j] += pw[bb, k, m, n, i, j] * x[bb, n, iq, jq]
+                            ip = i - dik
+                            if 0 <= ip < H:  # q = (i, j) of colour c, p = q - d
+                                for j in range(js, W, C):
+                                    jp = j - djk
+                                    if 0 <= jp < W:
+                                        acc[n, i, j] += pw[bb, k, m, n, ip, jp] * x[bb, m, ip, jp]
+            for m in range(L):
+                for i in range(H):
+                    for j in range((c - a * i) % C, W, C):
+                        x[bb, m, i, j] += omega * ((b[bb, m, i, j] - acc[m, i, j]) / lam[bb] - x[bb, m, i, j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _potts_colour_sweep_nb(wt, x, b, lam, di, dj, a, C, omega):  # pragma: no cover - compiled
+    # (A x)[m, p] = sum_q w_pq (s_q - x[m, q]) with s = sum_l x_l, restricted to the colour's pixels.
+    B, K, H, W = wt.shape
+    L = x.shape[1]
+    acc = np.zeros((L, H, W), dtype=x.dtype)
+    s = np.zeros((H, W), dtype=x.dtype)
+    for bb in range(B):
+        s[:] = 0
+        for m in range(L):
+            for i in range(H):
+                for j in range(W):
+                    s[i, j] += x[bb, m, i, j]
+        for c in range(C):
+            acc[:] = 0
+            for k in range(K):
+                dik = di[k]
+                djk = dj[k]
+                for i in range(H):
+                    js = (c - a * i) % C
+                    iq = i + dik
+                    if 0 <= iq < H:
+                        for j in range(js, W, C):
+                            jq = j + djk
+                            if 0 <= jq < W:
+                                w = wt[bb, k, i, j]
+                                for m in range(L):
+                                    acc[m, i, j] += w * (s[iq, jq] - x[bb, m, iq, jq])
+                    ip = i - dik
+                    if 0 <= ip < H:
+                        for j in range(js, W, C):
+                            jp = j - djk
+                            if 0 <= jp < W:
+                                w = wt[bb, k, ip, jp]
+                                for m in range(L):
+                                    acc[m, i, j] += w * (s[ip, jp] - x[bb, m, ip, jp])
+            for i in range(H):
+                for j in range((c - a * i) % C, W, C):
+                    tot = 0.0
+                    for m in range(L):
+                        x[bb, m, i, j] += omega * ((b[bb, m, i, j] - acc[m, i, j]) / lam[bb] - x[bb, m, i, j])
+                        tot += x[bb, m, i, j]
+                    s[i, j] = tot
+
+
+def _sweep_xp(xp, product, x, b, lam, masks, omega):
+    # Any backend: the full product per colour, the update applied at that colour's pixels only.
+    for c in range(masks.shape[0]):
+        ax = product(x)
+        upd = x + omega * ((b - ax) / lam - x)
+        x = xp.where(masks[c], upd, x)
+    return x
+
+
+def pairwise_colour_sweep(pw, x, b, lam, offsets, neighbourhood, omega):
+    """One multicolour Gauss–Seidel (SOR) sweep on ``(lam I + A) x = b``, general blocks.
+
+    Pixels are visited colour by colour (:func:`pixel_colouring`); all pixels of one colour are
+    updated at once and exactly, ``x_p <- (1 - omega) x_p + omega (b_p - sum_{q != p} A_pq x_q) / lam``,
+    because the ``L x L`` diagonal block of every pixel is ``lam I``.
+
+    Parameters
+    ----------
+    pw : array ``(B, K, L, L, H, W)``
+    x, b : arrays ``(B, L, H, W)``; ``x`` is updated in place on the CPU and returned
+    lam : array ``(B,)``
+    """
+    a, C = pixel_colouring(neighbourhood)
+    if _use_numba(pw):
+        di, dj = _offset_arrays(offsets)
+        _pairwise_colour_sweep_nb(pw, x, b, lam, di, dj, a, C, x.dtype.type(omega))
+        return x
+    from .backend import get_array_module
+    xp = get_array_module(pw)
+    H, W = x.shape[-2:]
+    masks = xp.asarray(colour_masks(neighbourhood, H, W))
+
+    def product(v):
+        out = xp.zeros_like(v)[None]
+        _pairwise_product_xp(xp, pw, v[None], out, offsets)
+        return out[0]
+
+    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], masks, omega)
+
+
+def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
+    """One multicolour Gauss–Seidel (SOR) sweep on ``(lam I + A) x = b``, Potts weights
+    (``(A x)_m = W (s - x_m)``, ``s = sum_l x_l``); see :func:`pairwise_colour_sweep`."""
+    a, C = pixel_colouring(neighbourhood)
+    if _use_numba(wt):
+        di, dj = _offset_arrays(offsets)
+        _potts_colour_sweep_nb(wt, x, b, lam, di, dj, a, C, x.dtype.type(omega))
+        return x
+    from .backend import get_array_module
+    xp = get_array_module(wt)
+    H, W = x.shape[-2:]
+    masks = xp.asarray(colour_masks(neighbourhood, H, W))
+
+    def product(v):
+        t = v.sum(axis=1, keepdims=True) - v
+        out = xp.zeros_like(t)[None]
+        _weight_product_xp(xp, wt, t[None], out, offsets)
+        return out[0]
+
+    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], masks, omega)
+
+
+# ---------------------------------------------------------------------------------------------
+# conjugate gradients on the P x P systems (lam I + alpha W) of the Potts split
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations):  # pragma: no cover
+    # For every (e, b, r): CG on (lam[b] I + W_b) x = rhs with W_b from the (pre-scaled) weights
+    # wt[b]; x holds the initial guess and is overwritten.  Stops when the recursively updated
+    # residual satisfies ||r|| <= rtol ||rhs|| or after maxiter steps.  Inner products accumulate in
+    # float64.  Returns -1 if all systems were positive definite along their Krylov directions,
+    # else the flat index (e, b, r) of a system with p^T A p <= 0.
+    E, B, R, H, W = x.shape
+    P = H * W
+    K = wt.shape[1]
+    res = np.empty(P, dtype=x.dtype)
+    p = np.empty(P, dtype=x.dtype)
+    q = np.empty(P, dtype=x.dtype)
+    for e in range(E):
+        for b in range(B):
+            lam_b = lam[b]
+            for r in range(R):
+                xs = x[e, b, r].reshape(P)
+                bs = rhs[e, b, r].reshape(P)
+                # q = A x
+                for t in range(P):
+                    q[t] = lam_b * xs[t]
+                for k in range(K):
+                    _edge_segments(wt[b, k].reshape(P), q, xs, q, xs, di[k], dj[k], H, W)
+                bnorm2 = 0.0
+                rr = 0.0
+                for t in range(P):
+                    res[t] = bs[t] - q[t]
+                    p[t] = res[t]
+                    bnorm2 += float(bs[t]) * float(bs[t])
+                    rr += float(res[t]) * float(res[t])
+                tol2 = rtol * rtol * bnorm2
+                it = 0
+                while rr > tol2 and it < maxiter:
+                    for t in range(P):
+                        q[t] = lam_b * p[t]
+                    for k in range(K):
+                        _edge_segments(wt[b, k].reshape(P), q, p, q, p, di[k], dj[k], H, W)
+                    pq = 0.0
+                    for t in range(P):
+                        pq += float(p[t]) * float(q[t])
+                    if pq <= 0.0:  # not positive definite
+                        return (e * B + b) * R + r
+                    alpha = rr / pq
+                    rr_new = 0.0
+                    for t in range(P):
+                        xs[t] += alpha * p[t]
+                        res[t] -= alpha * q[t]
+                        rr_new += float(res[t]) * float(res[t])
+                    beta = rr_new / rr
+                    rr = rr_new
+                    for t in range(P):
+                        p[t] = res[t] + beta * p[t]
+                    it += 1
+                iterations[e, b, r] = it
+    return -1
+
+
+def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
+    """CG on every ``P x P`` system ``(lam_b I + W_b) x = rhs`` of a stack, on the CPU.
+
+    Parameters
+    ----------
+    wt : ndarray ``(B, K, H, W)``
+        Edge weights of ``W_b`` (scaled as the system needs, e.g. ``(L - 1) w`` or ``-w``).
+    lam : ndarray ``(B,)``
+    rhs, x : ndarrays ``(E, B, R, H, W)``, C-contiguous; ``x`` (initial guess) is overwritten
+    rtol : float
+        Stop when the recursively updated residual has ``||r|| <= rtol ||rhs||``.
+    maxiter : int
+
+    Returns
+    -------
+    iterations : int ndarray ``(E, B, R)``
+    failed : int
+        ``-1``, or the flat index of a system that met ``p^T A p <= 0``.
+    """
+    di, dj = _offset_arrays(offsets)
+    iterations = np.zeros(x.shape[:3], dtype=np.int64)
+    failed = _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, float(rtol), int(maxiter), iterations)
+    return iterations, int(failed)

@@ -1,0 +1,672 @@
+"""Sparse grid G-CRFs: general ``L x L`` blocks (DESIGN.md 3.1) and Potts weights (3.2).
+
+Both operators act on score vectors of shape ``(*batch, L, H, W)`` (flat index
+``n = l P + i W + j``), with pixel neighbourhoods 4, 8 or 12 (:mod:`gcrflinalg.neighbourhoods`).
+Products are matrix-free (:mod:`gcrflinalg._grid_kernels`: Numba on the CPU, sliced array code on
+CuPy); ``to_sparse`` assembles the same matrix as CSR from a cached pattern
+(:mod:`gcrflinalg._grid_csr`).  Beyond the generic solvers the operators offer a multicolour
+Gauss–Seidel sweep (pixel blocks are ``lam I``, so all pixels of one colour update exactly and at
+once), ``method="direct"`` (sparse LU of the CSR matrix, reused by the adjoint solve), the Potts
+``L + 1`` split for ``method="cg"``, and the positive-definiteness checks of DESIGN.md section 6.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ._grid_csr import assemble_csr
+from . import _grid_kernels
+from ._grid_kernels import (
+    edge_ranges,
+    pairwise_colour_sweep,
+    pairwise_product,
+    potts_colour_sweep,
+    shifted_weight_cg,
+    weight_product,
+)
+from ._validation import as_lam, as_parameter
+from .backend import get_array_module, to_host
+from .neighbourhoods import neighbourhood_offsets
+from .operator import GCRFOperator
+
+__all__ = ["GridGCRF", "GridPottsGCRF"]
+
+#: Potts systems with at most this many pixels get the extreme eigenvalues of ``W`` from a dense
+#: eigensolver; larger ones from Lanczos (``eigsh``).
+DENSE_EIG_MAX_PIXELS = 1024
+
+
+def _result_class():
+    try:
+        from solvers import SolveResult
+    except ImportError:  # the solvers package exposes it at top level; its module always exists
+        from solvers._result import SolveResult
+    return SolveResult
+
+
+def _not_pd_error(message, *, value, bound, system):
+    from solvers._errors import NotPositiveDefiniteError
+
+    return NotPositiveDefiniteError(message, quantity="lam", value=value, bound=bound, system=system)
+
+
+def _system_label(index) -> str:
+    return f" (batch item {index})" if index else ""
+
+
+class _GridOperator(GCRFOperator):
+    """Shared machinery of the grid forms: shapes, the batched product over extra axes, CSR,
+    dense view, direct solves and the multicolour Gauss–Seidel sweep.
+
+    Subclasses set ``_params`` (the parameter reshaped to ``(B, ...)``, C-contiguous, never
+    written) and implement ``_accumulate_pairwise(v, out)`` on ``(E, B, L, H, W)`` arrays.
+    """
+
+    _potts = False
+
+    def _setup_grid(self, *, xp, dtype, batch_shape, num_labels, height, width, neighbourhood, lam):
+        self.neighbourhood = int(neighbourhood)
+        self.offsets = neighbourhood_offsets(neighbourhood)
+        self.num_labels, self.height, self.width = int(num_labels), int(height), int(width)
+        lam_arr, lam_shape = as_lam(lam, tuple(batch_shape), dtype, xp)
+        super().__init__(xp=xp, dtype=dtype, batch_shape=batch_shape,
+                         vector_shape=(self.num_labels, self.height, self.width), lam=lam_arr,
+                         lam_shape=lam_shape)
+        self._n_systems = math.prod(self.batch_shape)
+        self._lam_flat = xp.ascontiguousarray(lam_arr).reshape(self._n_systems)
+        self._factors = {}
+
+    # ------------------------------------------------------------------ products
+    def matvec(self, v):
+        """``M v = lam v + A v`` for every system of the batch (one structured product).
+
+        Parameters
+        ----------
+        v : array, shape ``(..., *batch_shape, L, H, W)`` or ``(..., *batch_shape, N)``
+
+        Returns
+        -------
+        array of the same shape as ``v``
+        """
+        arr, flat = self.as_vectors(v)
+        return self._restore(self._product(arr), flat)
+
+    __matmul__ = matvec
+
+    def _matvec(self, v):
+        return self._product(v)
+
+    def _product(self, v):
+        """``M v`` for ``v`` of shape ``(*extra, *batch_shape, L, H, W)``."""
+        xp = self.xp
+        shape = v.shape
+        B, L, H, W = self._n_systems, self.num_labels, self.height, self.width
+        vv = xp.ascontiguousarray(v.reshape((-1, B, L, H, W)))
+        out = self._lam_flat.reshape(1, B, 1, 1, 1) * vv
+        self._accumulate_pairwise(vv, out)
+        return out.reshape(shape)
+
+    def pairwise_product(self, v):
+        """``A v`` (the pairwise part only, no ``lam`` term); ``v`` shaped as for :meth:`matvec`."""
+        arr, flat = self.as_vectors(v)
+        xp = self.xp
+        vv = xp.ascontiguousarray(arr.reshape((-1, self._n_systems) + self.vector_shape))
+        out = xp.zeros_like(vv)
+        self._accumulate_pairwise(vv, out)
+        return self._restore(out.reshape(arr.shape), flat)
+
+    # ------------------------------------------------------------------ views
+    def _check_index(self, index):
+        index = tuple(np.atleast_1d(index)) if not isinstance(index, tuple) else index
+        if len(index) != len(self.batch_shape):
+            raise ValueError(f"index must have {len(self.batch_shape)} entries for batch_shape "
+                             f"{self.batch_shape}; got {index}")
+        return tuple(int(i) for i in index)
+
+    def _flat_index(self, index) -> int:
+        return int(np.ravel_multi_index(index, self.batch_shape)) if index else 0
+
+    def to_sparse(self, index=()):
+        """``M`` of one system as a CSR matrix (SciPy, or ``cupyx.scipy.sparse`` on the GPU).
+
+        The index pattern is cached per ``(H, W, L, neighbourhood)``: a new system of a seen size
+        only writes values.
+
+        Parameters
+        ----------
+        index : tuple of int
+            Batch index of the system; ``()`` for an unbatched operator.
+
+        Returns
+        -------
+        csr_matrix, shape ``(N, N)``
+        """
+        index = self._check_index(index)
+        b = self._flat_index(index)
+        return assemble_csr(self.xp, self._params[b], self._lam_flat[b], self.height, self.width,
+                            self.num_labels, self.neighbourhood, self._potts)
+
+    def tocsr(self):
+        """``to_sparse()`` of an unbatched operator (the name SciPy-style code looks for)."""
+        return self.to_sparse(())
+
+    def _to_dense(self):
+        xp = self.xp
+        mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
+        return xp.stack(mats).reshape(self.batch_shape + self.shape)
+
+    # ------------------------------------------------------------------ solver hooks
+    def _gauss_seidel_sweep(self, x, b, omega):
+        # Multicolour sweep on one batch-shaped x (copied: the caller's array is kept).
+        xp = self.xp
+        shape = x.shape
+        B = self._n_systems
+        xs = xp.array(x.reshape((B,) + self.vector_shape), copy=True, order="C")
+        bs = xp.ascontiguousarray(b.reshape((B,) + self.vector_shape))
+        xs = self._colour_sweep(xs, bs, omega)
+        return xs.reshape(shape)
+
+    def _solve(self, b, method, x0, options):
+        if method == "direct":
+            return self._direct_solve(b, options)
+        return NotImplemented
+
+    def _direct_solve(self, b, options):
+        return sparse_direct_solve(self, b, options)
+
+    # ------------------------------------------------------------------ positive definiteness
+    def gershgorin_bound(self):
+        """Largest Gershgorin radius of ``A`` per system, ``max_r sum_{c != r} |A_rc|``.
+
+        ``lam`` above it proves ``M`` positive definite.  Returns an array of ``batch_shape``.
+        """
+        R = self._gershgorin_radii()
+        return R.reshape(self.batch_shape + (-1,)).max(axis=-1)
+
+    def check_positive_definite(self) -> None:
+        """Check ``M = lam I + A`` for positive definiteness (DESIGN.md section 6).
+
+        ``lam`` above the Gershgorin bound (:meth:`gershgorin_bound`) proves it.  Otherwise the
+        system's smallest eigenvalue is estimated by Lanczos; an estimate ``<= 0`` proves ``M``
+        indefinite and raises.  (A Gershgorin failure alone proves nothing: such systems are left to
+        CG, which raises on ``p^T M p <= 0``.)
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            Naming ``lam``, the Gershgorin bound and the eigenvalue estimate.
+        """
+        gershgorin_lanczos_check(self)
+
+
+class GridGCRF(_GridOperator):
+    """Sparse grid G-CRF with general ``L x L`` pairwise blocks (DESIGN.md 3.1).
+
+    ``M = lam I + A`` with, for every in-image edge ``k`` joining ``p = (i, j)`` and
+    ``q = (i + di_k, j + dj_k)``, ``A[(m, p), (n, q)] = A[(n, q), (m, p)] = pairwise[k, m, n, i, j]``.
+
+    Parameters
+    ----------
+    pairwise : array, shape ``(*batch, K, L, L, H, W)``
+        Pairwise blocks; ``K`` = 2, 4, 6 for the 4, 8, 12 neighbourhoods.  Entries of edges leaving
+        the image are ignored.  Never modified; float32 or float64 (other reals become float64).
+    lam : float or array of shape ``batch``
+        Diagonal shift, ``> 0``.
+    neighbourhood : {4, 8, 12}
+
+    Attributes
+    ----------
+    pairwise : the validated parameter (a view of the input when no cast was needed)
+    num_labels, height, width, neighbourhood, offsets
+    """
+
+    def __init__(self, pairwise, lam, neighbourhood=4):
+        offsets = neighbourhood_offsets(neighbourhood)
+        pw = as_parameter(pairwise, "pairwise", min_ndim=5)
+        K, L1, L2, H, W = pw.shape[-5:]
+        if K != len(offsets) or L1 != L2:
+            raise ValueError(
+                f"pairwise must have shape (..., K, L, L, H, W) with K = {len(offsets)} for the "
+                f"{int(neighbourhood)}-neighbourhood; got {tuple(pw.shape)}")
+        xp = get_array_module(pw)
+        self.pairwise = pw
+        self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
+                         width=W, neighbourhood=neighbourhood, lam=lam)
+        self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
+
+    def _accumulate_pairwise(self, v, out):
+        pairwise_product(self._params, v, out, self.offsets)
+
+    def _colour_sweep(self, x, b, omega):
+        return pairwise_colour_sweep(self._params, x, b, self._lam_flat, self.offsets,
+                                     self.neighbourhood, omega)
+
+    def _parameter_gradients(self, x, g):
+        """``dL/dpairwise[k, :, :, i, j] = -(g_p x_q^T + x_p g_q^T)`` on in-image edges, 0 elsewhere
+        (DESIGN.md section 5)."""
+        xp = self.xp
+        grad = xp.zeros(self.pairwise.shape, dtype=self.dtype)
+        for k, (di, dj) in enumerate(self.offsets):
+            pi, pj, qi, qj = edge_ranges(di, dj, self.height, self.width)
+            gp, xq = g[..., :, None, pi, pj], x[..., None, :, qi, qj]
+            xp_, gq = x[..., :, None, pi, pj], g[..., None, :, qi, qj]
+            grad[..., k, :, :, pi, pj] = -(gp * xq + xp_ * gq)
+        return {"pairwise": grad}
+
+    def _gershgorin_radii(self):
+        # R[m, p] = sum over edges at p of sum_n |pairwise[k, m, n, p]| (p as the edge's first end)
+        #         + sum over edges into p of sum_m' |pairwise[k, m', m, p - d]| (p as its second end)
+        xp = self.xp
+        absw = xp.abs(self._params)
+        R = xp.zeros((self._n_systems,) + self.vector_shape, dtype=self.dtype)
+        for k, (di, dj) in enumerate(self.offsets):
+            pi, pj, qi, qj = edge_ranges(di, dj, self.height, self.width)
+            blk = absw[:, k, :, :, pi, pj]
+            R[:, :, pi, pj] += blk.sum(axis=2)
+            R[:, :, qi, qj] += blk.sum(axis=1)
+        return R
+
+
+class GridPottsGCRF(_GridOperator):
+    """Sparse grid G-CRF with Potts pairwise terms (DESIGN.md 3.2).
+
+    ``A[(m, p), (n, q)] = weights[k, i, j]`` for ``m != n`` and ``0`` for ``m == n``; with ``W`` the
+    symmetric ``P x P`` edge-weight matrix, ``M = I_L (x) (lam I - W) + 1 1^T (x) W``.
+
+    The product uses the shared structure, ``(M v)_l = lam v_l + W (s - v_l)`` with
+    ``s = sum_l v_l`` (one pass over the weights for all labels); ``method="cg"`` solves the
+    ``L + 1`` systems of size ``P`` of the split
+
+        ``(lam I + (L-1) W) s = sum_l b_l``,   ``(lam I - W) x_l = b_l - W s``.
+
+    Parameters
+    ----------
+    weights : array, shape ``(*batch, K, H, W)``
+        Edge weights; entries of edges leaving the image are ignored.  Never modified.
+    lam : float or array of shape ``batch``
+        Diagonal shift; ``M`` is positive definite iff ``lam > lambda_max(W)`` and
+        ``lam > -(L-1) lambda_min(W)`` (:meth:`check_positive_definite`).
+    num_labels : int
+        ``L >= 1``.
+    neighbourhood : {4, 8, 12}
+    """
+
+    _potts = True
+
+    def __init__(self, weights, lam, num_labels, neighbourhood=4):
+        offsets = neighbourhood_offsets(neighbourhood)
+        wt = as_parameter(weights, "weights", min_ndim=3)
+        K, H, W = wt.shape[-3:]
+        if K != len(offsets):
+            raise ValueError(
+                f"weights must have shape (..., K, H, W) with K = {len(offsets)} for the "
+                f"{int(neighbourhood)}-neighbourhood; got {tuple(wt.shape)}")
+        if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+            raise ValueError(f"num_labels must be an integer >= 1; got {num_labels!r}")
+        xp = get_array_module(wt)
+        self.weights = wt
+        self._setup_grid(xp=xp, dtype=wt.dtype, batch_shape=wt.shape[:-3], num_labels=int(num_labels),
+                         height=H, width=W, neighbourhood=neighbourhood, lam=lam)
+        self._params = xp.ascontiguousarray(wt.reshape((self._n_systems, K, H, W)))
+
+    def _accumulate_pairwise(self, v, out):
+        # (A v)_l = W (s - v_l), s = sum_l v_l: every weight read once for all labels.
+        t = v.sum(axis=2, keepdims=True) - v
+        weight_product(self._params, t, out, self.offsets)
+
+    def _weight_matvec(self, x):
+        """``W x`` on stacks of pixel vectors ``x`` of shape ``(E, B, R, H, W)`` (C-contiguous),
+        ``B`` the number of systems."""
+        out = self.xp.zeros_like(x)
+        weight_product(self._params, x, out, self.offsets)
+        return out
+
+    def _colour_sweep(self, x, b, omega):
+        return potts_colour_sweep(self._params, x, b, self._lam_flat, self.offsets,
+                                  self.neighbourhood, omega)
+
+    def _parameter_gradients(self, x, g):
+        """``dL/dweights[k, i, j] = -[G_p X_q - g_p.x_q + G_q X_p - g_q.x_p]`` with label sums
+        ``G = sum_l g_l``, ``X = sum_l x_l`` (DESIGN.md section 5); 0 on edges leaving the image."""
+        xp = self.xp
+        G, X = g.sum(axis=-3), x.sum(axis=-3)
+        grad = xp.zeros(self.weights.shape, dtype=self.dtype)
+        for k, (di, dj) in enumerate(self.offsets):
+            pi, pj, qi, qj = edge_ranges(di, dj, self.height, self.width)
+            cross_pq = (g[..., pi, pj] * x[..., qi, qj]).sum(axis=-3)
+            cross_qp = (g[..., qi, qj] * x[..., pi, pj]).sum(axis=-3)
+            grad[..., k, pi, pj] = -(G[..., pi, pj] * X[..., qi, qj] - cross_pq
+                                     + G[..., qi, qj] * X[..., pi, pj] - cross_qp)
+        return {"weights": grad}
+
+    def _gershgorin_radii(self):
+        # Row (m, p) of A holds w_pq for every neighbour q and every label n != m: (L-1) |W| 1.
+        xp = self.xp
+        ones = xp.ones((1, self._n_systems, 1, self.height, self.width), dtype=self.dtype)
+        r = xp.zeros_like(ones)
+        weight_product(xp.abs(self._params), ones, r, self.offsets)
+        return xp.broadcast_to(r[0] * (self.num_labels - 1), (self._n_systems,) + self.vector_shape)
+
+    # ------------------------------------------------------------------ positive definiteness
+    def weight_matrix(self, index=()):
+        """The ``P x P`` edge-weight matrix ``W`` of one system as CSR (zero diagonal stored)."""
+        index = self._check_index(index)
+        b = self._flat_index(index)
+        zero = self.xp.zeros((), dtype=self.dtype)
+        return assemble_csr(self.xp, self._params[b], zero, self.height, self.width, 1,
+                            self.neighbourhood, False)
+
+    def weight_extreme_eigenvalues(self, index=()):
+        """``(lambda_min(W), lambda_max(W))`` of one system.
+
+        Dense ``eigvalsh`` for at most :data:`DENSE_EIG_MAX_PIXELS` pixels; otherwise Lanczos
+        (``eigsh``, ``which="SA"``/``"LA"``, tolerance ``1e-8`` relative), whose Ritz values lie
+        inside ``[lambda_min, lambda_max]`` and converge to them from within.
+        """
+        Wm = self.weight_matrix(index)
+        P = Wm.shape[0]
+        xp = self.xp
+        if P == 1:
+            return 0.0, 0.0
+        if P <= DENSE_EIG_MAX_PIXELS:
+            ev = to_host(xp.linalg.eigvalsh(Wm.toarray().astype(np.float64)))
+            return float(ev[0]), float(ev[-1])
+        if xp is np:
+            from scipy.sparse.linalg import eigsh
+        else:
+            from cupyx.scipy.sparse.linalg import eigsh
+        Wm = Wm.astype(np.float64)
+        lo = float(to_host(eigsh(Wm, k=1, which="SA", tol=1e-8, return_eigenvectors=False))[0])
+        hi = float(to_host(eigsh(Wm, k=1, which="LA", tol=1e-8, return_eigenvectors=False))[0])
+        return lo, hi
+
+    def check_positive_definite(self) -> None:
+        """Check the exact condition ``lam > lambda_max(W)`` and ``lam > -(L-1) lambda_min(W)``
+        (DESIGN.md section 6) for every system.
+
+        A Gershgorin bound ``r = max_p sum_q |w_pq|`` settles most systems at once
+        (``lam > (L-1) r`` and ``lam > r`` prove it); the others get the extreme eigenvalues of
+        ``W`` (:meth:`weight_extreme_eigenvalues`).
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            Naming ``lam`` and the violated bound.
+        """
+        L = self.num_labels
+        if L == 1:  # M = lam I
+            return
+        xp = self.xp
+        ones = xp.ones((1, self._n_systems, 1, self.height, self.width), dtype=self.dtype)
+        r = xp.zeros_like(ones)
+        weight_product(xp.abs(self._params), ones, r, self.offsets)
+        radius = to_host(r.reshape(self._n_systems, -1).max(axis=1))
+        lam = to_host(self._lam_flat)
+        for b in np.nonzero(lam <= max(L - 1, 1) * radius)[0]:
+            idx = tuple(int(i) for i in np.unravel_index(int(b), self.batch_shape)) if self.batch_shape else ()
+            lo, hi = self.weight_extreme_eigenvalues(idx)
+            bound = max(hi, -(L - 1) * lo)
+            if lam[b] <= bound:
+                which = (f"lambda_max(W) = {hi:.6g}" if hi >= -(L - 1) * lo
+                         else f"-(L-1) lambda_min(W) = -{L - 1} * ({lo:.6g}) = {-(L - 1) * lo:.6g}")
+                raise _not_pd_error(
+                    f"GridPottsGCRF is not positive definite{_system_label(idx)}: lam = "
+                    f"{float(lam[b]):.6g} must exceed max(lambda_max(W), -(L-1) lambda_min(W)) = "
+                    f"{bound:.6g} (set by {which})", value=float(lam[b]), bound=bound, system=idx)
+
+    # ------------------------------------------------------------------ the L + 1 split
+    def _solve(self, b, method, x0, options):
+        if method in ("cg", "auto") and not ({"callback", "M"} & set(options)):
+            return _potts_split_solve(self, b, x0, options)
+        return super()._solve(b, method, x0, options)
+
+
+class _ShiftedWeightSystem:
+    """The ``P x P`` operator ``lam I + alpha W`` of every system, on stacks of pixel vectors.
+
+    ``matvec`` takes ``(E, B, [R,] P)`` arrays (``B`` systems, ``R`` vectors per system) as the
+    batched solvers pass them.
+    """
+
+    def __init__(self, op: GridPottsGCRF, alpha: float):
+        self.op = op
+        self._scaled_weights = op.xp.ascontiguousarray(op._params * op.dtype.type(alpha))
+        self._lam = op._lam_flat.reshape(1, -1, 1, 1, 1)
+        P = op.height * op.width
+        self.shape = (P, P)
+        self.dtype = op.dtype
+
+    def matvec(self, X):
+        op = self.op
+        x = op.xp.ascontiguousarray(X.reshape((X.shape[0], op._n_systems, -1, op.height, op.width)))
+        out = self._lam * x
+        weight_product(self._scaled_weights, x, out, op.offsets)
+        return out.reshape(X.shape)
+
+
+def _potts_split_solve(op: GridPottsGCRF, b, x0, options):
+    """``M x = b`` by the ``L + 1`` split of DESIGN.md 3.2, in refinement rounds.
+
+    Each round solves ``M d = r`` for the current residual ``r = b - M x``: CG on the label sum
+    ``(lam I + (L-1) W) s = sum_l r_l``, then CG on all ``L`` systems ``(lam I - W) d_l = r_l - W s``
+    at once, and sets ``x += d``.  Rounds stop when the true residual meets
+    ``||b - M x|| <= max(rtol ||b||, atol)`` per system, when the iteration budget (``maxiter``,
+    default ``10 P``) is spent, or when a round no longer halves the residual (the limit of the
+    dtype).  Inner tolerances are tightened by ``L`` for the sum (its error reaches every label
+    through ``W``).  The inner CG runs as one compiled loop per ``P``-sized system on the CPU
+    (:func:`gcrflinalg._grid_kernels.shifted_weight_cg`) and as the batched :func:`solvers.cg` on
+    other backends.
+
+    Returns a ``SolveResult`` whose ``iterations`` count the CG steps of both phases (the label
+    phase counts as its slowest label) and whose ``residual_norms`` hold the true residual norm of
+    the full system at the start and at the end of every round, repeated across the round's steps.
+    """
+    t0 = time.perf_counter()
+    xp = op.xp
+    rtol = float(options.pop("rtol", 1e-5))
+    atol = float(options.pop("atol", 0.0))
+    maxiter = options.pop("maxiter", None)
+    check_pd = options.pop("check_pd", True)
+    if options:
+        raise TypeError(f"unexpected solver options {sorted(options)} for method='cg'")
+    L, B = op.num_labels, op._n_systems
+    P = op.height * op.width
+    sys_shape = b.shape[: b.ndim - 1]
+    bb = b.reshape((-1, B, L, P))
+    E = bb.shape[0]
+    x = xp.zeros_like(bb) if x0 is None else xp.array(x0.reshape(bb.shape), copy=True)
+    bnorm = xp.sqrt(xp.sum(bb * bb, axis=(2, 3)))  # (E, B)
+    tol = xp.maximum(rtol * bnorm, atol)
+    budget = 10 * P if maxiter is None else int(maxiter)
+    sum_sys, label_sys = _ShiftedWeightSystem(op, L - 1), _ShiftedWeightSystem(op, -1.0)
+    grid = (E, B, L, op.height, op.width)
+
+    def residual(x):
+        return bb - op._product(x.reshape((E,) + op.batch_shape + op.vector_shape)).reshape(bb.shape)
+
+    r = residual(x)
+    rnorm = xp.sqrt(xp.sum(r * r, axis=(2, 3)))
+    rounds = [(np.zeros((E, B), dtype=np.int64), to_host(rnorm))]
+    used = np.zeros((E, B), dtype=np.int64)
+    matvecs = 1
+    for _ in range(10):
+        todo = to_host(rnorm > tol)
+        if not todo.any() or used.max() >= budget:
+            break
+        # relative inner tolerance: the tightest any unfinished system needs, with margins for the
+        # coupling of the two phases (the sum's error reaches every label through W)
+        need = float(to_host(tol / xp.where(rnorm > 0, rnorm, 1))[todo].min())
+        inner = dict(maxiter=max(1, budget - int(used.max())), check_pd=check_pd)
+        r = xp.where(xp.asarray(todo)[..., None, None], r, 0)  # finished systems sit still
+        s, s_iters, s_mv = _shifted_solve(op, sum_sys, r.sum(axis=2)[:, :, None], 0.5 * need / L, **inner)
+        if s is None:  # p^T M p <= 0 met with check_pd=False: stop, unconverged
+            break
+        Ws = op._weight_matvec(xp.ascontiguousarray(s.reshape(E, B, 1, op.height, op.width)))
+        d, d_iters, d_mv = _shifted_solve(op, label_sys, r - Ws.reshape(E, B, 1, P), 0.5 * need, **inner)
+        if d is None:
+            break
+        x = x + d
+        r = residual(x)
+        previous, rnorm = rnorm, xp.sqrt(xp.sum(r * r, axis=(2, 3)))
+        steps = (s_iters.reshape(E, B) + d_iters.reshape(E, B, L).max(axis=2)) * todo
+        used += steps
+        matvecs += s_mv + d_mv + 2
+        rounds.append((steps, to_host(rnorm)))
+        if not to_host((rnorm < 0.5 * previous) | (rnorm <= tol)).all():
+            break  # a round that does not halve the residual: the dtype's accuracy is reached
+    converged = to_host(rnorm <= tol)
+    history = _round_history(rounds, used)
+    x = x.reshape(grid).reshape(b.shape)
+    result = _make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
+                          history=history.reshape((-1,) + sys_shape), matvecs=matvecs,
+                          time_s=time.perf_counter() - t0, method="cg",
+                          bnorm=to_host(bnorm).reshape(sys_shape))
+    return result
+
+
+def gershgorin_lanczos_check(op):
+    """Raise :class:`NotPositiveDefiniteError` if a system of ``op`` is provably indefinite.
+
+    ``lam`` above ``op.gershgorin_bound()`` proves a system positive definite; for the others a
+    Lanczos estimate of ``lambda_min(M)`` (:func:`lanczos_lambda_min`) ``<= 0`` proves it indefinite.
+    """
+    bound = to_host(op.gershgorin_bound()).reshape(op.batch_shape)
+    lam = to_host(op.lam).reshape(op.batch_shape)
+    for idx in np.argwhere(lam <= bound):
+        idx = tuple(int(i) for i in idx)
+        lmin = lanczos_lambda_min(op, idx)
+        if lmin is not None and lmin <= 0:
+            raise _not_pd_error(
+                f"{type(op).__name__} is not positive definite{_system_label(idx)}: "
+                f"lam = {float(lam[idx]):.6g} does not exceed the Gershgorin bound "
+                f"{float(bound[idx]):.6g}, and Lanczos finds lambda_min(M) = {lmin:.6g} <= 0",
+                value=float(lam[idx]), bound=float(bound[idx]), system=idx)
+
+
+def sparse_direct_solve(op, b, options):
+    """``M x = b`` by a sparse LU (SuperLU) of every system's CSR matrix ``op.to_sparse(index)``.
+
+    The factors are cached in ``op._factors`` so that the adjoint solve reuses the forward
+    factorisation.  ``b`` has shape ``(*extra, *op.batch_shape, N)``.
+    """
+    xp = op.xp
+    unknown = set(options) - {"rtol", "atol", "maxiter", "callback"}
+    if unknown:
+        raise TypeError(f"method='direct' takes no options {sorted(unknown)}")
+    t0 = time.perf_counter()
+    nb = len(op.batch_shape)
+    extra = b.shape[: b.ndim - nb - 1]
+    n_sys = math.prod(op.batch_shape)
+    bb = b.reshape((-1, n_sys, op.size))
+    x = xp.empty_like(bb)
+    for sys_i, idx in enumerate(np.ndindex(*op.batch_shape)):
+        rhs = bb[:, sys_i, :].T  # (N, E)
+        x[:, sys_i, :] = _sparse_factor(op, idx)(rhs).reshape(op.size, -1).T
+    x = x.reshape(b.shape)
+    res = b - op.matvec(x)
+    sys_shape = extra + op.batch_shape
+    rnorm = to_host(xp.sqrt(xp.sum(res * res, axis=-1))).reshape(sys_shape)
+    bnorm = to_host(xp.sqrt(xp.sum(b * b, axis=-1))).reshape(sys_shape)
+    return _make_result(x, converged=np.ones(sys_shape, dtype=bool), iterations=np.zeros(sys_shape, int),
+                        history=rnorm[None], matvecs=1, time_s=time.perf_counter() - t0,
+                        method="direct", bnorm=bnorm)
+
+
+def _sparse_factor(op, index):
+    factors = op.__dict__.setdefault("_factors", {})
+    if index not in factors:
+        mat = op.to_sparse(index).tocsc()
+        if op.xp is np:
+            from scipy.sparse.linalg import splu
+        else:
+            from cupyx.scipy.sparse.linalg import splu
+        factors[index] = splu(mat).solve
+    return factors[index]
+
+
+def lanczos_lambda_min(op, index):
+    """A Lanczos (ARPACK / cupyx ``eigsh``) estimate of ``lambda_min(M)`` of one system of ``op``
+    (from its CSR matrix), or None without one.  A Ritz value is never below ``lambda_min``, so an
+    estimate ``<= 0`` proves ``M`` indefinite."""
+    mat = op.to_sparse(index)
+    try:
+        if op.xp is np:
+            from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+            try:
+                vals = eigsh(mat.astype(np.float64), k=1, which="SA", tol=1e-6, maxiter=2000,
+                             return_eigenvectors=False)
+            except ArpackNoConvergence as err:
+                vals = err.eigenvalues
+        else:
+            from cupyx.scipy.sparse.linalg import eigsh
+
+            vals = to_host(eigsh(mat, k=1, which="SA", return_eigenvectors=False))
+    except Exception:  # no estimate: CG still detects an indefinite system
+        return None
+    return float(np.min(vals)) if len(vals) else None
+
+
+def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
+    """Solve ``(lam I + alpha W) x = rhs`` for a stack ``rhs`` of shape ``(E, B, R, P)``.
+
+    Numba CG (one compiled loop per system, inner products in float64) on the CPU; the batched
+    :func:`solvers.cg` on ``system`` elsewhere, with ``rtol`` kept above what the dtype resolves
+    (that solver checks true residuals).  Returns ``(x, iterations (E, B, R), matvecs)``, or
+    ``(None, None, 0)`` when ``p^T A p <= 0`` was met and ``check_pd`` is False.
+    """
+    E, B, R, P = rhs.shape
+    if _grid_kernels._use_numba(op._params):
+        rhs5 = np.ascontiguousarray(rhs.reshape(E, B, R, op.height, op.width))
+        x = np.zeros_like(rhs5)
+        iters, failed = shifted_weight_cg(system._scaled_weights, op._lam_flat, rhs5, x, op.offsets,
+                                          rtol, maxiter)
+        if failed >= 0:
+            if not check_pd:
+                return None, None, 0
+            e, b, r = np.unravel_index(failed, (E, B, R))
+            idx = np.unravel_index(int(b), op.batch_shape) if op.batch_shape else ()
+            raise _not_pd_error(
+                f"GridPottsGCRF is not positive definite{_system_label(tuple(int(i) for i in idx))}: "
+                f"CG on the split met p^T A p <= 0; lam = {float(op._lam_flat[b]):.6g} must exceed "
+                "max(lambda_max(W), -(L-1) lambda_min(W)) (see check_positive_definite)",
+                value=float(op._lam_flat[b]), bound=None, system=tuple(int(i) for i in idx))
+        return x.reshape(rhs.shape), iters, int(iters.max(initial=0)) + 1
+    from solvers import cg
+
+    rtol = max(rtol, 64 * float(np.finfo(op.dtype).eps))
+    res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
+    iters = np.broadcast_to(np.asarray(res.iterations), (E, B, R))
+    if not check_pd and np.any(np.asarray(res.info) < 0):
+        return None, None, 0
+    return res.x, iters, res.matvecs
+
+
+def _round_history(rounds, used):
+    """``(max(used) + 1, E, B)`` residual history from per-round (steps, end norms)."""
+    n_rows = int(used.max()) + 1
+    hist = np.empty((n_rows,) + used.shape, dtype=np.float64)
+    hist[:] = rounds[0][1]
+    pos = np.zeros(used.shape, dtype=np.int64)
+    for steps, norms in rounds[1:]:
+        pos = pos + steps
+        # from the end of this round on, every row holds the round's end norm
+        rows = np.arange(n_rows).reshape((-1,) + (1,) * used.ndim)
+        hist = np.where((rows >= pos) & (steps > 0), norms, hist)
+    return hist
+
+
+def _make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm):
+    SolveResult = _result_class()
+    converged = np.asarray(converged, dtype=bool)
+    iterations = np.asarray(iterations, dtype=np.int64)
+    info = np.where(converged, 0, np.maximum(iterations, 1))
+    bnorm = np.asarray(bnorm, dtype=np.float64)
+    if converged.ndim == 0:
+        converged, iterations, info, bnorm = bool(converged), int(iterations), int(info), float(bnorm)
+    return SolveResult(x=x, info=info, converged=converged, iterations=iterations,
+                       residual_norms=np.asarray(history, dtype=np.float64), matvecs=int(matvecs),
+                       time_s=float(time_s), method=method, b_norm=bnorm)
+

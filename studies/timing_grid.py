@@ -1,0 +1,295 @@
+"""Timing of the grid G-CRFs on a full-size dense-labelling problem.
+
+``python -m studies.timing_grid [--quick] [--backend cpu|gpu]`` prints a table; :func:`run` returns
+its rows for :mod:`studies.timing`.
+
+The problem: an ``85 x 109`` image, ``L = 21`` labels, 4-connected, ``lam = 10``, solved to
+``rtol = 1e-6``.  Pairwise terms are contrast sensitive, as a network would predict them:
+``c_pq = exp(-|I_p - I_q|^2 / (2 sigma^2))`` from the sample photograph that ships with Matplotlib
+(``grace_hopper.jpg``, block-averaged to ``85 x 109`` grey levels; a smooth random field when it is
+missing), ``sigma^2`` the mean squared neighbour difference.
+
+- Potts form: ``weights[k, p] = 0.08 c_pq``.  Then ``|lambda(W)| <= 4 * 0.08``, so the sum system
+  ``lam I + 20 W`` has eigenvalues in ``[3.6, 16.4]``: positive definite and well conditioned.
+- General form: ``pairwise[k, :, :, p] = c_pq (0.08 (1 1^T - I) + 0.02 R_k)`` with a random
+  compatibility ``R_k`` (standard normal entries, one per offset, clipped to ``[-2, 2]``): the
+  Potts pattern plus label-pair specific terms.  Its Gershgorin bound stays below ``lam`` (checked
+  and printed), so ``M`` is positive definite.
+
+Rows measured (best of a few repeats after a warm-up, so Numba compilation is excluded):
+
+1. SciPy ``cg`` on the assembled float64 CSR matrix — the reference;
+2. the general form solved matrix-free by :func:`gcrflinalg.solve` (``method="cg"``) in float64 and
+   in float32, the relative residual always measured in float64 against the CSR matrix; the best
+   path is the faster one that meets ``rtol``; target: at least 6x faster than (1);
+3. the Potts form by its ``L + 1`` split (``method="cg"``), float64 and float32; target: at least
+   5x faster than the general form's best path;
+4. one general product in float64 and float32 against the memory-bandwidth floor: the bytes of the
+   stored blocks plus three vectors (read ``v``, read and write ``out``) divided by the copy
+   bandwidth measured here (``2 * nbytes / t`` of ``copyto`` of a 256 MiB array, on the
+   operators' device);
+   target: within 2x;
+5. CSR assembly: first image of a size, and a new image of a seen size (cached index pattern);
+6. the positive-definiteness checks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+# OpenMP threads that spin while waiting lose their core on a busy machine; sleeping ones cost
+# microseconds per parallel product.  (Set before Numba starts its thread pool.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+
+import gcrflinalg
+from gcrflinalg.backend import synchronize, to_host
+from gcrflinalg.grid import GridGCRF, GridPottsGCRF
+
+__all__ = ["run", "make_problem"]
+
+ENTRY = "grid"
+
+
+def _image(height, width, rng):
+    try:
+        import matplotlib.cbook as cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            import matplotlib.image as mpimg
+
+            img = mpimg.imread(f, format="jpg").astype(np.float64).mean(axis=2)
+        # block-average to (height, width)
+        rows = np.linspace(0, img.shape[0], height + 1).astype(int)
+        cols = np.linspace(0, img.shape[1], width + 1).astype(int)
+        img = np.add.reduceat(np.add.reduceat(img, rows[:-1], axis=0), cols[:-1], axis=1)
+        img /= np.outer(np.diff(rows), np.diff(cols))
+        return img / 255.0
+    except Exception:  # no sample data: a smooth random field
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(rng.standard_normal((height, width)), 3.0)
+
+
+def make_problem(height=85, width=109, num_labels=21, *, random_state=0):
+    """Contrast-sensitive Potts weights ``(2, H, W)``, general blocks ``(2, L, L, H, W)`` and unary
+    scores ``b`` ``(L, H, W)``, all float64 (see the module docstring)."""
+    rng = np.random.default_rng(random_state)
+    img = _image(height, width, rng)
+    diffs = [np.zeros((height, width)), np.zeros((height, width))]
+    diffs[0][:, :-1] = img[:, 1:] - img[:, :-1]  # offset (0, 1)
+    diffs[1][:-1, :] = img[1:, :] - img[:-1, :]  # offset (1, 0)
+    sigma2 = np.mean(np.concatenate([diffs[0][:, :-1].ravel(), diffs[1][:-1, :].ravel()]) ** 2) + 1e-12
+    contrast = np.stack([np.exp(-d ** 2 / (2 * sigma2)) for d in diffs])  # (2, H, W)
+    weights = 0.08 * contrast
+    L = num_labels
+    potts = 0.08 * (np.ones((L, L)) - np.eye(L))
+    compat = potts[None] + 0.02 * np.clip(rng.standard_normal((2, L, L)), -2, 2)
+    pairwise = contrast[:, None, None] * compat[:, :, :, None, None]
+    b = rng.standard_normal((L, height, width))
+    return weights, pairwise, b
+
+
+def _best_time(fn, xp, repeats):
+    fn()  # warm-up (compilation, caches)
+    best = np.inf
+    out = None
+    for _ in range(repeats):
+        synchronize(xp)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(xp)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def copy_bandwidth(nbytes=256 << 20, repeats=5, xp=np):
+    """``(bytes per second, seconds)`` of ``xp.copyto`` (read + write) on arrays of ``nbytes``
+    (host memory for NumPy, device memory for CuPy)."""
+    src = xp.ones(nbytes // 8)
+    dst = xp.empty_like(src)
+    t, _ = _best_time(lambda: xp.copyto(dst, src), xp, repeats)
+    return 2 * src.nbytes / t, t
+
+
+def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
+    """Measure the rows listed in the module docstring.
+
+    Parameters
+    ----------
+    quick : bool
+        A ``30 x 40``, ``L = 5`` problem and fewer repeats (seconds, for tests); the targets are
+        then not judged (``met`` is None).
+    backend : {"cpu", "gpu"}
+        Where the toolkit's operators live (the SciPy reference always runs on the CPU).
+    progress : callable, optional
+        Called with a short message before each measurement.
+
+    Returns
+    -------
+    list of dict
+        One row per measurement: ``entry, case, what, time_s, peer, ratio, target, met`` and
+        extras (``iterations``, ``rel_residual``, ...).
+    """
+    import scipy.sparse.linalg as spla
+
+    say = (lambda msg: progress(f"grid: {msg}")) if progress else (lambda msg: None)
+    if backend == "gpu":
+        import cupy as xp
+    elif backend == "cpu":
+        xp = np
+    else:
+        raise ValueError(f"backend must be 'cpu' or 'gpu'; got {backend!r}")
+    H, W, L = (30, 40, 5) if quick else (85, 109, 21)
+    repeats = 2 if quick else 3
+    lam, rtol = 10.0, 1e-6
+    case = f"{H}x{W} L={L} 4-conn lam={lam:g} rtol={rtol:g} ({backend})"
+    weights, pairwise, b = make_problem(H, W, L)
+    rows = []
+
+    def row(what, t, peer=None, ratio=None, target=None, met=None, **extra):
+        if quick and target is not None:  # the targets are stated for the full-size problem
+            target, met = f"{target} (full size only)", None
+        rows.append(dict(entry=ENTRY, case=case, what=what, time_s=float(t), peer=peer,
+                         ratio=None if ratio is None else float(ratio), target=target,
+                         met=None if met is None else bool(met), **extra))
+
+    # ---- CSR assembly (cached pattern) and the SciPy reference
+    say("assembling CSR")
+    from gcrflinalg._grid_csr import csr_pattern
+
+    csr_pattern.cache_clear()
+    op64_host = GridGCRF(pairwise, lam)
+    t0 = time.perf_counter()
+    A = op64_host.to_sparse()
+    t_first = time.perf_counter() - t0
+    other = GridGCRF(pairwise * 0.99, lam)
+    t_seen, _ = _best_time(lambda: other.to_sparse(), np, repeats)
+    row("CSR assembly, first image of this size (pattern built)", t_first, nnz=int(A.nnz))
+    row("CSR assembly, new image of a seen size (values only)", t_seen, peer="first image",
+        ratio=t_first / t_seen)
+    bflat = b.reshape(-1)
+    bnorm = np.linalg.norm(bflat)
+
+    def rel_res(x):
+        x = to_host(x).reshape(-1).astype(np.float64)
+        return float(np.linalg.norm(bflat - A @ x) / bnorm)
+
+    say("scipy cg on CSR (float64)")
+    iters = [0]
+
+    def scipy_cg():
+        iters[0] = 0
+
+        def cb(_):
+            iters[0] += 1
+
+        x, info = spla.cg(A, bflat, rtol=rtol, atol=0.0, callback=cb)
+        return x
+
+    t_ref, x_ref = _best_time(scipy_cg, np, repeats)
+    row("SciPy cg, assembled CSR, float64", t_ref, iterations=iters[0], rel_residual=rel_res(x_ref))
+    ref_name = "SciPy cg on CSR (float64)"
+
+    # ---- general form, matrix-free
+    general = {}
+    for dtype in (np.float64, np.float32):
+        name = np.dtype(dtype).name
+        say(f"general form cg ({name})")
+        op = GridGCRF(xp.asarray(pairwise.astype(dtype)), lam)
+        bd = xp.asarray(b.astype(dtype))
+        t_check, _ = _best_time(op.check_positive_definite, xp, 1)
+        t, res = _best_time(lambda: gcrflinalg.solve(op, bd, method="cg", rtol=rtol, check_pd=False), xp,
+                            repeats)
+        rr = rel_res(res.x)
+        general[name] = (t, rr)
+        row(f"general form, matrix-free cg, {name}", t, peer=ref_name, ratio=t_ref / t,
+            iterations=int(res.iterations), rel_residual=rr)
+        if dtype == np.float64:
+            row("general form, positive-definiteness check (Gershgorin)", t_check,
+                gershgorin_bound=float(to_host(op.gershgorin_bound())), lam=lam)
+    ok = {k: v for k, v in general.items() if v[1] <= rtol * 1.0001} or general
+    best_g = min(ok, key=lambda k: ok[k][0])
+    t_gen = general[best_g][0]
+    row(f"general form, best path (matrix-free cg, {best_g})", t_gen, peer=ref_name, ratio=t_ref / t_gen,
+        target=">= 6x faster than SciPy cg on CSR", met=t_ref / t_gen >= 6, rel_residual=general[best_g][1])
+
+    # ---- Potts form, L + 1 split
+    potts = {}
+    A_potts = GridPottsGCRF(weights, lam, L).to_sparse()
+
+    for dtype in (np.float64, np.float32):
+        name = np.dtype(dtype).name
+        say(f"Potts form split cg ({name})")
+        op = GridPottsGCRF(xp.asarray(weights.astype(dtype)), lam, L)
+        bd = xp.asarray(b.astype(dtype))
+        t, res = _best_time(lambda: gcrflinalg.solve(op, bd, method="cg", rtol=rtol, check_pd=False), xp,
+                            repeats)
+        x = to_host(res.x).reshape(-1).astype(np.float64)
+        rr = float(np.linalg.norm(bflat - A_potts @ x) / bnorm)
+        potts[name] = (t, rr)
+        row(f"Potts form, L+1 split cg, {name}", t, peer=f"general form, best path ({best_g})",
+            ratio=t_gen / t, iterations=int(res.iterations), rel_residual=rr)
+        if dtype == np.float64:
+            t_check, _ = _best_time(op.check_positive_definite, xp, 1)
+            row("Potts form, positive-definiteness check (Gershgorin settles it here)", t_check, lam=lam)
+            t_eig, (lo, hi) = _best_time(op.weight_extreme_eigenvalues, xp, 1)
+            row("Potts form, extreme eigenvalues of W (Lanczos, the exact check)", t_eig,
+                lambda_min_W=lo, lambda_max_W=hi, bound=max(hi, -(L - 1) * lo), lam=lam)
+    ok = {k: v for k, v in potts.items() if v[1] <= rtol * 1.0001} or potts
+    best_p = min(ok, key=lambda k: ok[k][0])
+    t_potts = potts[best_p][0]
+    row(f"Potts form, best path (L+1 split cg, {best_p})", t_potts,
+        peer=f"general form, best path ({best_g})", ratio=t_gen / t_potts,
+        target=">= 5x faster than the general form", met=t_gen / t_potts >= 5, rel_residual=potts[best_p][1])
+
+    # ---- per-product time against the memory-bandwidth floor
+    say("copy bandwidth and products")
+    copy_bytes = 64 << 20 if quick else 256 << 20
+    bw, t_copy = copy_bandwidth(copy_bytes, xp=xp)
+    row(f"memory copy of {copy_bytes >> 20} MiB ({xp.__name__}.copyto)", t_copy, bandwidth_bytes_per_s=bw)
+    for dtype in (np.float64, np.float32):
+        name = np.dtype(dtype).name
+        op = GridGCRF(xp.asarray(pairwise.astype(dtype)), lam)
+        v = xp.asarray(b.astype(dtype))
+        t, _ = _best_time(lambda: op.matvec(v), xp, 5 * repeats)
+        nbytes = op.pairwise.nbytes + 3 * v.nbytes
+        floor = nbytes / bw
+        row(f"general product M v, {name}", t, peer="memory-bandwidth floor", ratio=t / floor,
+            target="<= 2x the floor", met=t / floor <= 2, floor_s=floor, bytes=nbytes)
+        opp = GridPottsGCRF(xp.asarray(weights.astype(dtype)), lam, L)
+        tp, _ = _best_time(lambda: opp.matvec(v), xp, 5 * repeats)
+        nbytes_p = opp.weights.nbytes + 3 * v.nbytes
+        row(f"Potts product M v, {name}", tp, peer="memory-bandwidth floor", ratio=tp / (nbytes_p / bw),
+            floor_s=nbytes_p / bw, bytes=nbytes_p)
+    return rows
+
+
+def format_table(rows) -> str:
+    """The rows as a fixed-width text table."""
+    lines = [f"{'what':<66} {'time':>10} {'ratio':>8}  {'target':<36} met  extra"]
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        extra = {k: v for k, v in r.items()
+                 if k not in ("entry", "case", "what", "time_s", "peer", "ratio", "target", "met")}
+        extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        lines.append(f"{r['what']:<66} {r['time_s'] * 1e3:>8.2f}ms {ratio:>8}  {r['target'] or '':<36} "
+                     f"{met:<4} {extra}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small problem, seconds")
+    parser.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick, backend=args.backend, progress=lambda m: print(f"... {m}", flush=True))
+    print(rows[0]["case"])
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
