@@ -45,6 +45,8 @@ _EXPORTS = {
     "parallel_meanfield": "meanfield",
     "sequential_meanfield": "meanfield",
     "interop": None,
+    "NotConvergedError": "interop",
+    "NotConvergedWarning": "interop",
     # errors and results (defined in the solvers package)
     "NotPositiveDefiniteError": "solvers",
     "SolveResult": "solvers",

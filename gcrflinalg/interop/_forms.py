@@ -1,0 +1,312 @@
+"""The G-CRF forms the framework wrappers know, and the solve/adjoint/gradient steps they share.
+
+This is the one place that maps a form name to its operator constructor, the names and layouts of its
+parameters and its constructor keywords; :mod:`gcrflinalg.interop.torch` and
+:mod:`gcrflinalg.interop.jax` only move arrays between their framework and these functions.  Nothing
+here imports a deep-learning framework.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import warnings
+
+import numpy as np
+
+from ..backend import to_host
+
+__all__ = [
+    "FORMS",
+    "FormSpec",
+    "NotConvergedError",
+    "NotConvergedWarning",
+    "SolveConfig",
+    "get_form",
+    "make_config",
+    "broadcast_batch_shape",
+    "build_operator",
+    "forward_solve",
+    "backward_solve",
+]
+
+#: keywords of :func:`gcrflinalg.solve` the wrappers pass through
+SOLVER_OPTIONS = ("method", "rtol", "atol", "maxiter", "restart", "omega", "refine", "check_pd")
+
+#: what a failed convergence test does: raise :class:`NotConvergedError` or warn
+NONCONVERGENCE_POLICIES = ("raise", "warn")
+
+
+class NotConvergedError(RuntimeError):
+    """An iterative G-CRF solve of a differentiable layer stopped before meeting its tolerance."""
+
+
+class NotConvergedWarning(RuntimeWarning):
+    """Issued instead of :class:`NotConvergedError` when ``on_nonconvergence="warn"``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FormSpec:
+    """How one precision-matrix form is built and laid out.
+
+    Attributes
+    ----------
+    name : str
+        The form's name in the wrappers (``"grid"``, ``"lowrank_potts"``, ...).
+    module, class_name : str
+        The operator class ``gcrflinalg.<module>.<class_name>``.
+    parameters : tuple of str
+        Parameter names, in the order the constructor (and the wrappers) take them; they are also
+        the keys of ``parameter_gradients``.
+    parameter_ndims : tuple of int
+        Number of trailing (non-batch) axes of each parameter, e.g. 5 for ``(K, L, L, H, W)``.
+    vector_ndim : int
+        Number of trailing axes of a score vector: 3 for ``(L, H, W)``, 4 for ``(V, L, H, W)``.
+    constructor_options : tuple of str
+        Keywords the constructor accepts besides the parameters and ``lam``.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    parameters: tuple
+    parameter_ndims: tuple
+    vector_ndim: int
+    constructor_options: tuple
+
+    def operator_class(self):
+        """The operator class (imports its module on first use)."""
+        return getattr(importlib.import_module(f"gcrflinalg.{self.module}"), self.class_name)
+
+    @property
+    def needs_num_labels(self) -> bool:
+        return "num_labels" in self.constructor_options
+
+
+FORMS = {
+    # 3.1: pairwise (..., K, L, L, H, W)
+    "grid": FormSpec("grid", "grid", "GridGCRF", ("pairwise",), (5,), 3, ("neighbourhood",)),
+    # 3.2: weights (..., K, H, W)
+    "grid_potts": FormSpec("grid_potts", "grid", "GridPottsGCRF", ("weights",), (3,), 3,
+                           ("num_labels", "neighbourhood")),
+    # 3.4: embeddings (..., D, L, H, W)
+    "lowrank": FormSpec("lowrank", "lowrank", "LowRankGCRF", ("embeddings",), (4,), 3, ()),
+    # 3.5: embeddings (..., D, H, W)
+    "lowrank_potts": FormSpec("lowrank_potts", "lowrank", "LowRankPottsGCRF", ("embeddings",), (3,), 3,
+                              ("num_labels",)),
+    # 3.6: spatial (..., V, Ds, L, H, W), temporal (..., V, Dt, L, H, W); vectors (V, L, H, W)
+    "video": FormSpec("video", "video", "VideoGCRF", ("spatial", "temporal"), (5, 5), 4,
+                      ("neighbourhood", "product")),
+}
+
+
+def get_form(name) -> FormSpec:
+    """The :class:`FormSpec` of a form name; ``ValueError`` listing the known names otherwise."""
+    try:
+        return FORMS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"form must be one of {tuple(FORMS)}; got {name!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveConfig:
+    """Everything a differentiable solve needs besides its arrays.
+
+    Attributes
+    ----------
+    form : FormSpec
+    constructor_options : dict
+        Keywords for the operator constructor (``neighbourhood``, ``num_labels``).
+    solver_options : dict
+        Keywords for :func:`gcrflinalg.solve` / :func:`gcrflinalg.adjoint_solve` (``method``,
+        ``rtol``, ``atol``, ``maxiter``, ...).
+    on_nonconvergence : {"raise", "warn"}
+    """
+
+    form: FormSpec
+    constructor_options: dict
+    solver_options: dict
+    on_nonconvergence: str = "raise"
+
+
+def default_rtol(dtype) -> float:
+    """Default relative tolerance of the iterative methods: ``1e-8`` in float64, ``1e-5`` in float32."""
+    return 1e-8 if np.dtype(dtype) == np.float64 else 1e-5
+
+
+def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0, maxiter=None,
+                on_nonconvergence="raise", check_pd=True, form_options=None, extra_solver_options=None
+                ) -> SolveConfig:
+    """Validate the options of a differentiable solve and split them by destination.
+
+    Parameters
+    ----------
+    form : str
+        One of :data:`FORMS`.
+    vector_shape : tuple of int
+        Trailing shape of the unaries ``b``: ``(L, H, W)`` (``(V, L, H, W)`` for video); gives the
+        default ``num_labels`` of the Potts forms.
+    dtype : dtype
+        The computational dtype (sets the default ``rtol``).
+    method, rtol, atol, maxiter, check_pd
+        As in :func:`gcrflinalg.solve`; ``rtol=None`` means :func:`default_rtol`, except with
+        ``method="direct"``, where the solve is exact and a given ``rtol`` only sets the residual
+        test of its ``converged`` flag (the form's own default otherwise).
+    on_nonconvergence : {"raise", "warn"}
+        A forward or adjoint solve that misses its tolerance raises :class:`NotConvergedError`, or
+        issues :class:`NotConvergedWarning` and goes on.
+    form_options : dict
+        The form's constructor keywords (``neighbourhood``, ``num_labels``).
+    extra_solver_options : dict
+        Further solver keywords (``restart`` for GMRES, ``omega`` for Jacobi/Gauss–Seidel, ``refine``
+        for the low-rank direct solve).
+    """
+    spec = get_form(form)
+    form_options = dict(form_options or {})
+    unknown = set(form_options) - set(spec.constructor_options)
+    if unknown:
+        allowed = spec.constructor_options + SOLVER_OPTIONS
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for form {spec.name!r}; "
+                        f"it takes {allowed}")
+    if on_nonconvergence not in NONCONVERGENCE_POLICIES:
+        raise ValueError(f"on_nonconvergence must be one of {NONCONVERGENCE_POLICIES}; got {on_nonconvergence!r}")
+    vector_shape = tuple(vector_shape)
+    if len(vector_shape) != spec.vector_ndim:
+        raise ValueError(f"unaries of form {spec.name!r} need {spec.vector_ndim} trailing axes; "
+                         f"got vector shape {vector_shape}")
+    if spec.needs_num_labels:
+        num_labels = vector_shape[-3]
+        given = form_options.setdefault("num_labels", num_labels)
+        if int(given) != num_labels:
+            raise ValueError(f"num_labels={given} but the unaries have {num_labels} labels "
+                             f"(shape (..., L, H, W) = {vector_shape})")
+    solver_options = {"method": method, "check_pd": bool(check_pd)}
+    if method != "direct" or rtol is not None:
+        solver_options["rtol"] = default_rtol(dtype) if rtol is None else float(rtol)
+    if atol:
+        solver_options["atol"] = float(atol)
+    if maxiter is not None:
+        solver_options["maxiter"] = int(maxiter)
+    for key, value in (extra_solver_options or {}).items():
+        if key not in SOLVER_OPTIONS or key in ("method", "rtol", "atol", "maxiter", "check_pd"):
+            raise TypeError(f"unknown solver option {key!r}; expected one of {SOLVER_OPTIONS}")
+        solver_options[key] = value
+    return SolveConfig(spec, form_options, solver_options, on_nonconvergence)
+
+
+def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -> tuple:
+    """The common batch shape of the unaries, the parameters and ``lam``.
+
+    Parameters
+    ----------
+    spec : FormSpec
+    b_shape : tuple
+        ``(*batch_b, *vector_shape)``.
+    param_shapes : sequence of tuple
+        ``(*batch_i, *core_i)`` per parameter, ``core_i`` having ``spec.parameter_ndims[i]`` axes.
+    lam_shape : tuple
+        ``()`` or a batch shape.
+
+    Returns
+    -------
+    tuple
+        The broadcast of all batch shapes; a parameter without batch axes is shared by every system.
+    """
+    if len(param_shapes) != len(spec.parameters):
+        raise TypeError(f"form {spec.name!r} takes {len(spec.parameters)} parameter(s) "
+                        f"{spec.parameters}; got {len(param_shapes)}")
+    b_shape = tuple(b_shape)
+    if len(b_shape) < spec.vector_ndim:
+        raise ValueError(f"b must have at least {spec.vector_ndim} axes for form {spec.name!r}; got shape {b_shape}")
+    batches = [b_shape[: len(b_shape) - spec.vector_ndim]]
+    for name, nd, shape in zip(spec.parameters, spec.parameter_ndims, param_shapes):
+        shape = tuple(shape)
+        if len(shape) < nd:
+            raise ValueError(f"{name} must have at least {nd} axes for form {spec.name!r}; got shape {shape}")
+        batches.append(shape[: len(shape) - nd])
+    batches.append(tuple(lam_shape))
+    try:
+        return tuple(np.broadcast_shapes(*batches))
+    except ValueError:
+        raise ValueError(
+            f"batch shapes do not broadcast: b {batches[0]}, "
+            + ", ".join(f"{n} {s}" for n, s in zip(spec.parameters, batches[1:-1]))
+            + f", lam {batches[-1]}"
+        ) from None
+
+
+def build_operator(config: SolveConfig, params, lam):
+    """The operator ``M = lam I + A`` of the configured form from (NumPy/CuPy/DLPack) parameters."""
+    cls = config.form.operator_class()
+    return cls(*params, lam, **config.constructor_options)
+
+
+def _solve_api():
+    # the module, not the function of the same name that ``gcrflinalg`` re-exports
+    return importlib.import_module("gcrflinalg.solve")
+
+
+def forward_solve(config: SolveConfig, op, b):
+    """``x = M^{-1} b`` (shape of ``b``), with the configured convergence policy applied."""
+    result = _solve_api().solve(op, b, **config.solver_options)
+    check_converged(result, config, "forward")
+    return result.x
+
+
+def backward_solve(config: SolveConfig, op, x, grad_x, *, need_parameters=True):
+    """The backward pass: ``g = M^{-1} dL/dx`` and the gradients of the parameters.
+
+    Parameters
+    ----------
+    op : GCRFOperator
+        The forward pass's operator (its cached factorisation, if any, is reused).
+    x : array, shape ``batch_shape + vector_shape``
+        The forward solution.
+    grad_x : array, shape of ``x``
+        ``dL/dx``.
+    need_parameters : bool
+        When False only ``g`` is computed.
+
+    Returns
+    -------
+    g : array, shape of ``x``
+        ``dL/db``.
+    grads : dict
+        ``parameter_gradients(x, g)``: one entry per parameter name and ``"lam"`` (empty when
+        ``need_parameters`` is False).
+    """
+    options = dict(config.solver_options)
+    options["check_pd"] = False  # checked by the forward pass on this very operator
+    result = _solve_api().adjoint_solve(op, grad_x, **options)
+    check_converged(result, config, "adjoint")
+    g = result.x
+    grads = op.parameter_gradients(x, g) if need_parameters else {}
+    return g, grads
+
+
+def check_converged(result, config: SolveConfig, what: str) -> None:
+    """Apply the non-convergence policy to a :class:`SolveResult`: raise or warn, never ignore."""
+    converged = getattr(result, "converged", True)
+    if converged is None:
+        return
+    flags = np.asarray(to_host(converged), dtype=bool)
+    if flags.all():
+        return
+    n_bad, n_all = int((~flags).sum()), max(int(flags.size), 1)
+    detail = ""
+    norms = getattr(result, "residual_norms", None)
+    b_norm = getattr(result, "b_norm", None)
+    if norms is not None and b_norm is not None and len(norms):
+        final = np.asarray(norms[-1], dtype=float)
+        rel = final / np.maximum(np.asarray(b_norm, dtype=float), np.finfo(float).tiny)
+        detail = f"; largest final relative residual {float(np.max(rel)):.3g}"
+    iterations = getattr(result, "iterations", None)
+    if iterations is not None:
+        detail += f"; {int(np.max(to_host(iterations)))} iterations"
+    options = {k: v for k, v in config.solver_options.items() if k in ("rtol", "atol", "maxiter")}
+    message = (f"the {what} G-CRF solve ({config.form.name}, method={getattr(result, 'method', None) or config.solver_options['method']!r}, "
+               f"{options}) did not converge for {n_bad} of {n_all} system(s){detail}; raise maxiter, "
+               "loosen rtol, use method='direct' where the form has it, or pass "
+               "on_nonconvergence='warn' to continue")
+    if config.on_nonconvergence == "raise":
+        raise NotConvergedError(message)
+    warnings.warn(message, NotConvergedWarning, stacklevel=4)
