@@ -569,7 +569,8 @@ def sparse_direct_solve(op, b, options):
     sys_shape = extra + op.batch_shape
     rnorm = to_host(xp.sqrt(xp.sum(res * res, axis=-1))).reshape(sys_shape)
     bnorm = to_host(xp.sqrt(xp.sum(b * b, axis=-1))).reshape(sys_shape)
-    return _make_result(x, converged=np.ones(sys_shape, dtype=bool), iterations=np.zeros(sys_shape, int),
+    tol = np.maximum(float(options.get("rtol", 1e-5)) * bnorm, float(options.get("atol", 0.0)))
+    return _make_result(x, converged=rnorm <= tol, iterations=np.zeros(sys_shape, int),
                         history=rnorm[None], matvecs=1, time_s=time.perf_counter() - t0,
                         method="direct", bnorm=bnorm)
 
