@@ -381,7 +381,7 @@ class LowRankPottsGCRF(_LowRankOperator):
 
     def _to_dense(self):
         xp = self.xp
-        n_labels, p = self.num_labels, self.num_pixels
+        n_labels = self.num_labels
         wmat = self._psi_t() @ self._psi  # (*batch, P, P)
         off = (1.0 - xp.eye(n_labels, dtype=self.dtype))[:, None, :, None]
         a = off * wmat[..., None, :, None, :]
@@ -452,7 +452,6 @@ class LowRankPottsGCRF(_LowRankOperator):
 
         Raises :class:`NotPositiveDefiniteError` when some block is not positive definite
         (``lam <= max_p a_p``, so ``M`` is not either)."""
-        xp = self.xp
         n_labels, p = self.num_labels, self.num_pixels
         if n_labels == 1:
             inv_lam = 1.0 / self._lam_flat()

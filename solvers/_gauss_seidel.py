@@ -9,7 +9,8 @@ from numba import njit
 from gcrflinalg.backend import sparse_module, to_host
 
 from ._jacobi import positive_diagonal
-from ._operator import finish, norms, prepare
+from ._operator import prepare
+from ._stationary import stationary_loop
 
 __all__ = ["gauss_seidel", "greedy_coloring"]
 
@@ -144,7 +145,7 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
     if ordering not in ("auto", "natural", "multicolor"):
         raise ValueError(f"gauss_seidel: ordering must be 'auto', 'natural' or 'multicolor', got {ordering!r}")
     pb = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, method="gauss_seidel")
-    xp, op, b, x, tol, dt = pb.xp, pb.op, pb.b, pb.x, pb.tol, pb.dtype
+    xp, op, b, x, dt = pb.xp, pb.op, pb.b, pb.x, pb.dtype
     maxiter = 10 * pb.n if pb.maxiter is None else pb.maxiter
     n = pb.n
     w = dt.type(omega)
@@ -198,25 +199,4 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
                 X2 = sweeper.sweep(xp, X2, B2, w, active.reshape(nb))
                 return X2.reshape(X.shape)
 
-    r = b - op.apply(x)
-    matvecs = 1
-    rnorm = norms(xp, r)
-    pb.history.append(rnorm)
-    iterations = xp.zeros(pb.batch, dtype=np.int64)
-    broken = xp.zeros(pb.batch, dtype=bool)
-    active = rnorm > tol
-    k = 0
-    while k < maxiter and bool(xp.any(active)):
-        x = sweep(x, xp.asarray(active))
-        iterations = iterations + active
-        r = b - op.apply(x)
-        matvecs += 1
-        rnorm = xp.where(active, norms(xp, r), rnorm)
-        pb.history.append(rnorm)
-        # breakdown: the iteration diverged (the residual overflowed to Inf/NaN)
-        broken = broken | (active & ~xp.isfinite(rnorm))
-        active = active & (rnorm > tol)
-        k += 1
-        if callback is not None:
-            callback(x)
-    return finish(pb, x, final_norm=norms(xp, r), iterations=iterations, broken=broken, matvecs=matvecs)
+    return stationary_loop(pb, x, lambda x, r, active: sweep(x, active), maxiter, callback)

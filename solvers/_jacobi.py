@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._operator import finish, norms, prepare
+from ._operator import prepare
+from ._stationary import stationary_loop
 
 __all__ = ["jacobi"]
 
@@ -64,30 +65,13 @@ def jacobi(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0, callb
     if not np.isfinite(omega) or not omega > 0:
         raise ValueError(f"jacobi: omega must be > 0, got {omega!r}")
     pb = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, method="jacobi")
-    xp, op, b, x, tol, dt = pb.xp, pb.op, pb.b, pb.x, pb.tol, pb.dtype
+    xp, b, x, dt = pb.xp, pb.b, pb.x, pb.dtype
     maxiter = 10 * pb.n if pb.maxiter is None else pb.maxiter
     d = positive_diagonal(pb, "jacobi")
     w_over_d = dt.type(omega) / d  # omega D^{-1}
-    r = b - op.apply(x)
-    matvecs = 1
-    rnorm = norms(xp, r)
-    pb.history.append(rnorm)
-    iterations = xp.zeros(pb.batch, dtype=np.int64)
-    broken = xp.zeros(pb.batch, dtype=bool)
-    active = rnorm > tol
-    k = 0
-    while k < maxiter and bool(xp.any(active)):
+
+    def step(x, r, active):
         # x <- x + omega D^{-1} r on the systems still iterating
-        x = xp.where(active[..., None], x + w_over_d * r, x)
-        iterations = iterations + active
-        r = b - op.apply(x)
-        matvecs += 1
-        rnorm = xp.where(active, norms(xp, r), rnorm)
-        pb.history.append(rnorm)
-        # breakdown: the iteration diverged (the residual overflowed to Inf/NaN)
-        broken = broken | (active & ~xp.isfinite(rnorm))
-        active = active & (rnorm > tol)
-        k += 1
-        if callback is not None:
-            callback(x)
-    return finish(pb, x, final_norm=norms(xp, r), iterations=iterations, broken=broken, matvecs=matvecs)
+        return xp.where(active[..., None], x + w_over_d * r, x)
+
+    return stationary_loop(pb, x, step, maxiter, callback)

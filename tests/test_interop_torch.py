@@ -227,16 +227,18 @@ def test_output_and_gradients_match_dense_torch_solve(form, batch, dtype):
 
 @pytest.mark.parametrize("form", ["lowrank", "lowrank_potts", "video"])
 def test_direct_method_matches_dense_and_reuses_the_forward_operator(form, monkeypatch):
-    solve_api = importlib.import_module("gcrflinalg.solve")
+    forms_module = importlib.import_module("gcrflinalg.interop._forms")
 
     seen = []
-    real_solve = solve_api.solve
 
-    def spy(op, b, method="cg", **kw):
-        seen.append((id(op), method))
-        return real_solve(op, b, method=method, **kw)
+    def spy(real):
+        def wrapped(op, b, method="cg", **kw):
+            seen.append((id(op), method))
+            return real(op, b, method=method, **kw)
+        return wrapped
 
-    monkeypatch.setattr(solve_api, "solve", spy)
+    monkeypatch.setattr(forms_module, "solve", spy(forms_module.solve))
+    monkeypatch.setattr(forms_module, "adjoint_solve", spy(forms_module.adjoint_solve))
     b, params, lam, options = make_case(form, (2,), seed=5, L=3, H=3, W=4)
     pp = [p.clone().requires_grad_() for p in params]
     x = gtorch.gcrf_solve(form, b, *pp, lam=lam, method="direct", **options)

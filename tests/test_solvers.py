@@ -118,7 +118,7 @@ def test_solution_matches_dense_solve(case, method, xp):
     assert err <= 10 * cond * (rtol + 10 * eps), (err, cond)
     # the reported final residual is the true one and meets the stopping rule
     true_res = np.linalg.norm(b - Ad @ x)
-    assert res.residual_norms[-1] == pytest.approx(true_res, rel=1e-2, abs=10 * eps * np.linalg.norm(b))
+    assert res.residual_norms[-1] == pytest.approx(true_res, rel=1e-2, abs=float(10 * eps * np.linalg.norm(b)))
     assert res.relative_residual <= rtol
     assert res.residual_norms.shape == (res.iterations + 1,)
     assert res.residual_norms[0] == pytest.approx(np.linalg.norm(b), rel=1e-5)

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from ..backend import to_host
+from ..solve import adjoint_solve, solve
 
 __all__ = [
     "FORMS",
@@ -240,14 +241,9 @@ def build_operator(config: SolveConfig, params, lam):
     return cls(*params, lam, **config.constructor_options)
 
 
-def _solve_api():
-    # the module, not the function of the same name that ``gcrflinalg`` re-exports
-    return importlib.import_module("gcrflinalg.solve")
-
-
 def forward_solve(config: SolveConfig, op, b):
     """``x = M^{-1} b`` (shape of ``b``), with the configured convergence policy applied."""
-    result = _solve_api().solve(op, b, **config.solver_options)
+    result = solve(op, b, **config.solver_options)
     check_converged(result, config, "forward")
     return result.x
 
@@ -276,7 +272,7 @@ def backward_solve(config: SolveConfig, op, x, grad_x, *, need_parameters=True):
     """
     options = dict(config.solver_options)
     options["check_pd"] = False  # checked by the forward pass on this very operator
-    result = _solve_api().adjoint_solve(op, grad_x, **options)
+    result = adjoint_solve(op, grad_x, **options)
     check_converged(result, config, "adjoint")
     g = result.x
     grads = op.parameter_gradients(x, g) if need_parameters else {}
