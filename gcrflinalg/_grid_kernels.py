@@ -201,15 +201,21 @@ def _pairwise_product_nb(pw, v, out, di, dj):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _pairwise_product_parallel_nb(pw, v, out, acc, di, dj):  # pragma: no cover - compiled
-    # Work items (b, k, m) split statically over T = len(acc) + 1 threads; thread t > 0
-    # accumulates into its private zeroed acc[t - 1] (the transposed term writes every label
-    # row), summed into out at the end.
+def _pairwise_product_parallel_nb(pw, v, out, acc, lam, init, di, dj):  # pragma: no cover - compiled
+    # Work items (b, k, m) dealt round-robin to T = len(acc) + 1 threads; thread t > 0
+    # accumulates into its private acc[t - 1] (the transposed term writes every label row), which
+    # it zeroes itself; thread 0 first sets out = lam v when `init`.  The copies are summed into
+    # out at the end, each thread taking a slice of the pixels.
     B, K, L = pw.shape[0], pw.shape[1], pw.shape[2]
     n_items = B * K * L
     T = acc.shape[0] + 1
     for t in numba.prange(T):
-        for item in range(t * n_items // T, (t + 1) * n_items // T):
+        if t == 0:
+            if init:
+                _scale_into(out, v, lam)
+        else:
+            acc[t - 1].reshape(-1)[:] = 0
+        for item in range(t, n_items, T):  # interleaved: every thread gets a share of every offset
             b = item // (K * L)
             k = (item // L) % K
             m = item % L
@@ -217,8 +223,36 @@ def _pairwise_product_parallel_nb(pw, v, out, acc, di, dj):  # pragma: no cover 
                 _pairwise_item(pw, v, out, di, dj, b, k, m)
             else:
                 _pairwise_item(pw, v, acc[t - 1], di, dj, b, k, m)
-    for t in range(T - 1):
-        out += acc[t]
+    flat = out.reshape(-1)
+    n = flat.size
+    for t in numba.prange(T):
+        lo = t * n // T
+        hi = (t + 1) * n // T
+        seg = flat[lo:hi]
+        for a in range(T - 1):
+            src = acc[a].reshape(-1)[lo:hi]
+            for i in range(hi - lo):
+                seg[i] += src[i]
+
+
+@numba.njit(nogil=True)
+def _scale_into(out, v, lam):  # pragma: no cover - compiled
+    # out[e, b] = lam[b] v[e, b]
+    E, B = v.shape[0], v.shape[1]
+    for e in range(E):
+        for b in range(B):
+            o = out[e, b].reshape(-1)
+            x = v[e, b].reshape(-1)
+            a = lam[b]
+            for i in range(o.size):
+                o[i] = a * x[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_product_serial_nb(pw, v, out, lam, init, di, dj):  # pragma: no cover - compiled
+    if init:
+        _scale_into(out, v, lam)
+    _pairwise_product_nb(pw, v, out, di, dj)
 
 
 def _pairwise_product_xp(xp, pw, v, out, offsets):
@@ -230,31 +264,38 @@ def _pairwise_product_xp(xp, pw, v, out, offsets):
         out[..., qi, qj] += xp.einsum("bmnij,ebmij->ebnij", blk, v[..., pi, pj])
 
 
-def pairwise_product(pw, v, out, offsets):
-    """Accumulate the general pairwise product ``out += A v`` (DESIGN.md 3.1).
+def pairwise_product(pw, v, out, offsets, lam=None):
+    """Accumulate the general pairwise product ``out += A v`` (DESIGN.md 3.1), or with ``lam`` write
+    ``M v = lam v + A v`` into ``out`` (whose contents are then ignored).
 
     ``(A v)[m, p] = sum_k sum_n pairwise[k, m, n, p] v[n, p + d_k]
                   + sum_k sum_n pairwise[k, n, m, p - d_k] v[n, p - d_k]``
 
     On the CPU large products (:data:`PARALLEL_MIN_ENTRIES`) run on :func:`product_threads`
-    threads, each accumulating into its own copy of ``out``.
+    threads, each accumulating into its own copy of ``out`` (zeroed and summed by the threads).
 
     Parameters
     ----------
     pw : array, shape ``(B, K, L, L, H, W)``, C-contiguous
     v, out : arrays, shape ``(E, B, L, H, W)``, C-contiguous, of ``pw``'s dtype
     offsets : tuple of ``(di, dj)``
+    lam : array ``(B,)``, optional
+        The diagonal shift of every system; when given ``out = lam v + A v``.
     """
     if _use_numba(pw):
         di, dj = _offset_arrays(offsets)
+        init = lam is not None
+        lam_arr = np.ascontiguousarray(lam, dtype=pw.dtype).reshape(-1) if init else np.zeros(1, pw.dtype)
         threads = min(product_threads(), pw.shape[0] * pw.shape[1] * pw.shape[2])
         if pw.size >= PARALLEL_MIN_ENTRIES and threads > 1:
-            acc = np.zeros((threads - 1,) + out.shape, dtype=out.dtype)
-            _pairwise_product_parallel_nb(pw, v, out, acc, di, dj)
+            acc = np.empty((threads - 1,) + out.shape, dtype=out.dtype)
+            _pairwise_product_parallel_nb(pw, v, out, acc, lam_arr, init, di, dj)
         else:
-            _pairwise_product_nb(pw, v, out, di, dj)
+            _pairwise_product_serial_nb(pw, v, out, lam_arr, init, di, dj)
     else:
         from .backend import get_array_module
+        if lam is not None:
+            out[...] = lam.reshape((1, -1) + (1,) * (v.ndim - 2)) * v
         _pairwise_product_xp(get_array_module(pw), pw, v, out, offsets)
     return out
 

@@ -104,9 +104,13 @@ class _GridOperator(GCRFOperator):
         shape = v.shape
         B, L, H, W = self._n_systems, self.num_labels, self.height, self.width
         vv = xp.ascontiguousarray(v.reshape((-1, B, L, H, W)))
-        out = self._lam_flat.reshape(1, B, 1, 1, 1) * vv
+        return self._shifted_product(vv).reshape(shape)
+
+    def _shifted_product(self, vv):
+        """``lam v + A v`` on a C-contiguous ``(E, B, L, H, W)`` array."""
+        out = self._lam_flat.reshape(1, self._n_systems, 1, 1, 1) * vv
         self._accumulate_pairwise(vv, out)
-        return out.reshape(shape)
+        return out
 
     def pairwise_product(self, v):
         """``A v`` (the pairwise part only, no ``lam`` term); ``v`` shaped as for :meth:`matvec`."""
@@ -238,6 +242,13 @@ class GridGCRF(_GridOperator):
 
     def _accumulate_pairwise(self, v, out):
         pairwise_product(self._params, v, out, self.offsets)
+
+    def _shifted_product(self, vv):
+        # lam v written by the product kernel itself (no separate pass over the vectors)
+        if vv.dtype != self.dtype:
+            return super()._shifted_product(vv)
+        out = self.xp.empty_like(vv)
+        return pairwise_product(self._params, vv, out, self.offsets, lam=self._lam_flat)
 
     def _colour_sweep(self, x, b, omega):
         return pairwise_colour_sweep(self._params, x, b, self._lam_flat, self.offsets,

@@ -14,6 +14,58 @@ __all__ = ["cg"]
 #: every this many iterations the recursively updated residual is replaced by ``b - A x``
 TRUE_RESIDUAL_EVERY = 50
 
+try:  # fused vector updates on the CPU; the array-module code below is the fallback (and CuPy's path)
+    import numba as _numba
+except ImportError:  # pragma: no cover - numba is a dependency of gcrflinalg
+    _numba = None
+
+if _numba is not None:
+    @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _step_nb(x, r, p, q, alpha, rr):  # pragma: no cover - compiled
+        # Per system s: x += alpha p, r -= alpha q and rr = r^T r (accumulated in float64), one pass.
+        for s in range(x.shape[0]):
+            a = alpha[s]
+            acc = 0.0
+            if a != 0:
+                xs, rs, ps, qs = x[s], r[s], p[s], q[s]
+                for i in range(x.shape[1]):
+                    xs[i] += a * ps[i]
+                    t = rs[i] - a * qs[i]
+                    rs[i] = t
+                    acc += float(t) * float(t)
+            else:  # a frozen system: x and r stay as they are
+                rs = r[s]
+                for i in range(x.shape[1]):
+                    acc += float(rs[i]) * float(rs[i])
+            rr[s] = acc
+
+    @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _direction_nb(p, z, beta, active):  # pragma: no cover - compiled
+        # p = z + beta p for the active systems; the others keep their p.
+        for s in range(p.shape[0]):
+            if active[s]:
+                b = beta[s]
+                ps, zs = p[s], z[s]
+                for i in range(p.shape[1]):
+                    ps[i] = zs[i] + b * ps[i]
+
+    @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _dots_nb(u, v, out):  # pragma: no cover - compiled
+        # out[s] = u[s]^T v[s], accumulated in float64.
+        for s in range(u.shape[0]):
+            us, vs = u[s], v[s]
+            acc = 0.0
+            for i in range(u.shape[1]):
+                acc += float(us[i]) * float(vs[i])
+            out[s] = acc
+
+
+def _fusable(xp, dtype, *arrays) -> bool:
+    """The compiled updates apply: NumPy, float32/float64, C-contiguous arrays of ``dtype``."""
+    if _numba is None or xp is not np or dtype not in (np.float32, np.float64):
+        return False
+    return all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
 
 def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, check_pd=True):
     """Solve ``A x = b`` for symmetric positive definite ``A`` with (preconditioned) CG.
@@ -32,6 +84,11 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     50 iterations, and the final test uses the true residual: a system whose recursive residual
     claims convergence but whose true residual does not is restarted from the true residual
     (while iterations remain), so float32 results are honest.
+
+    On NumPy float32/float64 arrays the vector updates run as compiled in-place loops (Numba), one
+    memory pass for ``x += alpha p, r -= alpha q, r^T r`` and one for ``p = z + beta p``, with inner
+    products accumulated in float64; other arrays (CuPy) take the same steps as array expressions.
+    Without a preconditioner ``r^T z`` is ``r^T r``, computed once per iteration.
 
     Parameters
     ----------
@@ -75,29 +132,35 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     precond = as_preconditioner(M, xp, pb.n, dt)
     zero = dt.type(0)
     one = dt.type(1)
+    # On NumPy (float32/float64) the vector updates run in place as compiled loops, one pass each
+    # (x += alpha p, r -= alpha q with r^T r; p = z + beta p); x, r and p are then arrays this
+    # function owns.  Elsewhere (CuPy, other arrays) the same steps run as array expressions.
+    n_sys = int(np.prod(pb.batch, dtype=np.int64))
+    fused = _fusable(xp, dt, x) and n_sys > 0 and pb.n > 0
 
     def psolve(R):
         return R if precond is None else precond(R)
 
     # Step 1: r_0 = b - A x_0 (no product when x_0 = 0)
     if x0 is None:
-        r = b
+        r = b.copy() if fused else b
         matvecs = 0
     else:
         r = b - op.apply(x)
         matvecs = 1
-    rnorm = norms(xp, r)
+    rr = dots(xp, r, r)
+    rnorm = xp.sqrt(rr)
     pb.history.append(rnorm)
     broken = xp.zeros(pb.batch, dtype=bool)
     iterations = xp.zeros(pb.batch, dtype=np.int64)
     active = rnorm > tol
     z = psolve(r)
-    rho = dots(xp, r, z)
+    rho = rr if precond is None else dots(xp, r, z)
     # rho breakdown at the start: r^T M r <= 0, the preconditioner is not positive definite
     bad_rho = active & ~(rho > 0)
     broken |= bad_rho
     active &= ~bad_rho
-    p = z
+    p = z.copy() if fused else z
     since_true = 0
     k = 0
     any_active = bool(xp.any(active))
@@ -126,15 +189,29 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         # Step 2: q = A p, alpha = rho / p^T A p
         q = op.apply(p)
         matvecs += 1
-        pAp = dots(xp, p, q)
+        step_fused = fused and _fusable(xp, dt, x, r, p) and isinstance(q, np.ndarray)
+        if step_fused:
+            q = np.ascontiguousarray(q, dtype=dt)
+            acc = np.empty(n_sys)
+            _dots_nb(p.reshape(n_sys, -1), q.reshape(n_sys, -1), acc)
+            pAp = acc.astype(dt).reshape(pb.batch)
+        else:
+            pAp = dots(xp, p, q)
         bad = active & ~(pAp > 0)  # p^T A p <= 0 (or NaN): A is not positive definite
         if not check_pd:
             broken |= bad
             active &= ~bad
         alpha = xp.where(active, rho / xp.where(bad | (pAp == 0), one, pAp), zero)
         # Step 3: x += alpha p, r -= alpha A p (alpha = 0 freezes stopped systems)
-        x = x + alpha[..., None] * p
-        r = r - alpha[..., None] * q
+        if step_fused:
+            acc = np.empty(n_sys)
+            _step_nb(x.reshape(n_sys, -1), r.reshape(n_sys, -1), p.reshape(n_sys, -1),
+                     q.reshape(n_sys, -1), np.ascontiguousarray(alpha, dtype=dt).reshape(n_sys), acc)
+            rr = acc.astype(dt).reshape(pb.batch)
+        else:
+            x = x + alpha[..., None] * p
+            r = r - alpha[..., None] * q
+            rr = None
         iterations = iterations + active
         since_true += 1
         if since_true >= TRUE_RESIDUAL_EVERY:
@@ -142,17 +219,25 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             r = xp.where(active[..., None], b - op.apply(x), r)
             matvecs += 1
             since_true = 0
-        rnorm = xp.where(active, norms(xp, r), rnorm)
+            rr = None
+        if rr is None:
+            rr = dots(xp, r, r)
+        rnorm = xp.where(active, xp.sqrt(rr), rnorm)
         pb.history.append(rnorm)
         active = active & (rnorm > tol)
         # Step 4: z = M r, beta = rho_new / rho, p = z + beta p
         z = psolve(r)
-        rho_new = dots(xp, r, z)
+        rho_new = rr if precond is None else dots(xp, r, z)
         bad_rho = active & ~(rho_new > 0)  # rho breakdown: preconditioner not positive definite
         broken |= bad_rho
         active &= ~bad_rho
         beta = xp.where(active, rho_new / xp.where(rho == 0, one, rho), zero)
-        p = xp.where(active[..., None], z + beta[..., None] * p, p)
+        if fused and _fusable(xp, dt, p, z) and p is not z:
+            _direction_nb(p.reshape(n_sys, -1), z.reshape(n_sys, -1),
+                          np.ascontiguousarray(beta, dtype=dt).reshape(n_sys),
+                          np.ascontiguousarray(active).reshape(n_sys))
+        else:
+            p = xp.where(active[..., None], z + beta[..., None] * p, p)
         rho = xp.where(active, rho_new, rho)
         k += 1
         # one small device-to-host transfer per iteration: [any p^T A p <= 0, any still active]
@@ -160,7 +245,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         if check_pd and flags[0]:
             _raise_not_pd(xp, bad, pAp, pb.batch, k)
         if callback is not None:
-            callback(x)
+            callback(x.copy() if fused else x)
         any_active = bool(flags[1])
     return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
 

@@ -486,3 +486,38 @@ def test_many_labels_matvec(rng, L):
         ref = dense_batched(dense_general, pw, np.array([1.0, 2.0]), nbhd)
         v = rng.standard_normal((3, 2, op.size))
         np.testing.assert_allclose(op.matvec(v), np.einsum("bij,ebj->ebi", ref, v), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_shifted_product_kernel_matches_reference(rng, monkeypatch, parallel):
+    """``pairwise_product(..., lam=)`` (lam v written by the kernel, threads zeroing and summing
+    their own copies) equals lam v + the array-code product, with garbage in the entries of edges
+    leaving the image."""
+    import gcrflinalg._grid_kernels as kernels
+    from gcrflinalg.neighbourhoods import neighbourhood_offsets
+
+    if parallel:
+        monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 0)
+    for nbhd in (4, 8, 12):
+        for (H, W, L) in [(6, 5, 3), (4, 7, 6), (1, 3, 2)]:
+            offs = neighbourhood_offsets(nbhd)
+            pw = random_pairwise(rng, (2,), nbhd, L, H, W).astype(np.float64)
+            for k, (di, dj) in enumerate(offs):  # entries of edges leaving the image: ignored
+                pi, pj, _, _ = kernels.edge_ranges(di, dj, H, W)
+                keep = np.zeros((H, W), bool)
+                keep[pi, pj] = True
+                pw[:, k][..., ~keep] = np.nan
+            pw = np.ascontiguousarray(pw)
+            v = rng.standard_normal((3, 2, L, H, W))
+            lam = np.array([2.0, 3.0])
+            expect = lam[None, :, None, None, None] * v
+            kernels._pairwise_product_xp(np, np.nan_to_num(pw), v, expect, offs)
+            got = kernels.pairwise_product(pw, v, np.full_like(v, np.nan), offs, lam=lam)
+            np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+            acc = kernels.pairwise_product(pw, v, np.ones_like(v), offs)  # accumulating form
+            np.testing.assert_allclose(acc, expect - lam[None, :, None, None, None] * v + 1, rtol=1e-12,
+                                       atol=1e-12)
+            for dtype in (np.float32,):
+                got32 = kernels.pairwise_product(pw.astype(dtype), v.astype(dtype), np.empty(v.shape, dtype),
+                                                 offs, lam=lam.astype(dtype))
+                np.testing.assert_allclose(got32, expect, rtol=1e-4, atol=1e-4)

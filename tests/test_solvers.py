@@ -627,3 +627,48 @@ def test_divergence_is_a_breakdown(method):
     with np.errstate(all="ignore"):
         res = METHODS[method](A, np.ones(2), maxiter=5000)
     assert res.info < 0 and not res.converged and res.iterations < 5000
+
+
+# ------------------------------------------------------------------ compiled (fused) CG updates
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_cg_fused_updates_match_array_code(monkeypatch, dtype, batch):
+    """The compiled in-place updates (NumPy) and the array-expression path (CuPy's) agree."""
+    import solvers._cg as cgmod
+
+    A = sparse_dd().astype(dtype)
+    b = rhs(A.shape[0], seed=11, batch=batch).astype(dtype)
+    if batch:
+        b[1] *= 100.0
+    b_copy = b.copy()
+    seen = []
+    fused = solvers.cg(A, b, rtol=rtol_for(dtype), callback=seen.append)
+    np.testing.assert_array_equal(b, b_copy)  # r starts as a copy of b: b is never written
+    # every callback gets its own snapshot of the iterate
+    assert len({id(x) for x in seen}) == len(seen) and not any(np.shares_memory(x, fused.x) for x in seen)
+    monkeypatch.setattr(cgmod, "_fusable", lambda *args: False)
+    plain = solvers.cg(A, b, rtol=rtol_for(dtype))
+    np.testing.assert_array_equal(fused.iterations, plain.iterations)
+    np.testing.assert_array_equal(fused.converged, plain.converged)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(fused.x, plain.x, rtol=tol, atol=tol * np.abs(plain.x).max())
+    np.testing.assert_allclose(fused.residual_norms, plain.residual_norms, rtol=10 * tol,
+                               atol=10 * tol * plain.residual_norms.max())
+
+
+def test_cg_fused_updates_with_preconditioner_and_restart():
+    """Preconditioned CG and an x0 (r = b - A x0) through the fused path match SciPy's counts."""
+    A = poisson2d(10)
+    n = A.shape[0]
+    b = rhs(n, seed=12)
+    x0 = rhs(n, seed=13)
+    M = sp.diags(1.0 / A.diagonal())
+    count = [0]
+
+    def cb(_):
+        count[0] += 1
+
+    spla.cg(A, b, x0=x0, rtol=1e-8, M=M, callback=cb)
+    res = solvers.cg(A, b, x0, rtol=1e-8, M=M)
+    assert res.converged and abs(res.iterations - count[0]) <= 1
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
