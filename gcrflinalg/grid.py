@@ -56,7 +56,20 @@ def _system_label(index) -> str:
     return f" (batch item {index})" if index else ""
 
 
-class _GridOperator(GCRFOperator):
+class SparseAssembled:
+    """Views shared by the sparse forms, built on their ``to_sparse(index)`` CSR assembly."""
+
+    def tocsr(self):
+        """``to_sparse()`` of an unbatched operator (the name SciPy-style code looks for)."""
+        return self.to_sparse(())
+
+    def _to_dense(self):
+        xp = self.xp
+        mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
+        return xp.stack(mats).reshape(self.batch_shape + self.shape)
+
+
+class _GridOperator(SparseAssembled, GCRFOperator):
     """Shared machinery of the grid forms: shapes, the batched product over extra axes, CSR,
     dense view, direct solves and the multicolour Gauss–Seidel sweep.
 
@@ -151,15 +164,6 @@ class _GridOperator(GCRFOperator):
         b = self._flat_index(index)
         return assemble_csr(self.xp, self._params[b], self._lam_flat[b], self.height, self.width,
                             self.num_labels, self.neighbourhood, self._potts)
-
-    def tocsr(self):
-        """``to_sparse()`` of an unbatched operator (the name SciPy-style code looks for)."""
-        return self.to_sparse(())
-
-    def _to_dense(self):
-        xp = self.xp
-        mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
-        return xp.stack(mats).reshape(self.batch_shape + self.shape)
 
     # ------------------------------------------------------------------ solver hooks
     def _gauss_seidel_sweep(self, x, b, omega):
@@ -581,8 +585,9 @@ def sparse_direct_solve(op, b, options):
     rnorm = to_host(xp.sqrt(xp.sum(res * res, axis=-1))).reshape(sys_shape)
     bnorm = to_host(xp.sqrt(xp.sum(b * b, axis=-1))).reshape(sys_shape)
     tol = np.maximum(float(options.get("rtol", 1e-5)) * bnorm, float(options.get("atol", 0.0)))
-    return _make_result(x, converged=rnorm <= tol, iterations=np.zeros(sys_shape, int),
-                        history=rnorm[None], matvecs=1, time_s=time.perf_counter() - t0,
+    # as the other direct solves: one "iteration", history ``[||b||, ||b - M x||]``
+    return _make_result(x, converged=rnorm <= tol, iterations=np.ones(sys_shape, int),
+                        history=np.stack([bnorm, rnorm]), matvecs=1, time_s=time.perf_counter() - t0,
                         method="direct", bnorm=bnorm)
 
 

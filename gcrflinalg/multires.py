@@ -20,6 +20,7 @@ from .backend import sparse_module, to_host
 from .grid import (
     GridGCRF,
     GridPottsGCRF,
+    SparseAssembled,
     gershgorin_lanczos_check,
     sparse_direct_solve,
 )
@@ -47,7 +48,7 @@ class PottsLevel:
 _FORMS = ("general", "potts")
 
 
-class MultiResGCRF(GCRFOperator):
+class MultiResGCRF(SparseAssembled, GCRFOperator):
     """Multi-resolution grid G-CRF ``M = lam I + A`` (DESIGN.md 3.3).
 
     Parameters
@@ -267,15 +268,6 @@ class MultiResGCRF(GCRFOperator):
         cols = xp.concatenate([xp.asarray(a).astype(index_dtype) for a in cols])
         mat = sp.coo_matrix((xp.concatenate(vals), (rows, cols)), shape=self.shape)
         return mat.tocsr()
-
-    def tocsr(self):
-        """``to_sparse()`` of an unbatched operator."""
-        return self.to_sparse(())
-
-    def _to_dense(self):
-        xp = self.xp
-        mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
-        return xp.stack(mats).reshape(self.batch_shape + self.shape)
 
     # ------------------------------------------------------------------ solver hooks
     def _gauss_seidel_sweep(self, x, b, omega):
