@@ -8,11 +8,29 @@ float32 embeddings with a decaying spectrum and correlated frames (``||S_v||_2^2
   pairwise product (every coupled block ``T_u^T T_v`` on its own).  Target: at 4 frames with the
   ``fc`` neighbourhood the cached product is at least 1.3x faster.
 * ``cg``: CG to ``rtol = 1e-5`` with either product, against ``V`` independent single-frame
-  solves (``V = 1`` systems of the same frames).  Target: at 4 frames (``fc``) at most 2.5x the
-  time of the four single-frame solves.
-* ``direct``: the exact capacitance solve, factorisation included (the forward pass), and the
-  solve that reuses the factor (the adjoint); the positive-definiteness check is part of the
-  factorisation.
+  CG solves (``V = 1`` systems of the same frames), and per iteration.
+* ``direct``: the exact capacitance solve, factorisation included (the forward pass), against
+  ``V`` single-frame direct solves, and the solve that reuses the factor (the adjoint); the
+  positive-definiteness check is part of the factorisation.
+* ``best solve``: the fastest video method (CG or direct, the whole solve) against the fastest
+  single-frame method (CG or direct) on the same frames, both to ``rtol = 1e-5`` on the true
+  residual; the row names both methods.  Target: at 4 frames (``fc``) at most 2.5x.
+
+Why the 2.5x target is out of reach for CG on a CPU (``41 x 41``, ``L = 12``, ``Ds = Dt = 128``, 4
+frames, float32, ``n = 20172`` unknowns per frame): a video product streams ``[S_v; T_v]`` of every
+frame twice (2 x 83 MB, 82.6 MFLOP), a single-frame product ``S_v`` twice (2 x 10.3 MB, 10.3
+MFLOP): per frame 2x the arithmetic and the bytes.  The video CG takes 12 iterations (13 products
+with the final true-residual check) against 9 per frame (40 products for the four frames), so even
+at equal speed per flop the ratio is ``13 x 8 / 40 = 2.6x`` (one video product is the work of 8
+single-frame products).  In practice it is worse: a frame's 10 MB stay in the last-level cache
+through its whole solve while the video's 83 MB come from memory (about 40 GB/s against about 130
+GB/s measured), so a video product costs about 2.7x four single-frame products.  Cutting the
+video's iterations needs a preconditioner whose setup does not cost more than it saves: the exact
+per-frame block-diagonal inverse (``lam I + S_v^T S_v`` by Woodbury) halves them (13 -> 6 in a
+float64 check) but its four ``Ds x Ds`` Gram matrices alone cost about as much as the four
+single-frame CG solves.  The direct solves are dominated by the Gram matrices, whose cost grows as
+``D^2`` (``(Ds + Dt)^2`` against ``Ds^2``: 4x, with the symmetric blocks taken by SYRK on both
+sides), and here they lose to CG on both sides.
 
 Run alone: ``python -m studies.timing_video [--quick]`` prints the table.
 """
@@ -172,8 +190,6 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
             ratio = t_cg / t_singles
             rows.append(_row(case, "cg, cached product", t_cg,
                              peer=f"{V} single-frame cg solves", ratio=ratio,
-                             target="<= 2.5x" if headline else None,
-                             met=(ratio <= 2.5) if headline else None,
                              iterations=its, rel_residual=_rel_residual(res),
                              single_frame_iterations=single_its, peer_time_s=t_singles))
             # per iteration: the video iteration against one iteration of each single-frame solve
@@ -202,6 +218,19 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
             t_reuse = best_time(lambda: solve(factored, b, method="direct"), repeats=reps, xp=xp)
             rows.append(_row(case, "direct, factor reused (adjoint)", t_reuse,
                              peer="cg, cached product", ratio=t_reuse / t_cg))
+            # the headline: the fastest video method (the whole solve, factorisation included)
+            # against the fastest single-frame method, both checked on the true residual at RTOL
+            video_best = min((t_cg, "cg", _rel_residual(res)),
+                             (t_dir, "direct", _rel_residual(res_d)))
+            single_best = min((t_singles, "cg"), (t_singles_d, "direct"))
+            ratio = video_best[0] / single_best[0]
+            rows.append(_row(case, f"best solve: {video_best[1]}", video_best[0],
+                             peer=f"{V} single-frame {single_best[1]} solves (fastest single-frame "
+                                  f"method)", ratio=ratio,
+                             target="<= 2.5x" if headline else None,
+                             met=(ratio <= 2.5) if headline else None,
+                             rel_residual=video_best[2], method=video_best[1],
+                             peer_method=single_best[1], peer_time_s=single_best[0]))
     return rows
 
 

@@ -486,3 +486,81 @@ def test_auto_method_solves(rng):
     res = gcrflinalg.solve(op, b, method="auto", rtol=1e-10)
     np.testing.assert_allclose(res.x, np.linalg.solve(dense_reference(S, T, 3.0, "fc"), b),
                                rtol=1e-8, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- CPU fast paths
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("neighbourhood", NEIGHBOURHOODS, ids=["fc", "2", "4", "6ms"])
+def test_cache_ordered_product_matches_dense_with_extra_axes(neighbourhood, dtype, rng):
+    # the host product (spatial round trip per frame, temporal back-projection in reverse frame
+    # order) against the entry-by-entry dense matrix, with batch axes and extra right-hand sides
+    S, T = embeddings(rng, (2,), 4, 3, 2, 2, 3, 2, dtype=dtype)
+    lam = np.array([1.5, 2.5])
+    op = VideoGCRF(S, T, lam, neighbourhood)
+    ref = dense_reference_batch(S, T, lam, neighbourhood)
+    v = rng.standard_normal((3, 2) + op.vector_shape).astype(dtype)
+    got = op.matvec(v)
+    assert got.shape == v.shape and got.dtype == dtype
+    want = np.einsum("bij,kbj->kbi", ref, v.reshape(3, 2, -1).astype(np.float64))
+    np.testing.assert_allclose(got.reshape(3, 2, -1), want, rtol=tol(dtype) * 10,
+                               atol=tol(dtype) * 100)
+    # one frame: no temporal term at all
+    one = VideoGCRF(S[:, :1], T[:, :1], lam, neighbourhood)
+    v1 = v[:, :, :1]
+    ref1 = dense_reference_batch(S[:, :1], T[:, :1], lam, neighbourhood)
+    np.testing.assert_allclose(one.matvec(v1).reshape(3, 2, -1),
+                               np.einsum("bij,kbj->kbi", ref1, v1.reshape(3, 2, -1)),
+                               rtol=tol(dtype) * 10, atol=tol(dtype) * 100)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("neighbourhood", ["fc", {1}], ids=["fc", "2"])
+def test_frame_grams_host_match_reference(neighbourhood, dtype, rng):
+    S, T = embeddings(rng, (2,), 3, 4, 3, 2, 3, 2, dtype=dtype)
+    op = VideoGCRF(S, T, 2.0, neighbourhood)
+    E = np.concatenate([S, T], axis=-4).reshape(2, 3, 7, -1).astype(np.float64)
+    G = op._frame_grams_host()
+    assert G.shape == (2, 3, 7, 7) and G.dtype == np.float64
+    np.testing.assert_allclose(G, E @ np.swapaxes(E, -1, -2), rtol=tol(dtype) * 10,
+                               atol=tol(dtype) * 10)
+    np.testing.assert_array_equal(G, np.swapaxes(G, -1, -2))  # exactly symmetric
+    # no coupled frames: the Gram matrices of S alone
+    single = VideoGCRF(S[:, :1], T[:, :1], 2.0, neighbourhood)
+    Es = S[:, :1].reshape(2, 1, 4, -1).astype(np.float64)
+    np.testing.assert_allclose(single._frame_grams_host(), Es @ np.swapaxes(Es, -1, -2),
+                               rtol=tol(dtype) * 10, atol=tol(dtype) * 10)
+
+
+def test_gram_square_root_cholesky_and_rank_deficient_fallback(rng):
+    S, T = embeddings(rng, (), 2, 3, 2, 2, 3, 3)
+    op = VideoGCRF(S, T, 2.0)
+    G = op._frame_grams_host()
+    R = op._gram_square_root(G)  # full rank: the Cholesky factor
+    np.testing.assert_allclose(R, np.linalg.cholesky(G), rtol=1e-12, atol=1e-12)
+    # a frame with an all-zero embedding row: singular Gram (a zero pivot), the eigendecomposition
+    # fallback
+    S2 = S.copy()
+    S2[1, 2] = 0.0
+    op2 = VideoGCRF(S2, T, 2.0)
+    G2 = op2._frame_grams_host()
+    R2 = op2._gram_square_root(G2)
+    np.testing.assert_allclose(R2 @ np.swapaxes(R2, -1, -2), G2, rtol=0,
+                               atol=1e-12 * np.abs(G2).max())
+    assert not np.allclose(np.triu(R2[1], 1), 0.0)  # not a triangular (Cholesky) factor
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_ill_conditioned_gram_matches_dense(dtype, rng):
+    # nearly dependent embedding rows: the Gram matrices are positive definite but ill-conditioned,
+    # so the Cholesky square root is taken; the solve must still match the dense one
+    S, T = embeddings(rng, (), 3, 3, 2, 2, 3, 3, t_scale=0.5)
+    S[:, 2] = S[:, 0] + 1e-4 * S[:, 2]
+    S, T = S.astype(dtype), T.astype(dtype)
+    lam = float(safe_lam(S, T, "fc", margin=0.5))
+    op = VideoGCRF(S, T, lam)
+    ref = dense_reference(S, T, lam, "fc")
+    b = rng.standard_normal(op.size).astype(dtype)
+    res = gcrflinalg.solve(op, b, method="direct", rtol=tol(dtype))
+    assert res.converged
+    x_ref = np.linalg.solve(ref, b.astype(np.float64))
+    np.testing.assert_allclose(res.x, x_ref, rtol=0, atol=tol(dtype) * 100 * np.abs(x_ref).max())
