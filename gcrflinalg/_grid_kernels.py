@@ -449,8 +449,9 @@ def _potts_colour_sweep_nb(wt, x, b, lam, di, dj, a, C, omega):  # pragma: no co
                     s[i, j] = tot
 
 
-def _sweep_xp(xp, product, x, b, lam, masks, omega):
+def _sweep_xp(xp, product, x, b, lam, neighbourhood, omega):
     # Any backend: the full product per colour, the update applied at that colour's pixels only.
+    masks = xp.asarray(colour_masks(neighbourhood, *x.shape[-2:]))
     for c in range(masks.shape[0]):
         ax = product(x)
         upd = x + omega * ((b - ax) / lam - x)
@@ -478,15 +479,13 @@ def pairwise_colour_sweep(pw, x, b, lam, offsets, neighbourhood, omega):
         return x
     from .backend import get_array_module
     xp = get_array_module(pw)
-    H, W = x.shape[-2:]
-    masks = xp.asarray(colour_masks(neighbourhood, H, W))
 
     def product(v):
         out = xp.zeros_like(v)[None]
         _pairwise_product_xp(xp, pw, v[None], out, offsets)
         return out[0]
 
-    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], masks, omega)
+    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], neighbourhood, omega)
 
 
 def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
@@ -499,8 +498,6 @@ def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
         return x
     from .backend import get_array_module
     xp = get_array_module(wt)
-    H, W = x.shape[-2:]
-    masks = xp.asarray(colour_masks(neighbourhood, H, W))
 
     def product(v):
         t = v.sum(axis=1, keepdims=True) - v
@@ -508,7 +505,7 @@ def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
         _weight_product_xp(xp, wt, t[None], out, offsets)
         return out[0]
 
-    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], masks, omega)
+    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], neighbourhood, omega)
 
 
 # ---------------------------------------------------------------------------------------------
