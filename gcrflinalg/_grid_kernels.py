@@ -449,12 +449,24 @@ def _potts_colour_sweep_nb(wt, x, b, lam, di, dj, a, C, omega):  # pragma: no co
                     s[i, j] = tot
 
 
-def _sweep_xp(xp, product, x, b, lam, neighbourhood, omega):
-    # Any backend: the full product per colour, the update applied at that colour's pixels only.
+def _colour_sweep(params, compiled_sweep, product_xp, x, b, lam, offsets, neighbourhood, omega):
+    """Dispatch of the multicolour sweeps: the compiled kernel on NumPy, else the array version.
+
+    ``compiled_sweep(params, x, b, lam, di, dj, a, C, omega)`` updates ``x`` in place;
+    ``product_xp(xp, v)`` is ``A v`` for ``v`` of shape ``(B, L, H, W)`` on any backend.
+    """
+    if _use_numba(params):
+        a, C = pixel_colouring(neighbourhood)
+        di, dj = _offset_arrays(offsets)
+        compiled_sweep(params, x, b, lam, di, dj, a, C, x.dtype.type(omega))
+        return x
+    from .backend import get_array_module
+    xp = get_array_module(params)
+    lam = lam[:, None, None, None]
+    # the full product per colour, the update applied at that colour's pixels only
     masks = xp.asarray(colour_masks(neighbourhood, *x.shape[-2:]))
     for c in range(masks.shape[0]):
-        ax = product(x)
-        upd = x + omega * ((b - ax) / lam - x)
+        upd = x + omega * ((b - product_xp(xp, x)) / lam - x)
         x = xp.where(masks[c], upd, x)
     return x
 
@@ -472,40 +484,24 @@ def pairwise_colour_sweep(pw, x, b, lam, offsets, neighbourhood, omega):
     x, b : arrays ``(B, L, H, W)``; ``x`` is updated in place on the CPU and returned
     lam : array ``(B,)``
     """
-    a, C = pixel_colouring(neighbourhood)
-    if _use_numba(pw):
-        di, dj = _offset_arrays(offsets)
-        _pairwise_colour_sweep_nb(pw, x, b, lam, di, dj, a, C, x.dtype.type(omega))
-        return x
-    from .backend import get_array_module
-    xp = get_array_module(pw)
-
-    def product(v):
+    def product(xp, v):
         out = xp.zeros_like(v)[None]
         _pairwise_product_xp(xp, pw, v[None], out, offsets)
         return out[0]
 
-    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], neighbourhood, omega)
+    return _colour_sweep(pw, _pairwise_colour_sweep_nb, product, x, b, lam, offsets, neighbourhood, omega)
 
 
 def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
     """One multicolour Gauss–Seidel (SOR) sweep on ``(lam I + A) x = b``, Potts weights
     (``(A x)_m = W (s - x_m)``, ``s = sum_l x_l``); see :func:`pairwise_colour_sweep`."""
-    a, C = pixel_colouring(neighbourhood)
-    if _use_numba(wt):
-        di, dj = _offset_arrays(offsets)
-        _potts_colour_sweep_nb(wt, x, b, lam, di, dj, a, C, x.dtype.type(omega))
-        return x
-    from .backend import get_array_module
-    xp = get_array_module(wt)
-
-    def product(v):
+    def product(xp, v):
         t = v.sum(axis=1, keepdims=True) - v
         out = xp.zeros_like(t)[None]
         _weight_product_xp(xp, wt, t[None], out, offsets)
         return out[0]
 
-    return _sweep_xp(xp, product, x, b, lam[:, None, None, None], neighbourhood, omega)
+    return _colour_sweep(wt, _potts_colour_sweep_nb, product, x, b, lam, offsets, neighbourhood, omega)
 
 
 # ---------------------------------------------------------------------------------------------
