@@ -7,7 +7,9 @@ CuPy); ``to_sparse`` assembles the same matrix as CSR from a cached pattern
 (:mod:`gcrflinalg._grid_csr`).  Beyond the generic solvers the operators offer a multicolour
 Gauss–Seidel sweep (pixel blocks are ``lam I``, so all pixels of one colour update exactly and at
 once), ``method="direct"`` (sparse LU of the CSR matrix, reused by the adjoint solve), the Potts
-``L + 1`` split for ``method="cg"``, and the positive-definiteness checks of DESIGN.md section 6.
+``L + 1`` split for ``method="cg"``, CG on the red-black reduced system for ``method="reduced_cg"``
+(general form, 4-neighbourhood: :mod:`gcrflinalg._grid_redblack`), and the positive-definiteness
+checks of DESIGN.md section 6.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 import numpy as np
 
 from ._grid_csr import assemble_csr
+from ._grid_redblack import red_black_blocks, red_black_cg
 from . import _grid_kernels
 from ._grid_kernels import (
     edge_ranges,
@@ -257,6 +260,24 @@ class GridGCRF(_GridOperator):
     def _colour_sweep(self, x, b, omega):
         return pairwise_colour_sweep(self._params, x, b, self._lam_flat, self.offsets,
                                      self.neighbourhood, omega)
+
+    # ------------------------------------------------------------------ red-black reduction
+    def _red_black_blocks(self):
+        """The colour-ordered blocks of the red-black reduction (built on first use, cached; as
+        many bytes as ``pairwise``)."""
+        if getattr(self, "_rb_blocks", None) is None:
+            self._rb_blocks = red_black_blocks(self._params)
+        return self._rb_blocks
+
+    def _solve(self, b, method, x0, options):
+        if method == "auto" and self.neighbourhood == 4 and not ({"M", "restart", "omega"} & set(options)):
+            method = "reduced_cg"
+        if method == "reduced_cg":
+            if self.neighbourhood != 4:
+                raise ValueError("method='reduced_cg' needs a 2-colourable grid: neighbourhood=4 "
+                                 f"(this operator has neighbourhood={self.neighbourhood}); use 'cg'")
+            return red_black_cg(self, b, x0, options)
+        return super()._solve(b, method, x0, options)
 
     def _parameter_gradients(self, x, g):
         """``dL/dpairwise[k, :, :, i, j] = -(g_p x_q^T + x_p g_q^T)`` on in-image edges, 0 elsewhere
