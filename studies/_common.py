@@ -210,3 +210,20 @@ def best_time(fn, *, repeats: int = 3, warmup: bool = True, xp=np) -> float:
         synchronize(xp)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def paired_best(fn_a, fn_b, *, repeats: int, xp=np) -> tuple[float, float]:
+    """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
+    each), so that a load change on a shared machine affects both alike."""
+    from gcrflinalg.backend import synchronize
+
+    fn_a(), fn_b()
+    best = [math.inf, math.inf]
+    for _ in range(max(1, int(repeats))):
+        for k, fn in enumerate((fn_a, fn_b)):
+            synchronize(xp)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(xp)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]

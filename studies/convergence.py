@@ -34,10 +34,12 @@ from studies._common import (Progress, add_common_arguments, array_module, markd
 __all__ = ["METHODS", "DIRECT_FORMS", "methods_for", "run_problem", "run_study", "summarise", "main"]
 
 #: Every method of the study, in table order.
-METHODS = ("jacobi", "gauss_seidel", "gmres", "cg", "pcg", "direct")
+METHODS = ("jacobi", "gauss_seidel", "gmres", "cg", "pcg", "reduced_cg", "direct")
 #: Forms with an exact direct solver: all of them (sparse factorisation for the grid and
 #: multi-resolution forms, Woodbury identities for the low-rank and video forms).
 DIRECT_FORMS = ("grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video")
+#: Forms with the red-black reduction (on their 4-neighbourhood problems only).
+REDUCED_FORMS = ("grid",)
 
 METHOD_LABELS = {
     "jacobi": "Jacobi",
@@ -45,6 +47,7 @@ METHOD_LABELS = {
     "gmres": "GMRES",
     "cg": "CG",
     "pcg": "PCG (block Jacobi)",
+    "reduced_cg": "CG, red-black reduced",
     "direct": "direct",
 }
 FORM_LABELS = {
@@ -61,6 +64,7 @@ _STYLE = {
     "gmres": dict(color="#2ca02c", ls="--"),
     "cg": dict(color="#d62728", ls="-"),
     "pcg": dict(color="#9467bd", ls=":"),
+    "reduced_cg": dict(color="#8c564b", ls="-."),
     "direct": dict(color="black", ls="none", marker="*", ms=10),
 }
 
@@ -72,8 +76,10 @@ _WARMED = set()
 
 
 def methods_for(form: str, methods=METHODS) -> list[str]:
-    """The methods of ``methods`` that apply to ``form`` (``"direct"`` only where the form has one)."""
-    return [m for m in methods if m != "direct" or form in DIRECT_FORMS]
+    """The methods of ``methods`` that apply to ``form`` (``"direct"`` only where the form has one,
+    ``"reduced_cg"`` only on the general grid)."""
+    return [m for m in methods
+            if (m != "direct" or form in DIRECT_FORMS) and (m != "reduced_cg" or form in REDUCED_FORMS)]
 
 
 def _warm_up(problem, method, xp, dtype, options):
@@ -130,6 +136,8 @@ def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, 
         pass
     rows = []
     for method in methods_for(form, methods):
+        if method == "reduced_cg" and problem.meta.get("neighbourhood") != 4:
+            continue  # the red-black colouring needs the 4-neighbourhood
         options = dict(rtol=rtol)
         if method != "direct":
             options["maxiter"] = maxiter
@@ -408,7 +416,9 @@ def main(argv=None) -> int:
              "Every system has lam = (1 + margin) rho(A - diag A) with margin in [0.05, 0.3], so Jacobi "
              "converges with rate at most 1/(1 + margin).  On the Potts grid, CG is the toolkit's split "
              "solve (one CG on the label sum, then L label systems of size P at once; its iterations add "
-             "both phases); PCG is plain CG on M with the block-Jacobi preconditioner.")
+             "both phases); PCG is plain CG on M with the block-Jacobi preconditioner.  CG, red-black reduced, "
+             "runs on the 4-neighbourhood general grids only (half of them): CG on the Schur complement of "
+             "the red pixels after exact elimination of the black ones.")
     sections = [f"# Solver convergence on built-in G-CRF problems\n\n{header}.",
                 "## Average iterations to converge\n\n" + notes + "\n\n" + overview_table(summary, forms, methods)]
     for form in forms:

@@ -20,21 +20,21 @@ Rows measured (best of 5 repeats after a warm-up, so Numba compilation is exclud
 may be shared, so every row takes its best run):
 
 1. SciPy ``cg`` on the assembled float64 CSR matrix — the reference;
-2. the general form solved matrix-free by :func:`gcrflinalg.solve` (``method="cg"``) in float64 and
-   in float32, the relative residual always measured in float64 against the CSR matrix; the best
-   path is the faster one that meets ``rtol``; target: at least 6x faster than (1).  The path is
-   plain CG with SciPy's stopping rule (12 iterations here, plus the final true-residual product):
-   13 structured products (Numba, the blocks streamed once per product; ``lam v`` written by the
-   kernel; work items dealt round-robin to the threads, which zero and sum their private copies)
-   and, per iteration, three compiled in-place vector passes of :func:`solvers.cg`
-   (``p^T A p``; ``x += alpha p, r -= alpha A p`` with ``r^T r``; ``p = r + beta p``);
+2. the general form solved matrix-free by :func:`gcrflinalg.solve` in float64 and float32, the
+   relative residual always measured in float64 against the CSR matrix, with
+   ``method="cg"`` (plain CG on ``M``: 12 iterations here plus the final true-residual product,
+   13 structured products streaming the blocks once each) and ``method="reduced_cg"`` (CG on the
+   red-black reduced system ``lam^2 I - C C^T``: 6 iterations, each a product with ``C^T`` and
+   one with ``C`` on the colour-ordered blocks, plus the right-hand side, the back-substitution
+   and the true residual of the full system); the colour-ordered blocks are built once per
+   operator (timed in their own row, with the first solve that includes them).  The best path
+   is the fastest that meets ``rtol``; target: at least 6x faster than (1);
 3. the Potts form by its ``L + 1`` split (``method="cg"``), float64 and float32; target: at least
    5x faster than the general form's best path;
 4. one general product in float64 and float32 against the memory-bandwidth floor: the bytes of the
    stored blocks plus three vectors (read ``v``, read and write ``out``) divided by the copy
-   bandwidth measured here (``2 * nbytes / t`` of ``copyto`` of a 256 MiB array, on the
-   operators' device);
-   target: within 2x;
+   bandwidth (``2 * nbytes / t`` of ``copyto`` of a 256 MiB array on the operators' device,
+   measured just before), the products timed back to back as in a solve; target: within 2x;
 5. CSR assembly: first image of a size, and a new image of a seen size (cached index pattern);
 6. the positive-definiteness checks.
 """
@@ -51,8 +51,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 import gcrflinalg
+from gcrflinalg._grid_redblack import red_black_blocks
 from gcrflinalg.backend import synchronize, to_host
 from gcrflinalg.grid import GridGCRF, GridPottsGCRF
+
 
 __all__ = ["run", "make_problem"]
 
@@ -109,15 +111,6 @@ def _best_time(fn, xp, repeats):
         synchronize(xp)
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def copy_bandwidth(nbytes=256 << 20, repeats=5, xp=np):
-    """``(bytes per second, seconds)`` of ``xp.copyto`` (read + write) on arrays of ``nbytes``
-    (host memory for NumPy, device memory for CuPy)."""
-    src = xp.ones(nbytes // 8)
-    dst = xp.empty_like(src)
-    t, _ = _best_time(lambda: xp.copyto(dst, src), xp, repeats)
-    return 2 * src.nbytes / t, t
 
 
 def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
@@ -207,11 +200,8 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
             say(f"general form {method} ({name})")
             op = GridGCRF(xp.asarray(pairwise.astype(dtype)), lam)
             bd = xp.asarray(b.astype(dtype))
-            if method == "reduced_cg":
-                t0 = time.perf_counter()
-                op._red_black_blocks()
-                synchronize(xp)
-                t_blocks = time.perf_counter() - t0
+            if method == "reduced_cg":  # the colour-ordered blocks, built once per operator
+                t_blocks, _ = _best_time(lambda: red_black_blocks(op._params), xp, repeats)
             else:
                 t_check, _ = _best_time(op.check_positive_definite, xp, 1)
             t, res = _best_time(lambda: gcrflinalg.solve(op, bd, method=method, rtol=rtol, check_pd=False),
@@ -264,21 +254,33 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
         peer=f"general form, best path ({best_g})", ratio=t_gen / t_potts,
         target=">= 5x faster than the general form", met=t_gen / t_potts >= 5, rel_residual=potts[best_p][1])
 
-    # ---- per-product time against the memory-bandwidth floor
+    # ---- per-product time against the memory-bandwidth floor.  Products run back to back, as in a
+    # solve; the copy bandwidth is measured just before each product (the bandwidth a shared machine
+    # gives varies; timing copy and product alternately would leave every product a cold cache)
     say("copy bandwidth and products")
     copy_bytes = 64 << 20 if quick else 256 << 20
-    bw, t_copy = copy_bandwidth(copy_bytes, xp=xp)
-    row(f"memory copy of {copy_bytes >> 20} MiB ({xp.__name__}.copyto)", t_copy, bandwidth_bytes_per_s=bw)
+    src = xp.ones(copy_bytes // 8)
+    dst = xp.empty_like(src)
+
+    def bandwidth():
+        t_copy, _ = _best_time(lambda: xp.copyto(dst, src), xp, 5)
+        return 2 * src.nbytes / t_copy, t_copy
+
     for dtype in (np.float64, np.float32):
         name = np.dtype(dtype).name
         op = GridGCRF(xp.asarray(pairwise.astype(dtype)), lam)
+        opp = GridPottsGCRF(xp.asarray(weights.astype(dtype)), lam, L)
         v = xp.asarray(b.astype(dtype))
+        bw, t_copy = bandwidth()
+        if dtype == np.float64:
+            row(f"memory copy of {copy_bytes >> 20} MiB ({xp.__name__}.copyto)", t_copy,
+                bandwidth_bytes_per_s=bw)
         t, _ = _best_time(lambda: op.matvec(v), xp, 5 * repeats)
         nbytes = op.pairwise.nbytes + 3 * v.nbytes
         floor = nbytes / bw
         row(f"general product M v, {name}", t, peer="memory-bandwidth floor", ratio=t / floor,
-            target="<= 2x the floor", met=t / floor <= 2, floor_s=floor, bytes=nbytes)
-        opp = GridPottsGCRF(xp.asarray(weights.astype(dtype)), lam, L)
+            target="<= 2x the floor", met=t / floor <= 2, floor_s=floor, bytes=nbytes,
+            bandwidth_bytes_per_s=bw)
         tp, _ = _best_time(lambda: opp.matvec(v), xp, 5 * repeats)
         nbytes_p = opp.weights.nbytes + 3 * v.nbytes
         row(f"Potts product M v, {name}", tp, peer="memory-bandwidth floor", ratio=tp / (nbytes_p / bw),

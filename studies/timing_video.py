@@ -45,7 +45,7 @@ import numpy as np
 from gcrflinalg import solve
 from gcrflinalg.video import VideoGCRF, frame_coupling_matrix
 
-from ._common import array_module, best_time, markdown_table
+from ._common import array_module, best_time, markdown_table, paired_best
 
 __all__ = ["run", "main"]
 
@@ -99,23 +99,6 @@ def _row(case, what, time_s, *, peer=None, ratio=None, target=None, met=None, **
 
 def _rel_residual(result):
     return float(np.max(result.relative_residual))
-
-
-def _paired_best(fn_a, fn_b, *, repeats: int, xp) -> tuple[float, float]:
-    """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
-    each), so that a load change on a shared machine affects both alike."""
-    from gcrflinalg.backend import synchronize
-
-    fn_a(), fn_b()
-    best = [math.inf, math.inf]
-    for _ in range(max(1, int(repeats))):
-        for k, fn in enumerate((fn_a, fn_b)):
-            synchronize(xp)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(xp)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best[0], best[1]
 
 
 def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
@@ -173,7 +156,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
             cached.check_positive_definite()  # once per operator; not timed
             cached._pd_checked = pairwise._pd_checked = True
 
-            t_cached, t_pair = _paired_best(lambda: cached.matvec(b), lambda: pairwise.matvec(b),
+            t_cached, t_pair = paired_best(lambda: cached.matvec(b), lambda: pairwise.matvec(b),
                                             repeats=2 * reps + 1, xp=xp)
             ratio = t_pair / t_cached
             rows.append(_row(case, "matvec, cached temporal message", t_cached,
@@ -185,7 +168,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
 
             res = solve(cached, b, method="cg", rtol=RTOL)
             its = int(res.iterations)
-            t_cg, t_singles = _paired_best(lambda: solve(cached, b, method="cg", rtol=RTOL),
+            t_cg, t_singles = paired_best(lambda: solve(cached, b, method="cg", rtol=RTOL),
                                            singles_cg, repeats=reps, xp=xp)
             ratio = t_cg / t_singles
             rows.append(_row(case, "cg, cached product", t_cg,
@@ -206,7 +189,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
                              rel_residual=_rel_residual(res_p)))
 
             res_d = solve(VideoGCRF(S, T, LAM, nb), b, method="direct")
-            t_dir, t_singles_d = _paired_best(
+            t_dir, t_singles_d = paired_best(
                 lambda: solve(VideoGCRF(S, T, LAM, nb), b, method="direct"), singles_direct,
                 repeats=reps, xp=xp)
             rows.append(_row(case, "direct, factorisation + solve", t_dir,
