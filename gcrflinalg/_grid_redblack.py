@@ -216,6 +216,21 @@ def _acc1(o, c0, x0, n):  # pragma: no cover - compiled
         o[j] += c0[j] * x0[j]
 
 
+@numba.njit(inline="always")
+def _acc_rows(o, Gf, gb, gs, vf, vb, vs, count, n):  # pragma: no cover - compiled
+    # o[j] += sum_{k < count} Gf[gb + k gs + j] vf[vb + k vs + j], four rows at a time
+    k = 0
+    while k + 4 <= count:
+        _acc4(o, Gf[gb + k * gs:gb + k * gs + n], Gf[gb + (k + 1) * gs:gb + (k + 1) * gs + n],
+              Gf[gb + (k + 2) * gs:gb + (k + 2) * gs + n], Gf[gb + (k + 3) * gs:gb + (k + 3) * gs + n],
+              vf[vb + k * vs:vb + k * vs + n], vf[vb + (k + 1) * vs:vb + (k + 1) * vs + n],
+              vf[vb + (k + 2) * vs:vb + (k + 2) * vs + n], vf[vb + (k + 3) * vs:vb + (k + 3) * vs + n], n)
+        k += 4
+    while k < count:
+        _acc1(o, Gf[gb + k * gs:gb + k * gs + n], vf[vb + k * vs:vb + k * vs + n], n)
+        k += 1
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def _black_product_nb(G, x, y, a1, base, a0, cls, shift):  # pragma: no cover - compiled
     # y[e, b, pi, m] = a1[b] sum_d sum_n G[b, pi, d, m, n] x[e, b, cls[pi, d], n](shifted) + a0[b] base
@@ -239,16 +254,7 @@ def _black_product_nb(G, x, y, a1, base, a0, cls, shift):  # pragma: no cover - 
             for d in range(4):
                 gb = (((b * 2 + pi) * 4 + d) * L + m) * L * F + lo
                 xb = ((e * B + b) * 2 + cls[pi, d]) * L * F + lo + shift[pi, d]
-                k = 0
-                while k + 4 <= L:
-                    _acc4(o, Gf[gb + k * F:gb + k * F + n], Gf[gb + (k + 1) * F:gb + (k + 1) * F + n],
-                          Gf[gb + (k + 2) * F:gb + (k + 2) * F + n], Gf[gb + (k + 3) * F:gb + (k + 3) * F + n],
-                          xf[xb + k * F:xb + k * F + n], xf[xb + (k + 1) * F:xb + (k + 1) * F + n],
-                          xf[xb + (k + 2) * F:xb + (k + 2) * F + n], xf[xb + (k + 3) * F:xb + (k + 3) * F + n], n)
-                    k += 4
-                while k < L:
-                    _acc1(o, Gf[gb + k * F:gb + k * F + n], xf[xb + k * F:xb + k * F + n], n)
-                    k += 1
+                _acc_rows(o, Gf, gb, F, xf, xb, F, L, n)  # over n: G[.., m, n] x[.., n]
         c1, c0 = a1[b], a0[b]
         if c1 != 1 or c0 != 0:
             s = base[e, b, pi, m][lo:hi]
@@ -284,16 +290,7 @@ def _red_product_nb(G, y, out, cx, x, cz, cb, base, cls, shift):  # pragma: no c
                 s = shift[pi, d]  # black f feeds red f + s: output j reads input j - s
                 gb = (((b * 2 + pi) * 4 + d) * L * L + c) * F + lo - s
                 yb = ((e * B + b) * 2 + pi) * LF + lo - s
-                k = 0
-                while k + 4 <= L:
-                    _acc4(t, Gf[gb + k * LF:gb + k * LF + n], Gf[gb + (k + 1) * LF:gb + (k + 1) * LF + n],
-                          Gf[gb + (k + 2) * LF:gb + (k + 2) * LF + n], Gf[gb + (k + 3) * LF:gb + (k + 3) * LF + n],
-                          yf[yb + k * F:yb + k * F + n], yf[yb + (k + 1) * F:yb + (k + 1) * F + n],
-                          yf[yb + (k + 2) * F:yb + (k + 2) * F + n], yf[yb + (k + 3) * F:yb + (k + 3) * F + n], n)
-                    k += 4
-                while k < L:
-                    _acc1(t, Gf[gb + k * LF:gb + k * LF + n], yf[yb + k * F:yb + k * F + n], n)
-                    k += 1
+                _acc_rows(t, Gf, gb, LF, yf, yb, F, L, n)  # over m: G[.., m, c] y[.., m]
         xs = x[e, b, rho, c][lo:hi]
         bs = base[e, b, rho, c][lo:hi]
         ax, az, ab = cx[b], cz[b], cb[b]
