@@ -231,6 +231,18 @@ def _acc_rows(o, Gf, gb, gs, vf, vb, vs, count, n):  # pragma: no cover - compil
         k += 1
 
 
+@numba.njit(inline="always")
+def _output_row(arr, it, L, B, lo, hi):  # pragma: no cover - compiled
+    # Work item it = ((e B + b) 2 + colour class) L + label: its output row, pads and interior zeroed
+    label = it % L
+    cls = (it // L) % 2
+    b = (it // (2 * L)) % B
+    e = it // (2 * L * B)
+    row = arr[e, b, cls, label]
+    row[:] = 0
+    return row[lo:hi], label, cls, b, e
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def _black_product_nb(G, x, y, a1, base, a0, cls, shift):  # pragma: no cover - compiled
     # y[e, b, pi, m] = a1[b] sum_d sum_n G[b, pi, d, m, n] x[e, b, cls[pi, d], n](shifted) + a0[b] base
@@ -241,15 +253,7 @@ def _black_product_nb(G, x, y, a1, base, a0, cls, shift):  # pragma: no cover - 
     Gf = G.reshape(-1)
     xf = x.reshape(-1)
     for it in numba.prange(E * B * 2 * L):
-        m = it % L
-        pi = (it // L) % 2
-        b = (it // (2 * L)) % B
-        e = it // (2 * L * B)
-        o = y[e, b, pi, m]
-        o[:lo] = 0
-        o[hi:] = 0
-        o = o[lo:hi]
-        o[:] = 0
+        o, m, pi, b, e = _output_row(y, it, L, B, lo, hi)
         if a1[b] != 0:
             for d in range(4):
                 gb = (((b * 2 + pi) * 4 + d) * L + m) * L * F + lo
@@ -274,15 +278,7 @@ def _red_product_nb(G, y, out, cx, x, cz, cb, base, cls, shift):  # pragma: no c
     yf = y.reshape(-1)
     LF = L * F
     for it in numba.prange(E * B * 2 * L):
-        c = it % L
-        rho = (it // L) % 2
-        b = (it // (2 * L)) % B
-        e = it // (2 * L * B)
-        o = out[e, b, rho, c]
-        o[:lo] = 0
-        o[hi:] = 0
-        t = o[lo:hi]
-        t[:] = 0
+        t, c, rho, b, e = _output_row(out, it, L, B, lo, hi)
         for pi in range(2):
             for d in range(4):
                 if cls[pi, d] != rho:
