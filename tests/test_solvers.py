@@ -672,3 +672,20 @@ def test_cg_fused_updates_with_preconditioner_and_restart():
     res = solvers.cg(A, b, x0, rtol=1e-8, M=M)
     assert res.converged and abs(res.iterations - count[0]) <= 1
     assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_cg_without_the_final_true_residual(rng):
+    """``true_residual=False`` skips the closing product b - A x: one product fewer, the recursive
+    residual in the last history row and in ``converged``; the iterates are the same."""
+    A = poisson2d(10)
+    b = rng.standard_normal((3, A.shape[0]))
+    full = solvers.cg(A, b, rtol=1e-8)
+    lean = solvers.cg(A, b, rtol=1e-8, true_residual=False)
+    np.testing.assert_array_equal(lean.x, full.x)
+    np.testing.assert_array_equal(lean.iterations, full.iterations)
+    assert lean.matvecs == full.matvecs - 1
+    np.testing.assert_array_equal(lean.residual_norms[:-1], full.residual_norms[:-1])
+    true = np.linalg.norm(b - lean.x @ A.T, axis=-1)
+    np.testing.assert_allclose(full.residual_norms[-1], true, rtol=1e-6)
+    np.testing.assert_allclose(lean.residual_norms[-1], true, rtol=1e-3)  # recursive, close here
+    assert np.all(lean.converged)
