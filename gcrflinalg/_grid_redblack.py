@@ -529,8 +529,9 @@ def red_black_cg(op, b, x0, options):
         # the reduced history in units of the full residual, then the true residual
         hist = np.asarray(res.residual_norms).reshape(-1, E, B) / (to_host(scale)
                                                                    * to_host(lam).astype(np.float64)[None, :])
-        history.extend(list(np.where(todo, hist[1:], history[-1])))
-        history[-1] = np.where(todo, to_host(rnorm), history[-1])
+        rows = list(hist[1:]) or [history[-1]]  # a round without CG steps still adds its end row
+        rows[-1] = to_host(rnorm)
+        history.extend(np.where(todo, row, history[-1]) for row in rows)
         if not to_host((rnorm < 0.5 * previous) | (rnorm <= tol)).all():
             break
     converged = to_host(rnorm <= tol)
