@@ -19,18 +19,19 @@ float32 embeddings with a decaying spectrum and correlated frames (``||S_v||_2^2
 Why the 2.5x target is out of reach for CG on a CPU (``41 x 41``, ``L = 12``, ``Ds = Dt = 128``, 4
 frames, float32, ``n = 20172`` unknowns per frame): a video product streams ``[S_v; T_v]`` of every
 frame twice (2 x 83 MB, 82.6 MFLOP), a single-frame product ``S_v`` twice (2 x 10.3 MB, 10.3
-MFLOP): per frame 2x the arithmetic and the bytes.  The video CG takes 12 iterations (13 products
+MFLOP): per frame 2x the arithmetic and the bytes.  The video CG takes 11 iterations (12 products
 with the final true-residual check) against 9 per frame (40 products for the four frames), so even
-at equal speed per flop the ratio is ``13 x 8 / 40 = 2.6x`` (one video product is the work of 8
+at equal speed per flop the ratio is ``12 x 8 / 40 = 2.4x`` (one video product is the work of 8
 single-frame products).  In practice it is worse: a frame's 10 MB stay in the last-level cache
-through its whole solve while the video's 83 MB come from memory (about 40 GB/s against about 130
-GB/s measured), so a video product costs about 2.7x four single-frame products.  Cutting the
-video's iterations needs a preconditioner whose setup does not cost more than it saves: the exact
-per-frame block-diagonal inverse (``lam I + S_v^T S_v`` by Woodbury) halves them (13 -> 6 in a
-float64 check) but its four ``Ds x Ds`` Gram matrices alone cost about as much as the four
-single-frame CG solves.  The direct solves are dominated by the Gram matrices, whose cost grows as
-``D^2`` (``(Ds + Dt)^2`` against ``Ds^2``: 4x, with the symmetric blocks taken by SYRK on both
-sides), and here they lose to CG on both sides.
+through its whole solve while the video's 83 MB come from memory, and the measured ratio is 3-4x.
+A single-pass CG (Chronopoulos-Gear recurrences, ``p^T M p`` from the projections, the embeddings
+read once per step), tried as a prototype, sped the single frames up more than the video (ratio
+3.8x).  Cutting the video's iterations needs a preconditioner whose setup does not cost more than
+it saves: the exact per-frame block-diagonal inverse (``lam I + S_v^T S_v`` by Woodbury) halves
+them (13 -> 6 in a float64 check) but its four ``Ds x Ds`` Gram matrices alone cost about as much
+as the four single-frame CG solves.  The direct solves are dominated by the Gram matrices, whose
+cost grows as ``D^2`` (``(Ds + Dt)^2`` against ``Ds^2``: 4x, with the symmetric blocks taken by
+SYRK on both sides), and here they lose to CG on both sides.
 
 Run alone: ``python -m studies.timing_video [--quick]`` prints the table.
 """
