@@ -232,6 +232,13 @@ def _acc_rows(o, Gf, gb, gs, vf, vb, vs, count, n):  # pragma: no cover - compil
 
 
 @numba.njit(inline="always")
+def _interior(shift, F):  # pragma: no cover - compiled
+    # [lo, hi): the flat range of the class rows inside the pad rows (one padded row of wp each)
+    wp = -shift[0, 3]
+    return wp, F - wp
+
+
+@numba.njit(inline="always")
 def _output_row(arr, it, L, B, lo, hi):  # pragma: no cover - compiled
     # Work item it = ((e B + b) 2 + colour class) L + label: its output row, pads and interior zeroed
     label = it % L
@@ -247,8 +254,7 @@ def _output_row(arr, it, L, B, lo, hi):  # pragma: no cover - compiled
 def _black_product_nb(G, x, y, a1, base, a0, cls, shift):  # pragma: no cover - compiled
     # y[e, b, pi, m] = a1[b] sum_d sum_n G[b, pi, d, m, n] x[e, b, cls[pi, d], n](shifted) + a0[b] base
     E, B, _, L, F = x.shape
-    wp = -shift[0, 3]
-    lo, hi = wp, F - wp
+    lo, hi = _interior(shift, F)
     n = hi - lo
     Gf = G.reshape(-1)
     xf = x.reshape(-1)
@@ -271,8 +277,7 @@ def _red_product_nb(G, y, out, cx, x, cz, cb, base, cls, shift):  # pragma: no c
     # out[e, b, rho, n] = cx[b] x + cz[b] sum_{(pi, d): cls = rho} sum_m G[b, pi, d, m, n] y[e, b, pi, m]
     #                     (moved by +shift) + cb[b] base
     E, B, _, L, F = y.shape
-    wp = -shift[0, 3]
-    lo, hi = wp, F - wp
+    lo, hi = _interior(shift, F)
     n = hi - lo
     Gf = G.reshape(-1)
     yf = y.reshape(-1)
@@ -298,13 +303,14 @@ def _coef(xp, value, B, dtype):
     return xp.ascontiguousarray(xp.broadcast_to(xp.asarray(value, dtype=dtype), (B,)))
 
 
-def black_product(G, x, *, scale=1.0, base=None, base_scale=0.0, cls=None, shift=None):
+def black_product(G, x, *, cls, shift, scale=1.0, base=None, base_scale=0.0):
     """``y = scale * C^T x + base_scale * base`` on the black half.
 
     Parameters
     ----------
     G : array ``(B, 2, 4, L, L, F)`` from :func:`red_black_blocks`
     x : array ``(E, B, 2, L, F)``, red storage (zero pads)
+    cls, shift : from :func:`neighbour_table`
     scale, base_scale : float or array ``(B,)``
     base : array ``(E, B, 2, L, F)``, black storage; required when ``base_scale`` is nonzero
 
@@ -328,7 +334,7 @@ def black_product(G, x, *, scale=1.0, base=None, base_scale=0.0, cls=None, shift
 def _black_product_xp(xp, G, x, a1, base, a0, cls, shift):
     """Array-module version of :func:`black_product` (CuPy; any backend)."""
     F = x.shape[-1]
-    lo, hi = -int(shift[0, 3]), F + int(shift[0, 3])
+    lo, hi = _interior(shift, F)
     y = xp.zeros_like(x)
     for pi in range(2):
         for d in range(4):
@@ -341,11 +347,11 @@ def _black_product_xp(xp, G, x, a1, base, a0, cls, shift):
     return y
 
 
-def red_product(G, y, *, x=None, x_scale=0.0, scale=1.0, base=None, base_scale=0.0, cls=None, shift=None):
+def red_product(G, y, *, cls, shift, x=None, x_scale=0.0, scale=1.0, base=None, base_scale=0.0):
     """``out = x_scale * x + scale * C y + base_scale * base`` on the red half.
 
     ``y`` is black storage ``(E, B, 2, L, F)``; ``x``, ``base`` and ``out`` red storage; the
-    coefficients are floats or arrays ``(B,)``.
+    coefficients are floats or arrays ``(B,)``; ``cls, shift`` from :func:`neighbour_table`.
     """
     xp = get_array_module(y)
     B = y.shape[1]
@@ -364,7 +370,7 @@ def red_product(G, y, *, x=None, x_scale=0.0, scale=1.0, base=None, base_scale=0
 def _red_product_xp(xp, G, y, ax, x, az, ab, base, cls, shift):
     """Array-module version of :func:`red_product` (CuPy; any backend)."""
     F = y.shape[-1]
-    lo, hi = -int(shift[0, 3]), F + int(shift[0, 3])
+    lo, hi = _interior(shift, F)
     t = xp.zeros_like(y)
     for pi in range(2):
         for d in range(4):
