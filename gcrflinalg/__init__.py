@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib
 
+from .forms.registry import FORMS as _FORMS
+
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
+# public name -> module that defines it (relative to the package, or "solvers")
 _EXPORTS = {
     # backends
     "get_array_module": "backend",
@@ -24,21 +26,11 @@ _EXPORTS = {
     "to_device": "backend",
     "cupy_available": "backend",
     "available_backends": "backend",
-    # operators
+    # operators: the base class, then every registered form's exports
     "GCRFOperator": "operator",
-    "GridGCRF": "grid",
-    "GridPottsGCRF": "grid",
-    "MultiResGCRF": "multires",
-    "GeneralLevel": "multires",
-    "PottsLevel": "multires",
-    "LowRankGCRF": "lowrank",
-    "LowRankPottsGCRF": "lowrank",
-    "VideoGCRF": "video",
-    "solve_video_windows": "video",
-    "VideoWindowsSolution": "video",
-    "frame_coupling_matrix": "video",
     "neighbourhood_offsets": "neighbourhoods",
-    # problems, mean-field
+    # problems, mean-field, layers
+    "forms": None,
     "problems": None,
     "meanfield": None,
     "MeanFieldResult": "meanfield",
@@ -51,6 +43,10 @@ _EXPORTS = {
     "NotPositiveDefiniteError": "solvers",
     "SolveResult": "solvers",
 }
+for _spec in _FORMS.values():
+    for _name in _spec.exports:
+        _EXPORTS[_name] = _spec.module.removeprefix("gcrflinalg.")
+del _spec, _name
 
 __all__ = sorted(set(_EXPORTS) | {"solve", "adjoint_solve"})
 

@@ -12,23 +12,34 @@ input).  ``b`` has shape ``(n,)`` or ``(*batch, n)``; leading axes are independe
 lock-step with per-system step sizes and convergence masks.  Each solver returns a
 :class:`SolveResult` (``x, info = cg(A, b)`` unpacks like SciPy).
 """
-from ._cg import cg
-from ._compare import Comparison, compare
-from ._errors import NotPositiveDefiniteError
-from ._gauss_seidel import gauss_seidel
-from ._gmres import gmres
-from ._jacobi import jacobi
-from ._preconditioners import block_jacobi_preconditioner
-from ._result import SolveResult
+import importlib
 
-__all__ = [
-    "cg",
-    "gmres",
-    "jacobi",
-    "gauss_seidel",
-    "compare",
-    "Comparison",
-    "SolveResult",
-    "NotPositiveDefiniteError",
-    "block_jacobi_preconditioner",
-]
+# public name -> private module that defines it; loaded on first use, so that importing
+# ``solvers.backend`` (the array-backend helpers gcrflinalg builds on) loads no solver
+_EXPORTS = {
+    "cg": "_cg",
+    "gmres": "_gmres",
+    "jacobi": "_jacobi",
+    "gauss_seidel": "_gauss_seidel",
+    "compare": "_compare",
+    "Comparison": "_compare",
+    "SolveResult": "_result",
+    "NotPositiveDefiniteError": "_errors",
+    "block_jacobi_preconditioner": "_preconditioners",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'solvers' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"solvers.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcrflinalg.backend import to_host
+from .backend import to_host
 
 from ._errors import NotPositiveDefiniteError
 from ._operator import dots, finish, norms, prepare
@@ -16,7 +16,7 @@ TRUE_RESIDUAL_EVERY = 50
 
 try:  # fused vector updates on the CPU; the array-module code below is the fallback (and CuPy's path)
     import numba as _numba
-except ImportError:  # pragma: no cover - numba is a dependency of gcrflinalg
+except ImportError:  # pragma: no cover - numba is a core dependency
     _numba = None
 
 if _numba is not None:

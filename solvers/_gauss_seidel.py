@@ -6,7 +6,7 @@ import time
 import numpy as np
 from numba import njit
 
-from gcrflinalg.backend import sparse_module, to_host
+from .backend import sparse_module, to_host
 
 from ._jacobi import positive_diagonal
 from ._operator import prepare

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from gcrflinalg.backend import asarray, get_array_module, is_cupy_array, sparse_module, synchronize, to_host
+from .backend import asarray, get_array_module, is_cupy_array, sparse_module, synchronize, to_host
 
 from ._result import SolveResult, _History
 
@@ -222,7 +222,7 @@ def as_operator(A, xp=None, dtype=None, *, name="A") -> Operator:
     elif axp is not None and axp is not xp:
         raise TypeError(
             f"{name} and b live on different devices ({axp.__name__} and {xp.__name__}); "
-            "move them with gcrflinalg.backend.to_device/to_host"
+            "move them with solvers.backend.to_device/to_host"
         )
     shape = _shape_of(A)
     if len(shape) < 2 or shape[-1] != shape[-2] or (kind != "custom" and len(shape) != 2):

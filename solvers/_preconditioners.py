@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcrflinalg.backend import asarray, get_array_module
+from .backend import asarray, get_array_module
 
 from ._operator import _is_sparse, as_operator, compute_dtype
 

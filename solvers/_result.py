@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from gcrflinalg.backend import to_host
+from .backend import to_host
 
 __all__ = ["SolveResult"]
 

@@ -131,7 +131,7 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
     fraction of pixels whose most likely label agrees (and the fraction each model changes from the
     unary's label).
     """
-    from gcrflinalg.lowrank import LowRankPottsGCRF
+    from gcrflinalg.forms.lowrank import LowRankPottsGCRF
     from gcrflinalg import solve
 
     say = progress or (lambda message: None)

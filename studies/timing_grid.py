@@ -51,9 +51,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 import gcrflinalg
-from gcrflinalg._grid_redblack import red_black_blocks
+from gcrflinalg.forms.grid.redblack import red_black_blocks
 from gcrflinalg.backend import synchronize, to_host
-from gcrflinalg.grid import GridGCRF, GridPottsGCRF
+from gcrflinalg.forms.grid import GridGCRF, GridPottsGCRF
 
 
 __all__ = ["run", "make_problem"]
@@ -157,7 +157,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
 
     # ---- CSR assembly (cached pattern) and the SciPy reference
     say("assembling CSR")
-    from gcrflinalg._grid_csr import csr_pattern
+    from gcrflinalg.forms.grid.csr import csr_pattern
 
     csr_pattern.cache_clear()
     op64_host = GridGCRF(pairwise, lam)

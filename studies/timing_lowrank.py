@@ -33,7 +33,7 @@ import numpy as np
 
 from gcrflinalg.solve import adjoint_solve, solve
 from gcrflinalg.backend import synchronize, to_host
-from gcrflinalg.lowrank import LowRankGCRF, LowRankPottsGCRF
+from gcrflinalg.forms.lowrank import LowRankGCRF, LowRankPottsGCRF
 
 ENTRY = "lowrank"
 RTOL = 1e-6

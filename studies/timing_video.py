@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 from gcrflinalg import solve
-from gcrflinalg.video import VideoGCRF, frame_coupling_matrix
+from gcrflinalg.forms.video import VideoGCRF, frame_coupling_matrix
 
 from ._common import array_module, best_time, markdown_table, paired_best
 

@@ -76,7 +76,7 @@ def test_core_parameters_view_tensor_memory(torch):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_core_takes_framework_arrays_and_returns_numpy(framework):
-    from gcrflinalg.lowrank import LowRankPottsGCRF
+    from gcrflinalg.forms.lowrank import LowRankPottsGCRF
     from gcrflinalg.solve import solve
 
     if framework == "torch":

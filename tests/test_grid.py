@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from gcrflinalg._grid_csr import csr_pattern
-from gcrflinalg._grid_kernels import colour_masks, pixel_colouring
+from gcrflinalg.forms.grid.csr import csr_pattern
+from gcrflinalg.forms.grid.kernels import colour_masks, pixel_colouring
 from gcrflinalg.backend import to_host
-from gcrflinalg.grid import GridGCRF, GridPottsGCRF
+from gcrflinalg.forms.grid import GridGCRF, GridPottsGCRF
 from operator_checks import (
     assert_batched_equals_loop,
     assert_dense_matches,
@@ -444,7 +444,7 @@ def test_timing_entry_quick():
 
 def test_array_code_path_matches_kernels(rng, monkeypatch):
     """The sliced array code that serves CuPy, run on NumPy, equals the Numba kernels."""
-    import gcrflinalg._grid_kernels as kernels
+    import gcrflinalg.forms.grid.kernels as kernels
 
     H, W, L = 5, 7, 3
     for nbhd in (4, 8, 12):
@@ -467,7 +467,7 @@ def test_array_code_path_matches_kernels(rng, monkeypatch):
 
 
 def test_parallel_product_matches_serial(rng, monkeypatch):
-    import gcrflinalg._grid_kernels as kernels
+    import gcrflinalg.forms.grid.kernels as kernels
 
     pw = random_pairwise(rng, (2,), 8, 3, 6, 5)
     v = rng.standard_normal((2, 2, 3, 6, 5))
@@ -493,7 +493,7 @@ def test_shifted_product_kernel_matches_reference(rng, monkeypatch, parallel):
     """``pairwise_product(..., lam=)`` (lam v written by the kernel, threads zeroing and summing
     their own copies) equals lam v + the array-code product, with garbage in the entries of edges
     leaving the image."""
-    import gcrflinalg._grid_kernels as kernels
+    import gcrflinalg.forms.grid.kernels as kernels
     from gcrflinalg.neighbourhoods import neighbourhood_offsets
 
     if parallel:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from gcrflinalg import _grid_redblack as rb
+from gcrflinalg.forms.grid import redblack as rb
 from gcrflinalg.backend import to_host
-from gcrflinalg.grid import GridGCRF, GridPottsGCRF
+from gcrflinalg.forms.grid import GridGCRF, GridPottsGCRF
 from operator_checks import fd_check_gradients
 from solvers import NotPositiveDefiniteError
 from test_grid import dense_batched, dense_general, random_pairwise, random_weights
@@ -81,7 +81,7 @@ def test_products_match_dense_blocks(rng, L, dtype):
 
 def test_array_code_matches_kernels(rng, monkeypatch):
     """The array-module code that serves CuPy, run on NumPy, equals the Numba kernels."""
-    import gcrflinalg._grid_kernels as kernels
+    import gcrflinalg.forms.grid.kernels as kernels
 
     for H, W in SIZES:
         pw = random_pairwise(rng, (2,), 4, 3, H, W)

@@ -10,9 +10,9 @@ import pytest
 import scipy.linalg
 
 import gcrflinalg
-from gcrflinalg._woodbury import WoodburyFactor
+from gcrflinalg.forms.lowrank.woodbury import WoodburyFactor
 from gcrflinalg.backend import to_host
-from gcrflinalg.lowrank import LowRankGCRF, LowRankPottsGCRF, direct_is_cheaper
+from gcrflinalg.forms.lowrank import LowRankGCRF, LowRankPottsGCRF, direct_is_cheaper
 from operator_checks import (assert_batched_equals_loop, assert_dense_matches, assert_not_mutated,
                              assert_symmetric, fd_check_gradients)
 from solvers import NotPositiveDefiniteError

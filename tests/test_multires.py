@@ -6,7 +6,7 @@ import pytest
 
 import gcrflinalg
 from gcrflinalg.backend import to_host
-from gcrflinalg.multires import GeneralLevel, MultiResGCRF, PottsLevel
+from gcrflinalg.forms.multires import GeneralLevel, MultiResGCRF, PottsLevel
 from operator_checks import (
     assert_batched_equals_loop,
     assert_dense_matches,
@@ -129,7 +129,7 @@ def test_solves_match_dense(xp, rng, method):
 
 def test_gauss_seidel_sweep_is_block_gauss_seidel(rng):
     """One sweep: levels in order, colours in order within a level, exact pixel updates."""
-    from gcrflinalg._grid_kernels import colour_masks
+    from gcrflinalg.forms.grid.kernels import colour_masks
 
     levels, forms = CASES["mixed"]
     L, lam, omega = 2, 1.8, 0.9

@@ -15,12 +15,12 @@ from gcrflinalg import problems
 from gcrflinalg.backend import to_host
 
 OPERATOR_MODULES = {
-    "grid": "gcrflinalg.grid",
-    "grid_potts": "gcrflinalg.grid",
-    "multires": "gcrflinalg.multires",
-    "lowrank": "gcrflinalg.lowrank",
-    "lowrank_potts": "gcrflinalg.lowrank",
-    "video": "gcrflinalg.video",
+    "grid": "gcrflinalg.forms.grid",
+    "grid_potts": "gcrflinalg.forms.grid",
+    "multires": "gcrflinalg.forms.multires",
+    "lowrank": "gcrflinalg.forms.lowrank",
+    "lowrank_potts": "gcrflinalg.forms.lowrank",
+    "video": "gcrflinalg.forms.video",
 }
 
 

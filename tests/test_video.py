@@ -10,9 +10,9 @@ import pytest
 
 import gcrflinalg
 from gcrflinalg.backend import to_host
-from gcrflinalg.video import (VideoGCRF, frame_coupling_matrix, solve_video_windows,
+from gcrflinalg.forms.video import (VideoGCRF, frame_coupling_matrix, solve_video_windows,
                               window_starts)
-from solvers._errors import NotPositiveDefiniteError
+from solvers import NotPositiveDefiniteError
 
 from operator_checks import (assert_batched_equals_loop, assert_dense_matches, assert_not_mutated,
                              assert_symmetric, fd_check_gradients, tol)

@@ -1,19 +1,21 @@
 """The G-CRF forms the framework wrappers know, and the solve/adjoint/gradient steps they share.
 
-This is the one place that maps a form name to its operator constructor, the names and layouts of its
-parameters and its constructor keywords; :mod:`gcrflinalg.interop.torch` and
+The forms, their operator constructors, the names and layouts of their parameters and their
+constructor keywords come from the form registry (:mod:`gcrflinalg.forms.registry`);
+:mod:`gcrflinalg.interop.torch` and
 :mod:`gcrflinalg.interop.jax` only move arrays between their framework and these functions.  Nothing
 here imports a deep-learning framework.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import warnings
 
 import numpy as np
 
 from ..backend import to_host
+from ..forms.registry import FORMS as REGISTRY
+from ..forms.registry import FormSpec
 from ..solve import adjoint_solve, solve
 
 __all__ = [
@@ -45,63 +47,15 @@ class NotConvergedWarning(RuntimeWarning):
     """Issued instead of :class:`NotConvergedError` when ``on_nonconvergence="warn"``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class FormSpec:
-    """How one precision-matrix form is built and laid out.
-
-    Attributes
-    ----------
-    name : str
-        The form's name in the wrappers (``"grid"``, ``"lowrank_potts"``, ...).
-    module, class_name : str
-        The operator class ``gcrflinalg.<module>.<class_name>``.
-    parameters : tuple of str
-        Parameter names, in the order the constructor (and the wrappers) take them; they are also
-        the keys of ``parameter_gradients``.
-    parameter_ndims : tuple of int
-        Number of trailing (non-batch) axes of each parameter, e.g. 5 for ``(K, L, L, H, W)``.
-    vector_ndim : int
-        Number of trailing axes of a score vector: 3 for ``(L, H, W)``, 4 for ``(V, L, H, W)``.
-    constructor_options : tuple of str
-        Keywords the constructor accepts besides the parameters and ``lam``.
-    """
-
-    name: str
-    module: str
-    class_name: str
-    parameters: tuple
-    parameter_ndims: tuple
-    vector_ndim: int
-    constructor_options: tuple
-
-    def operator_class(self):
-        """The operator class (imports its module on first use)."""
-        return getattr(importlib.import_module(f"gcrflinalg.{self.module}"), self.class_name)
-
-    @property
-    def needs_num_labels(self) -> bool:
-        return "num_labels" in self.constructor_options
-
-
-FORMS = {
-    # 3.1: pairwise (..., K, L, L, H, W)
-    "grid": FormSpec("grid", "grid", "GridGCRF", ("pairwise",), (5,), 3, ("neighbourhood",)),
-    # 3.2: weights (..., K, H, W)
-    "grid_potts": FormSpec("grid_potts", "grid", "GridPottsGCRF", ("weights",), (3,), 3,
-                           ("num_labels", "neighbourhood")),
-    # 3.4: embeddings (..., D, L, H, W)
-    "lowrank": FormSpec("lowrank", "lowrank", "LowRankGCRF", ("embeddings",), (4,), 3, ()),
-    # 3.5: embeddings (..., D, H, W)
-    "lowrank_potts": FormSpec("lowrank_potts", "lowrank", "LowRankPottsGCRF", ("embeddings",), (3,), 3,
-                              ("num_labels",)),
-    # 3.6: spatial (..., V, Ds, L, H, W), temporal (..., V, Dt, L, H, W); vectors (V, L, H, W)
-    "video": FormSpec("video", "video", "VideoGCRF", ("spatial", "temporal"), (5, 5), 4,
-                      ("neighbourhood", "product")),
-}
+#: the forms that have a differentiable layer, name -> :class:`~gcrflinalg.forms.registry.FormSpec`
+#: (read from the form registry: every form whose parameters are plain arrays)
+FORMS = {name: spec for name, spec in REGISTRY.items() if spec.parameters}
 
 
 def get_form(name) -> FormSpec:
-    """The :class:`FormSpec` of a form name; ``ValueError`` listing the known names otherwise."""
+    """The :class:`FormSpec` of a form with a layer; ``ValueError`` listing the known names otherwise."""
+    if name in REGISTRY and name not in FORMS:
+        raise ValueError(f"form {name!r} has no differentiable layer; layers exist for {tuple(FORMS)}")
     try:
         return FORMS[name]
     except (KeyError, TypeError):
@@ -212,14 +166,14 @@ def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -
     tuple
         The broadcast of all batch shapes; a parameter without batch axes is shared by every system.
     """
-    if len(param_shapes) != len(spec.parameters):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameters)} parameter(s) "
-                        f"{spec.parameters}; got {len(param_shapes)}")
+    if len(param_shapes) != len(spec.parameter_names):
+        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter(s) "
+                        f"{spec.parameter_names}; got {len(param_shapes)}")
     b_shape = tuple(b_shape)
     if len(b_shape) < spec.vector_ndim:
         raise ValueError(f"b must have at least {spec.vector_ndim} axes for form {spec.name!r}; got shape {b_shape}")
     batches = [b_shape[: len(b_shape) - spec.vector_ndim]]
-    for name, nd, shape in zip(spec.parameters, spec.parameter_ndims, param_shapes):
+    for name, nd, shape in zip(spec.parameter_names, spec.parameter_ndims, param_shapes):
         shape = tuple(shape)
         if len(shape) < nd:
             raise ValueError(f"{name} must have at least {nd} axes for form {spec.name!r}; got shape {shape}")
@@ -230,7 +184,7 @@ def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -
     except ValueError:
         raise ValueError(
             f"batch shapes do not broadcast: b {batches[0]}, "
-            + ", ".join(f"{n} {s}" for n, s in zip(spec.parameters, batches[1:-1]))
+            + ", ".join(f"{n} {s}" for n, s in zip(spec.parameter_names, batches[1:-1]))
             + f", lam {batches[-1]}"
         ) from None
 

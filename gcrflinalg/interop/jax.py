@@ -66,14 +66,14 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     """
     jax, jnp = _jax()
     spec = get_form(form)
-    if len(params) != len(spec.parameters):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameters)} parameter array(s) "
-                        f"{spec.parameters}; got {len(params)}")
+    if len(params) != len(spec.parameter_names):
+        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter array(s) "
+                        f"{spec.parameter_names}; got {len(params)}")
     b = jnp.asarray(b)
     if not jnp.issubdtype(b.dtype, jnp.floating):
         raise TypeError(f"b must be a floating array; got {b.dtype}")
     params = [jnp.asarray(p) for p in params]
-    for name, p in zip(spec.parameters, params):
+    for name, p in zip(spec.parameter_names, params):
         if p.dtype != b.dtype:
             raise TypeError(f"{name} has dtype {p.dtype} but b has {b.dtype}; use one dtype")
     if isinstance(lam, (int, float)) and not isinstance(lam, bool) and not lam > 0:
@@ -103,7 +103,7 @@ def _custom_vjp_solve(config):
         g, grads = backward_solve(config, op, np.asarray(x), np.asarray(grad_x))
         out = [np.asarray(grads["lam"], dtype=lam.dtype).reshape(lam.shape), np.asarray(g, dtype=x.dtype)]
         out += [np.asarray(grads[name], dtype=p.dtype).reshape(p.shape)
-                for name, p in zip(config.form.parameters, params)]
+                for name, p in zip(config.form.parameter_names, params)]
         return tuple(out)
 
     def shape_of(a):

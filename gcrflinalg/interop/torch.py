@@ -120,7 +120,7 @@ def _function_class():
             gx = to_array(grad_x.to(dtype=x.dtype).contiguous())
             g, grads = backward_solve(ctx.config, ctx.op, to_array(x), gx,
                                       need_parameters=need_lam or any(need_params))
-            names = ctx.config.form.parameters
+            names = ctx.config.form.parameter_names
             grad_b = to_tensor(g, like=x) if need_b else None
             grad_params = [to_tensor(grads[n], like=p) if need else None
                            for n, p, need in zip(names, params, need_params)]
@@ -198,15 +198,15 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     torch = _torch()
     spec = get_form(form)
     tensors = [b, *params]
-    for name, t in zip(("b",) + spec.parameters, tensors):
+    for name, t in zip(("b",) + spec.parameter_names, tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if len(params) != len(spec.parameters):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameters)} parameter tensor(s) "
-                        f"{spec.parameters}; got {len(params)}")
+    if len(params) != len(spec.parameter_names):
+        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter tensor(s) "
+                        f"{spec.parameter_names}; got {len(params)}")
     if b.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"b must be float32 or float64; got {b.dtype}")
-    for name, p in zip(spec.parameters, params):
+    for name, p in zip(spec.parameter_names, params):
         if p.dtype != b.dtype:
             raise TypeError(f"{name} has dtype {p.dtype} but b has {b.dtype}; use one dtype")
         if p.device != b.device:
@@ -232,13 +232,8 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
 
 
 # ---------------------------------------------------------------------------- nn.Module layers
-_LAYERS = {
-    "GridGCRFLayer": "grid",
-    "GridPottsGCRFLayer": "grid_potts",
-    "LowRankGCRFLayer": "lowrank",
-    "LowRankPottsGCRFLayer": "lowrank_potts",
-    "VideoGCRFLayer": "video",
-}
+#: layer class name -> form name, from the form registry
+_LAYERS = {spec.layer: name for name, spec in FORMS.items()}
 _layer_cache: dict = {}
 
 
@@ -297,7 +292,7 @@ def _make_layer_classes():
     classes = {"GCRFLayer": GCRFLayer}
     for cls_name, form_name in _LAYERS.items():
         spec = FORMS[form_name]
-        doc = (f"G-CRF layer of form ``{form_name!r}``: ``forward(b, {', '.join(spec.parameters)})``; "
+        doc = (f"G-CRF layer of form ``{form_name!r}``: ``forward(b, {', '.join(spec.parameter_names)})``; "
                "see :class:`GCRFLayer` and :func:`gcrf_solve`.")
         classes[cls_name] = type(cls_name, (GCRFLayer,), {"__init__": _fixed_form_init(GCRFLayer, form_name),
                                                           "__doc__": doc, "__module__": __name__})

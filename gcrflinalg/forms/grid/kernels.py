@@ -293,7 +293,7 @@ def pairwise_product(pw, v, out, offsets, lam=None):
         else:
             _pairwise_product_serial_nb(pw, v, out, lam_arr, init, di, dj)
     else:
-        from .backend import get_array_module
+        from ...backend import get_array_module
         if lam is not None:
             out[...] = lam.reshape((1, -1) + (1,) * (v.ndim - 2)) * v
         _pairwise_product_xp(get_array_module(pw), pw, v, out, offsets)
@@ -343,7 +343,7 @@ def weight_product(wt, x, out, offsets):
         di, dj = _offset_arrays(offsets)
         _weight_product_nb(wt, x, out, di, dj)
     else:
-        from .backend import get_array_module
+        from ...backend import get_array_module
         _weight_product_xp(get_array_module(wt), wt, x, out, offsets)
     return out
 
@@ -460,7 +460,7 @@ def _colour_sweep(params, compiled_sweep, product_xp, x, b, lam, offsets, neighb
         di, dj = _offset_arrays(offsets)
         compiled_sweep(params, x, b, lam, di, dj, a, C, x.dtype.type(omega))
         return x
-    from .backend import get_array_module
+    from ...backend import get_array_module
     xp = get_array_module(params)
     lam = lam[:, None, None, None]
     # the full product per colour, the update applied at that colour's pixels only

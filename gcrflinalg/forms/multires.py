@@ -15,16 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._validation import as_parameter
-from .backend import sparse_module, to_host
-from .grid import (
-    GridGCRF,
-    GridPottsGCRF,
-    SparseAssembled,
-    gershgorin_lanczos_check,
-    sparse_direct_solve,
-)
-from .operator import GCRFOperator
+from ..backend import sparse_module, to_host
+from ..operator import GCRFOperator
+from .._validation import as_parameter
+from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
+from .grid.solves import gershgorin_lanczos_check, sparse_direct_solve
 
 __all__ = ["MultiResGCRF", "GeneralLevel", "PottsLevel"]
 

@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module
+from ...backend import get_array_module
 
-__all__ = ["WoodburyFactor", "gram_eigh", "raise_if_lam_below"]
+__all__ = ["WoodburyFactor", "gram_eigh"]
 
 
 def gram_eigh(gram):
@@ -231,33 +231,3 @@ class WoodburyFactor:
     def range_solve(self, ub):
         """``U M^{-1} b = F (U b)`` without touching ``N``-sized data; ``ub`` of shape ``(..., R, k)``."""
         return self.range_inverse @ ub
-
-
-def raise_if_lam_below(lam, bound, *, bound_name: str, form: str) -> None:
-    """Raise :class:`NotPositiveDefiniteError` at the first system with ``lam <= bound``.
-
-    Parameters
-    ----------
-    lam, bound : arrays broadcastable to one batch shape (``bound`` on the same device)
-    bound_name : str
-        How the bound is written in the message, e.g. ``"||psi||_2^2"``.
-    form : str
-        The operator's name, for the message.
-    """
-    from solvers._errors import NotPositiveDefiniteError
-
-    xp = get_array_module(bound)
-    lam64 = xp.asarray(lam, dtype=np.float64)
-    lam64, bound = xp.broadcast_arrays(lam64, xp.asarray(bound, dtype=np.float64))
-    bad = lam64 <= bound
-    if not bool(bad.any()):
-        return
-    flat = int(xp.argmax(bad.reshape(-1)))
-    idx = tuple(int(i) for i in np.unravel_index(flat, bad.shape))
-    value, limit = float(lam64[idx]), float(bound[idx])
-    where = f" (system {idx})" if idx else ""
-    raise NotPositiveDefiniteError(
-        f"{form} is not positive definite{where}: lam = {value:.17g} must exceed "
-        f"{bound_name} = {limit:.17g}",
-        quantity="lam", value=value, bound=limit, system=idx if idx else None,
-    )

@@ -2,13 +2,13 @@
 
 Both operators act on score vectors of shape ``(*batch, L, H, W)`` (flat index
 ``n = l P + i W + j``), with pixel neighbourhoods 4, 8 or 12 (:mod:`gcrflinalg.neighbourhoods`).
-Products are matrix-free (:mod:`gcrflinalg._grid_kernels`: Numba on the CPU, sliced array code on
+Products are matrix-free (:mod:`gcrflinalg.forms.grid.kernels`: Numba on the CPU, sliced array code on
 CuPy); ``to_sparse`` assembles the same matrix as CSR from a cached pattern
-(:mod:`gcrflinalg._grid_csr`).  Beyond the generic solvers the operators offer a multicolour
+(:mod:`gcrflinalg.forms.grid.csr`).  Beyond the generic solvers the operators offer a multicolour
 Gauss–Seidel sweep (pixel blocks are ``lam I``, so all pixels of one colour update exactly and at
 once), ``method="direct"`` (sparse LU of the CSR matrix, reused by the adjoint solve), the Potts
 ``L + 1`` split for ``method="cg"``, CG on the red-black reduced system for ``method="reduced_cg"``
-(general form, 4-neighbourhood: :mod:`gcrflinalg._grid_redblack`), and the positive-definiteness
+(general form, 4-neighbourhood: :mod:`gcrflinalg.forms.grid.redblack`), and the positive-definiteness
 checks of DESIGN.md section 6.
 """
 from __future__ import annotations
@@ -18,45 +18,22 @@ import time
 
 import numpy as np
 
-from ._grid_csr import assemble_csr
-from ._grid_redblack import red_black_blocks, red_black_cg
-from . import _grid_kernels
-from ._grid_kernels import (
-    edge_ranges,
-    pairwise_colour_sweep,
-    pairwise_product,
-    potts_colour_sweep,
-    shifted_weight_cg,
-    weight_product,
-)
-from ._validation import as_lam, as_parameter
-from .backend import get_array_module, to_host
-from .neighbourhoods import neighbourhood_offsets
-from .operator import GCRFOperator
+from ...backend import get_array_module, to_host
+from ...neighbourhoods import neighbourhood_offsets
+from ...operator import GCRFOperator
+from ...results import not_positive_definite
+from ..._validation import as_lam, as_parameter
+from . import kernels
+from .csr import assemble_csr
+from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
+from .redblack import red_black_blocks, red_black_cg
+from .solves import gershgorin_lanczos_check, potts_split_solve, sparse_direct_solve
 
 __all__ = ["GridGCRF", "GridPottsGCRF"]
 
 #: Potts systems with at most this many pixels get the extreme eigenvalues of ``W`` from a dense
 #: eigensolver; larger ones from Lanczos (``eigsh``).
 DENSE_EIG_MAX_PIXELS = 1024
-
-
-def _result_class():
-    try:
-        from solvers import SolveResult
-    except ImportError:  # the solvers package exposes it at top level; its module always exists
-        from solvers._result import SolveResult
-    return SolveResult
-
-
-def _not_pd_error(message, *, value, bound, system):
-    from solvers._errors import NotPositiveDefiniteError
-
-    return NotPositiveDefiniteError(message, quantity="lam", value=value, bound=bound, system=system)
-
-
-def _system_label(index) -> str:
-    return f" (batch item {index})" if index else ""
 
 
 class SparseAssembled:
@@ -262,9 +239,21 @@ class GridGCRF(_GridOperator):
                                      self.neighbourhood, omega)
 
     # ------------------------------------------------------------------ red-black reduction
-    def _red_black_blocks(self):
-        """The colour-ordered blocks of the red-black reduction (built on first use, cached; as
-        many bytes as ``pairwise``)."""
+    def red_black_layout(self):
+        """The colour-ordered blocks of the red-black reduction used by ``method="reduced_cg"``.
+
+        Built on first use and cached (as many bytes as ``pairwise``); calling it ahead of a solve
+        moves that set-up cost out of the first solve.  4-neighbourhood only.
+
+        Returns
+        -------
+        array, shape ``(B, 2, 4, L, L, F)``
+            ``B`` systems, two colour classes, four neighbour directions and ``F`` slots per class
+            (:func:`gcrflinalg.forms.grid.redblack.red_black_blocks`); opaque to callers.
+        """
+        if self.neighbourhood != 4:
+            raise ValueError("the red-black layout needs neighbourhood=4; "
+                             f"this operator has neighbourhood={self.neighbourhood}")
         if getattr(self, "_rb_blocks", None) is None:
             self._rb_blocks = red_black_blocks(self._params)
         return self._rb_blocks
@@ -447,264 +436,14 @@ class GridPottsGCRF(_GridOperator):
             if lam[b] <= bound:
                 which = (f"lambda_max(W) = {hi:.6g}" if hi >= -(L - 1) * lo
                          else f"-(L-1) lambda_min(W) = -{L - 1} * ({lo:.6g}) = {-(L - 1) * lo:.6g}")
-                raise _not_pd_error(
-                    f"GridPottsGCRF is not positive definite{_system_label(idx)}: lam = "
-                    f"{float(lam[b]):.6g} must exceed max(lambda_max(W), -(L-1) lambda_min(W)) = "
-                    f"{bound:.6g} (set by {which})", value=float(lam[b]), bound=bound, system=idx)
+                raise not_positive_definite(
+                    "GridPottsGCRF", value=float(lam[b]), bound=bound, system=idx,
+                    bound_name="max(lambda_max(W), -(L-1) lambda_min(W))", reason=f"set by {which}")
 
     # ------------------------------------------------------------------ the L + 1 split
     def _solve(self, b, method, x0, options):
         if method in ("cg", "auto") and not ({"callback", "M"} & set(options)):
-            return _potts_split_solve(self, b, x0, options)
+            return potts_split_solve(self, b, x0, options)
         return super()._solve(b, method, x0, options)
 
-
-class _ShiftedWeightSystem:
-    """The ``P x P`` operator ``lam I + alpha W`` of every system, on stacks of pixel vectors.
-
-    ``matvec`` takes ``(E, B, [R,] P)`` arrays (``B`` systems, ``R`` vectors per system) as the
-    batched solvers pass them.
-    """
-
-    def __init__(self, op: GridPottsGCRF, alpha: float):
-        self.op = op
-        self._scaled_weights = op.xp.ascontiguousarray(op._params * op.dtype.type(alpha))
-        self._lam = op._lam_flat.reshape(1, -1, 1, 1, 1)
-        P = op.height * op.width
-        self.shape = (P, P)
-        self.dtype = op.dtype
-
-    def matvec(self, X):
-        op = self.op
-        x = op.xp.ascontiguousarray(X.reshape((X.shape[0], op._n_systems, -1, op.height, op.width)))
-        out = self._lam * x
-        weight_product(self._scaled_weights, x, out, op.offsets)
-        return out.reshape(X.shape)
-
-
-def _potts_split_solve(op: GridPottsGCRF, b, x0, options):
-    """``M x = b`` by the ``L + 1`` split of DESIGN.md 3.2, in refinement rounds.
-
-    Each round solves ``M d = r`` for the current residual ``r = b - M x``: CG on the label sum
-    ``(lam I + (L-1) W) s = sum_l r_l``, then CG on all ``L`` systems ``(lam I - W) d_l = r_l - W s``
-    at once, and sets ``x += d``.  Rounds stop when the true residual meets
-    ``||b - M x|| <= max(rtol ||b||, atol)`` per system, when the iteration budget (``maxiter``,
-    default ``10 P``) is spent, or when a round no longer halves the residual (the limit of the
-    dtype).  Inner tolerances are tightened by ``L`` for the sum (its error reaches every label
-    through ``W``).  The inner CG runs as one compiled loop per ``P``-sized system on the CPU
-    (:func:`gcrflinalg._grid_kernels.shifted_weight_cg`) and as the batched :func:`solvers.cg` on
-    other backends.
-
-    Returns a ``SolveResult`` whose ``iterations`` count the CG steps of both phases (the label
-    phase counts as its slowest label) and whose ``residual_norms`` hold the true residual norm of
-    the full system at the start and at the end of every round, repeated across the round's steps.
-    """
-    t0 = time.perf_counter()
-    xp = op.xp
-    rtol = float(options.pop("rtol", 1e-5))
-    atol = float(options.pop("atol", 0.0))
-    maxiter = options.pop("maxiter", None)
-    check_pd = options.pop("check_pd", True)
-    if options:
-        raise TypeError(f"unexpected solver options {sorted(options)} for method='cg'")
-    L, B = op.num_labels, op._n_systems
-    P = op.height * op.width
-    sys_shape = b.shape[: b.ndim - 1]
-    bb = b.reshape((-1, B, L, P))
-    E = bb.shape[0]
-    x = xp.zeros_like(bb) if x0 is None else xp.array(x0.reshape(bb.shape), copy=True)
-    bnorm = xp.sqrt(xp.sum(bb * bb, axis=(2, 3)))  # (E, B)
-    tol = xp.maximum(rtol * bnorm, atol)
-    budget = 10 * P if maxiter is None else int(maxiter)
-    sum_sys, label_sys = _ShiftedWeightSystem(op, L - 1), _ShiftedWeightSystem(op, -1.0)
-    grid = (E, B, L, op.height, op.width)
-
-    def residual(x):
-        return bb - op._product(x.reshape((E,) + op.batch_shape + op.vector_shape)).reshape(bb.shape)
-
-    r = residual(x)
-    rnorm = xp.sqrt(xp.sum(r * r, axis=(2, 3)))
-    rounds = [(np.zeros((E, B), dtype=np.int64), to_host(rnorm))]
-    used = np.zeros((E, B), dtype=np.int64)
-    matvecs = 1
-    for _ in range(10):
-        todo = to_host(rnorm > tol)
-        if not todo.any() or used.max() >= budget:
-            break
-        # relative inner tolerance: the tightest any unfinished system needs, with margins for the
-        # coupling of the two phases (the sum's error reaches every label through W)
-        need = float(to_host(tol / xp.where(rnorm > 0, rnorm, 1))[todo].min())
-        inner = dict(maxiter=max(1, budget - int(used.max())), check_pd=check_pd)
-        r = xp.where(xp.asarray(todo)[..., None, None], r, 0)  # finished systems sit still
-        s, s_iters, s_mv = _shifted_solve(op, sum_sys, r.sum(axis=2)[:, :, None], 0.5 * need / L, **inner)
-        if s is None:  # p^T M p <= 0 met with check_pd=False: stop, unconverged
-            break
-        Ws = op._weight_matvec(xp.ascontiguousarray(s.reshape(E, B, 1, op.height, op.width)))
-        d, d_iters, d_mv = _shifted_solve(op, label_sys, r - Ws.reshape(E, B, 1, P), 0.5 * need, **inner)
-        if d is None:
-            break
-        x = x + d
-        r = residual(x)
-        previous, rnorm = rnorm, xp.sqrt(xp.sum(r * r, axis=(2, 3)))
-        steps = (s_iters.reshape(E, B) + d_iters.reshape(E, B, L).max(axis=2)) * todo
-        used += steps
-        matvecs += s_mv + d_mv + 2
-        rounds.append((steps, to_host(rnorm)))
-        if not to_host((rnorm < 0.5 * previous) | (rnorm <= tol)).all():
-            break  # a round that does not halve the residual: the dtype's accuracy is reached
-    converged = to_host(rnorm <= tol)
-    history = _round_history(rounds, used)
-    x = x.reshape(grid).reshape(b.shape)
-    result = _make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
-                          history=history.reshape((-1,) + sys_shape), matvecs=matvecs,
-                          time_s=time.perf_counter() - t0, method="cg",
-                          bnorm=to_host(bnorm).reshape(sys_shape))
-    return result
-
-
-def gershgorin_lanczos_check(op):
-    """Raise :class:`NotPositiveDefiniteError` if a system of ``op`` is provably indefinite.
-
-    ``lam`` above ``op.gershgorin_bound()`` proves a system positive definite; for the others a
-    Lanczos estimate of ``lambda_min(M)`` (:func:`lanczos_lambda_min`) ``<= 0`` proves it indefinite.
-    """
-    bound = to_host(op.gershgorin_bound()).reshape(op.batch_shape)
-    lam = to_host(op.lam).reshape(op.batch_shape)
-    for idx in np.argwhere(lam <= bound):
-        idx = tuple(int(i) for i in idx)
-        lmin = lanczos_lambda_min(op, idx)
-        if lmin is not None and lmin <= 0:
-            raise _not_pd_error(
-                f"{type(op).__name__} is not positive definite{_system_label(idx)}: "
-                f"lam = {float(lam[idx]):.6g} does not exceed the Gershgorin bound "
-                f"{float(bound[idx]):.6g}, and Lanczos finds lambda_min(M) = {lmin:.6g} <= 0",
-                value=float(lam[idx]), bound=float(bound[idx]), system=idx)
-
-
-def sparse_direct_solve(op, b, options):
-    """``M x = b`` by a sparse LU (SuperLU) of every system's CSR matrix ``op.to_sparse(index)``.
-
-    The factors are cached in ``op._factors`` so that the adjoint solve reuses the forward
-    factorisation.  ``b`` has shape ``(*extra, *op.batch_shape, N)``.
-    """
-    xp = op.xp
-    unknown = set(options) - {"rtol", "atol", "maxiter", "callback"}
-    if unknown:
-        raise TypeError(f"method='direct' takes no options {sorted(unknown)}")
-    t0 = time.perf_counter()
-    nb = len(op.batch_shape)
-    extra = b.shape[: b.ndim - nb - 1]
-    n_sys = math.prod(op.batch_shape)
-    bb = b.reshape((-1, n_sys, op.size))
-    x = xp.empty_like(bb)
-    for sys_i, idx in enumerate(np.ndindex(*op.batch_shape)):
-        rhs = bb[:, sys_i, :].T  # (N, E)
-        x[:, sys_i, :] = _sparse_factor(op, idx)(rhs).reshape(op.size, -1).T
-    x = x.reshape(b.shape)
-    res = b - op.matvec(x)
-    sys_shape = extra + op.batch_shape
-    rnorm = to_host(xp.sqrt(xp.sum(res * res, axis=-1))).reshape(sys_shape)
-    bnorm = to_host(xp.sqrt(xp.sum(b * b, axis=-1))).reshape(sys_shape)
-    tol = np.maximum(float(options.get("rtol", 1e-5)) * bnorm, float(options.get("atol", 0.0)))
-    # as the other direct solves: one "iteration", history ``[||b||, ||b - M x||]``
-    return _make_result(x, converged=rnorm <= tol, iterations=np.ones(sys_shape, int),
-                        history=np.stack([bnorm, rnorm]), matvecs=1, time_s=time.perf_counter() - t0,
-                        method="direct", bnorm=bnorm)
-
-
-def _sparse_factor(op, index):
-    factors = op.__dict__.setdefault("_factors", {})
-    if index not in factors:
-        mat = op.to_sparse(index).tocsc()
-        if op.xp is np:
-            from scipy.sparse.linalg import splu
-        else:
-            from cupyx.scipy.sparse.linalg import splu
-        factors[index] = splu(mat).solve
-    return factors[index]
-
-
-def lanczos_lambda_min(op, index):
-    """A Lanczos (ARPACK / cupyx ``eigsh``) estimate of ``lambda_min(M)`` of one system of ``op``
-    (from its CSR matrix), or None without one.  A Ritz value is never below ``lambda_min``, so an
-    estimate ``<= 0`` proves ``M`` indefinite."""
-    mat = op.to_sparse(index)
-    try:
-        if op.xp is np:
-            from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
-            try:
-                vals = eigsh(mat.astype(np.float64), k=1, which="SA", tol=1e-6, maxiter=2000,
-                             return_eigenvectors=False)
-            except ArpackNoConvergence as err:
-                vals = err.eigenvalues
-        else:
-            from cupyx.scipy.sparse.linalg import eigsh
-
-            vals = to_host(eigsh(mat, k=1, which="SA", return_eigenvectors=False))
-    except Exception:  # no estimate: CG still detects an indefinite system
-        return None
-    return float(np.min(vals)) if len(vals) else None
-
-
-def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
-    """Solve ``(lam I + alpha W) x = rhs`` for a stack ``rhs`` of shape ``(E, B, R, P)``.
-
-    Numba CG (one compiled loop per system, inner products in float64) on the CPU; the batched
-    :func:`solvers.cg` on ``system`` elsewhere, with ``rtol`` kept above what the dtype resolves
-    (that solver checks true residuals).  Returns ``(x, iterations (E, B, R), matvecs)``, or
-    ``(None, None, 0)`` when ``p^T A p <= 0`` was met and ``check_pd`` is False.
-    """
-    E, B, R, P = rhs.shape
-    if _grid_kernels._use_numba(op._params):
-        rhs5 = np.ascontiguousarray(rhs.reshape(E, B, R, op.height, op.width))
-        x = np.zeros_like(rhs5)
-        iters, failed = shifted_weight_cg(system._scaled_weights, op._lam_flat, rhs5, x, op.offsets,
-                                          rtol, maxiter)
-        if failed >= 0:
-            if not check_pd:
-                return None, None, 0
-            e, b, r = np.unravel_index(failed, (E, B, R))
-            idx = np.unravel_index(int(b), op.batch_shape) if op.batch_shape else ()
-            raise _not_pd_error(
-                f"GridPottsGCRF is not positive definite{_system_label(tuple(int(i) for i in idx))}: "
-                f"CG on the split met p^T A p <= 0; lam = {float(op._lam_flat[b]):.6g} must exceed "
-                "max(lambda_max(W), -(L-1) lambda_min(W)) (see check_positive_definite)",
-                value=float(op._lam_flat[b]), bound=None, system=tuple(int(i) for i in idx))
-        return x.reshape(rhs.shape), iters, int(iters.max(initial=0)) + 1
-    from solvers import cg
-
-    rtol = max(rtol, 64 * float(np.finfo(op.dtype).eps))
-    res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
-    iters = np.broadcast_to(np.asarray(res.iterations), (E, B, R))
-    if not check_pd and np.any(np.asarray(res.info) < 0):
-        return None, None, 0
-    return res.x, iters, res.matvecs
-
-
-def _round_history(rounds, used):
-    """``(max(used) + 1, E, B)`` residual history from per-round (steps, end norms)."""
-    n_rows = int(used.max()) + 1
-    hist = np.empty((n_rows,) + used.shape, dtype=np.float64)
-    hist[:] = rounds[0][1]
-    pos = np.zeros(used.shape, dtype=np.int64)
-    for steps, norms in rounds[1:]:
-        pos = pos + steps
-        # from the end of this round on, every row holds the round's end norm
-        rows = np.arange(n_rows).reshape((-1,) + (1,) * used.ndim)
-        hist = np.where((rows >= pos) & (steps > 0), norms, hist)
-    return hist
-
-
-def _make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm):
-    SolveResult = _result_class()
-    converged = np.asarray(converged, dtype=bool)
-    iterations = np.asarray(iterations, dtype=np.int64)
-    info = np.where(converged, 0, np.maximum(iterations, 1))
-    bnorm = np.asarray(bnorm, dtype=np.float64)
-    if converged.ndim == 0:
-        converged, iterations, info, bnorm = bool(converged), int(iterations), int(info), float(bnorm)
-    return SolveResult(x=x, info=info, converged=converged, iterations=iterations,
-                       residual_norms=np.asarray(history, dtype=np.float64), matvecs=int(matvecs),
-                       time_s=float(time_s), method=method, b_norm=bnorm)
 

@@ -1,4 +1,4 @@
-"""The spatio-temporal (video) G-CRF (DESIGN.md section 3.6) and its windowed solve.
+"""The spatio-temporal (video) G-CRF operator (docs/design.md 3.6).
 
 ``V`` frames share one system.  With per-frame spatial embeddings ``S_v`` (``Ds x n``), temporal
 embeddings ``T_v`` (``Dt x n``), ``n = L*H*W`` unknowns per frame and the frame coupling matrix
@@ -19,134 +19,24 @@ adjoint.
 """
 from __future__ import annotations
 
-import dataclasses
-import numbers
 import time
-from typing import Any
 
-import numba
 import numpy as np
 
-from .backend import asarray, get_array_module, to_host
-from .operator import GCRFOperator
-from ._validation import as_lam, as_parameter, check_finite
+from ...backend import asarray, get_array_module, synchronize, to_host
+from ...operator import GCRFOperator
+from ...results import direct_result, not_positive_definite
+from ..._validation import as_lam, as_parameter, check_finite
+from ..lowrank.operators import direct_is_cheaper
+from .kernels import gauss_seidel_video
+from .temporal import frame_coupling_matrix, normalise_neighbourhood
 
-__all__ = [
-    "VideoGCRF",
-    "solve_video_windows",
-    "VideoWindowsSolution",
-    "frame_coupling_matrix",
-    "window_starts",
-]
+__all__ = ["VideoGCRF"]
 
 # options of the iterative methods that the direct solve accepts and ignores
 _ITERATIVE_ONLY_OPTIONS = {"maxiter", "callback", "M", "restart", "omega"}
 
 
-# ---------------------------------------------------------------------------- neighbourhoods
-def _normalise_neighbourhood(neighbourhood):
-    """``"fc"`` or a sorted tuple of positive frame distances."""
-    if isinstance(neighbourhood, str):
-        if neighbourhood == "fc":
-            return "fc"
-        raise ValueError(f"neighbourhood must be 'fc' or a set of positive frame distances such as "
-                         f"{{1}}, {{1, 2}}, {{1, 2, 4}}; got {neighbourhood!r}")
-    if isinstance(neighbourhood, numbers.Integral):
-        neighbourhood = (neighbourhood,)
-    try:
-        distances = tuple(neighbourhood)
-    except TypeError:
-        raise TypeError(f"neighbourhood must be 'fc' or a set of positive frame distances; "
-                        f"got {neighbourhood!r}") from None
-    if not distances or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
-                                and d >= 1 for d in distances):
-        raise ValueError(f"neighbourhood must be 'fc' or a non-empty set of positive integer frame "
-                         f"distances; got {neighbourhood!r}")
-    return tuple(sorted({int(d) for d in distances}))
-
-
-def frame_coupling_matrix(neighbourhood, n_frames: int) -> np.ndarray:
-    """The frame coupling matrix ``K`` of a temporal neighbourhood.
-
-    ``K[u, v] = 1`` if ``u != v`` and ``|u - v|`` is one of the neighbourhood's frame distances
-    (every distance for ``"fc"``), else 0.
-
-    Parameters
-    ----------
-    neighbourhood : "fc" or iterable of int
-        ``"fc"`` (all frame pairs) or positive frame distances, e.g. ``{1}``, ``{1, 2}``,
-        ``{1, 2, 4}``.
-    n_frames : int
-        ``V``.
-
-    Returns
-    -------
-    numpy.ndarray, shape ``(V, V)``, float64, symmetric with a zero diagonal.
-    """
-    nb = _normalise_neighbourhood(neighbourhood)
-    gap = np.abs(np.subtract.outer(np.arange(n_frames), np.arange(n_frames)))
-    if nb == "fc":
-        return (gap > 0).astype(np.float64)
-    return np.isin(gap, nb).astype(np.float64)
-
-
-@numba.njit(cache=True)
-def _gauss_seidel_video(s_rows, t_rows, diag, coupling, lam, x, b, omega):  # pragma: no cover - compiled
-    """One SOR sweep on the video system for each system of the batch, in place on ``x``.
-
-    Parameters
-    ----------
-    s_rows : (B, V, n, Ds)  ``S_v^T``: row ``i`` holds ``S_v[:, i]``
-    t_rows : (B, V, n, Dt)  ``T_v^T``
-    diag : (B, V, n)        ``lam + |S_v[:, i]|^2``
-    coupling : (V, V)       ``K``
-    lam : (B,)
-    x, b : (B, V, n)
-
-    Unknowns are visited frame by frame in the natural order.  Row ``(u, i)``:
-    ``(M x)_{u,i} = lam x_{u,i} + S_u[:, i] . s_u + T_u[:, i] . c_u`` with ``s_u = S_u x_u`` kept
-    current and ``c_u = sum_v K[u, v] T_v x_v``, which does not change while frame ``u`` is swept
-    (``K[u, u] = 0``); ``t_u = T_u x_u`` is kept current for the frames after ``u``.
-    """
-    nb, n_frames, n, ds = s_rows.shape
-    dt = t_rows.shape[3]
-    s = np.zeros(ds, dtype=s_rows.dtype)
-    t = np.zeros((n_frames, dt), dtype=t_rows.dtype)
-    c = np.zeros(dt, dtype=t_rows.dtype)
-    for bi in range(nb):
-        t[:, :] = 0.0
-        for v in range(n_frames):
-            for i in range(n):
-                xi = x[bi, v, i]
-                for k in range(dt):
-                    t[v, k] += t_rows[bi, v, i, k] * xi
-        for u in range(n_frames):
-            s[:] = 0.0
-            for i in range(n):
-                xi = x[bi, u, i]
-                for k in range(ds):
-                    s[k] += s_rows[bi, u, i, k] * xi
-            c[:] = 0.0
-            for v in range(n_frames):
-                if coupling[u, v] != 0.0:
-                    for k in range(dt):
-                        c[k] += coupling[u, v] * t[v, k]
-            for i in range(n):
-                acc = lam[bi] * x[bi, u, i]
-                for k in range(ds):
-                    acc += s_rows[bi, u, i, k] * s[k]
-                for k in range(dt):
-                    acc += t_rows[bi, u, i, k] * c[k]
-                step = omega * (b[bi, u, i] - acc) / diag[bi, u, i]
-                x[bi, u, i] += step
-                for k in range(ds):
-                    s[k] += s_rows[bi, u, i, k] * step
-                for k in range(dt):
-                    t[u, k] += t_rows[bi, u, i, k] * step
-    return x
-
-
-# ---------------------------------------------------------------------------- the operator
 class VideoGCRF(GCRFOperator):
     """Spatio-temporal G-CRF ``M = lam I + blockdiag_v(S_v^T S_v) + sum K[u,v] T_u^T T_v``.
 
@@ -201,7 +91,7 @@ class VideoGCRF(GCRFOperator):
                          lam_shape=lam_shape)
         self.spatial = S
         self.temporal = T
-        self.neighbourhood = _normalise_neighbourhood(neighbourhood)
+        self.neighbourhood = normalise_neighbourhood(neighbourhood)
         self.product = product
         self.n_frames = int(n_frames)
         self.frame_size = int(n_labels * height * width)
@@ -378,7 +268,7 @@ class VideoGCRF(GCRFOperator):
         xh = np.array(to_host(x), dtype=self.dtype, order="C").reshape(nb, V, n)
         bh = np.ascontiguousarray(to_host(b), dtype=self.dtype).reshape(nb, V, n)
         lam = np.ascontiguousarray(to_host(self.lam), dtype=self.dtype).reshape(nb)
-        _gauss_seidel_video(s_rows, t_rows, diag, coupling, lam, xh, bh, self.dtype.type(omega))
+        gauss_seidel_video(s_rows, t_rows, diag, coupling, lam, xh, bh, self.dtype.type(omega))
         xh = xh.reshape(x.shape)
         return xh if self.xp is np else self.xp.asarray(xh)
 
@@ -587,7 +477,6 @@ class VideoGCRF(GCRFOperator):
         """
         if self._capacitance_cache is not None:
             return self._capacitance_cache
-        from solvers._errors import NotPositiveDefiniteError
         xp = self.xp
         mats = self._capacitance_matrices()
         B = mats["B"]
@@ -608,13 +497,10 @@ class VideoGCRF(GCRFOperator):
             system = tuple(int(i) for i in bad[0]) if bad.size else ()
             lam_s = float(np.broadcast_to(lam_h, self.batch_shape)[system])
             bound = float(-np.broadcast_to(theta, self.batch_shape)[system])
-            where = f" (system {system} of the batch)" if system else ""
-            raise NotPositiveDefiniteError(
-                f"VideoGCRF is not positive definite{where}: lam = {lam_s:.6g} must exceed "
-                f"-lambda_min(pairwise term) = {bound:.6g}; the smallest eigenvalue of M is "
-                f"{lam_s - bound:.6g}.  Increase lam or shrink the temporal embeddings "
-                f"(lam > -lambda_min(K) max_v ||T_v||_2^2 is sufficient).",
-                quantity="lam", value=lam_s, bound=bound, system=system or None)
+            raise not_positive_definite(
+                "VideoGCRF", value=lam_s, bound=bound, bound_name="-lambda_min(pairwise term)",
+                system=system, reason=f"the smallest eigenvalue of M is {lam_s - bound:.6g}.  Increase lam or "
+                "shrink the temporal embeddings (lam > -lambda_min(K) max_v ||T_v||_2^2 is sufficient)")
         self._capacitance_cache = dict(mats, chol=chol)
         return self._capacitance_cache
 
@@ -702,8 +588,6 @@ class VideoGCRF(GCRFOperator):
 
     def _prefer_direct(self, n_rhs: int) -> bool:
         """The ``"auto"`` cost model of the low-rank forms applied to the capacitance solve."""
-        from .lowrank import direct_is_cheaper
-
         V, n = self.n_frames, self.frame_size
         D = self.spatial_dim + (self.temporal_dim if self.coupled else 0)
         factor_flops = 2.0 * V * D * D * n + 9.0 * V * D ** 3 + 2.0 * (V * D) ** 3
@@ -731,9 +615,6 @@ class VideoGCRF(GCRFOperator):
             method = "direct"
         if method != "direct":
             return NotImplemented
-        from solvers._result import SolveResult
-        from .backend import synchronize
-
         unknown = set(options) - {"rtol", "atol", "refine"} - _ITERATIVE_ONLY_OPTIONS
         if unknown:
             raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
@@ -749,198 +630,5 @@ class VideoGCRF(GCRFOperator):
         r_norm = to_host(xp.linalg.norm(residual.astype(np.float64), axis=-1))
         b_norm = to_host(xp.linalg.norm(b.astype(np.float64), axis=-1))
         synchronize(xp)
-        elapsed = time.perf_counter() - t0
-        converged = r_norm <= np.maximum(rtol * b_norm, atol)
-        info = np.where(converged, 0, 1)  # 1: the residual is above the tolerance
-        scalar = r_norm.ndim == 0
-        return SolveResult(
-            x=x,
-            info=int(info) if scalar else info,
-            converged=bool(converged) if scalar else converged,
-            iterations=1 if scalar else np.ones(r_norm.shape, dtype=int),
-            residual_norms=np.stack([b_norm, r_norm]).astype(np.float64),
-            matvecs=1 + refine,
-            time_s=elapsed,
-            method="direct",
-            b_norm=float(b_norm) if scalar else b_norm,
-        )
-
-
-# ---------------------------------------------------------------------------- windowed solve
-def window_starts(n_frames: int, window: int, stride: int) -> list[int]:
-    """First frames of the windows ``[s, s + window)`` covering ``n_frames`` frames.
-
-    Windows start every ``stride`` frames; a last window ending at the last frame is added when
-    the stride does not land there.
-    """
-    starts = list(range(0, n_frames - window + 1, stride))
-    if starts[-1] + window < n_frames:
-        starts.append(n_frames - window)
-    return starts
-
-
-@dataclasses.dataclass(repr=False)
-class VideoWindowsSolution:
-    """The result of :func:`solve_video_windows`, with the backward pass of the averaging.
-
-    Attributes
-    ----------
-    x : array, shape ``(*batch, F, L, H, W)``
-        Per-frame predictions averaged over the windows that contain the frame.
-    windows : list of (int, int)
-        ``[start, stop)`` frame ranges of the windows.
-    counts : numpy.ndarray, shape ``(F,)``
-        Number of windows covering each frame.
-    operators : list of VideoGCRF
-        One system per window (a direct factorisation is cached on it for the backward pass).
-    window_solutions : list of arrays
-        ``x`` of each window system, shape ``(*batch, window, L, H, W)``.
-    results : list of SolveResult
-        The forward solve of each window.
-    """
-
-    x: Any
-    windows: list
-    counts: np.ndarray
-    operators: list
-    window_solutions: list
-    results: list
-    method: str
-    solver_options: dict
-
-    def __repr__(self):
-        return (f"VideoWindowsSolution(frames={len(self.counts)}, windows={self.windows}, "
-                f"method={self.method!r})")
-
-    def backward(self, grad_x) -> dict:
-        """Gradients of a loss ``L`` given ``dL/dx`` for the averaged prediction ``x``.
-
-        ``x_f = (1/c_f) sum_{w containing f} x^{(w)}_f``, so window ``w`` receives
-        ``dL/dx^{(w)}_f = dL/dx_f / c_f``; each window's adjoint solve
-        ``g^{(w)} = M_w^{-1} dL/dx^{(w)}`` and contractions (DESIGN.md section 5) are accumulated
-        onto the frames (and ``lam``) they were taken from.
-
-        Parameters
-        ----------
-        grad_x : array, shape of :attr:`x`
-
-        Returns
-        -------
-        dict
-            ``"b"``, ``"spatial"``, ``"temporal"`` (shaped like the inputs) and ``"lam"`` (shaped
-            like the ``lam`` given).
-        """
-        from .solve import adjoint_solve
-
-        first = self.operators[0]
-        xp = first.xp
-        gx = asarray(grad_x)
-        if get_array_module(gx) is not xp:
-            raise TypeError("grad_x lives on another device than the solution")
-        if tuple(gx.shape) != tuple(self.x.shape):
-            raise ValueError(f"grad_x must have the shape of x {tuple(self.x.shape)}; "
-                             f"got {tuple(gx.shape)}")
-        check_finite(gx, "grad_x")
-        # dL/dx^{(w)}_f = dL/dx_f / c_f
-        gx = gx.astype(first.dtype, copy=False) / xp.asarray(
-            self.counts, dtype=first.dtype)[:, None, None, None]
-        n_frames = len(self.counts)
-        db = xp.zeros_like(self.x)
-        dS = xp.zeros(first.batch_shape + (n_frames,) + first.spatial.shape[-4:], dtype=first.dtype)
-        dT = xp.zeros(first.batch_shape + (n_frames,) + first.temporal.shape[-4:], dtype=first.dtype)
-        dlam = None
-
-        for (start, stop), op, xw in zip(self.windows, self.operators, self.window_solutions):
-            g = adjoint_solve(op, gx[..., start:stop, :, :, :], method=self.method,
-                              **self.solver_options).x
-            grads = op.parameter_gradients(xw, g)
-            db[..., start:stop, :, :, :] += g
-            dS[..., start:stop, :, :, :, :] += grads["spatial"]
-            dT[..., start:stop, :, :, :, :] += grads["temporal"]
-            dlam = grads["lam"] if dlam is None else dlam + grads["lam"]
-        return {"b": db, "spatial": dS, "temporal": dT, "lam": dlam}
-
-
-def solve_video_windows(spatial, temporal, b, lam, *, window: int, stride: int = 1,
-                        neighbourhood="fc", method: str = "direct", check_pd: bool = True,
-                        **solver_options) -> VideoWindowsSolution:
-    """Solve a video longer than the temporal context in overlapping windows of ``window`` frames.
-
-    Window ``w`` covers frames ``[s_w, s_w + window)`` and is the :class:`VideoGCRF` system built
-    from those frames' embeddings and unary scores; the prediction of frame ``f`` is the average
-    ``x_f = (1/c_f) sum_{w containing f} x^{(w)}_f`` over the ``c_f`` windows containing it.
-
-    Parameters
-    ----------
-    spatial : array, shape ``(*batch, F, Ds, L, H, W)``
-    temporal : array, shape ``(*batch, F, Dt, L, H, W)``
-    b : array, shape ``(*batch, F, L, H, W)``
-        Unary scores of the ``F`` frames.
-    lam : float or array of shape ``batch``
-    window : int
-        Frames per window, ``1 <= window <= F``.
-    stride : int
-        Frames between window starts, ``1 <= stride <= window`` (default 1: every window
-        position); a last window ending at frame ``F - 1`` is always included.
-    neighbourhood : "fc" or iterable of int
-        Temporal neighbourhood inside a window (see :class:`VideoGCRF`).
-    method : str
-        Solve method of every window (:func:`gcrflinalg.solve`); ``"direct"`` by default, whose
-        factorisation the backward pass reuses.
-    check_pd : bool
-        Check every window system's positive definiteness.
-    **solver_options
-        Passed to :func:`gcrflinalg.solve` (``rtol``, ``maxiter``, ...).
-
-    Returns
-    -------
-    VideoWindowsSolution
-        ``.x`` the averaged predictions (shape of ``b``); ``.backward(dL/dx)`` the gradients.
-    """
-    from .solve import solve
-
-    S = as_parameter(spatial, "spatial", min_ndim=5)
-    xp = get_array_module(S)
-    T = as_parameter(temporal, "temporal", min_ndim=5, xp=xp)
-    n_frames = S.shape[-5]
-    batch = tuple(S.shape[:-5])
-    if T.shape[-5] != n_frames or tuple(T.shape[:-5]) != batch or T.shape[-3:] != S.shape[-3:]:
-        raise ValueError(f"temporal must have shape (*batch, F, Dt, L, H, W) matching spatial "
-                         f"{tuple(S.shape)}; got {tuple(T.shape)}")
-    b_arr = asarray(b)
-    if get_array_module(b_arr) is not xp:
-        raise TypeError("b lives on another device than the embeddings")
-    expected = batch + (n_frames,) + tuple(S.shape[-3:])
-    if tuple(b_arr.shape) != expected:
-        raise ValueError(f"b must have shape (*batch, F, L, H, W) = {expected} to match the "
-                         f"embeddings; got {tuple(b_arr.shape)}")
-    for name, val in (("window", window), ("stride", stride)):
-        if not isinstance(val, numbers.Integral) or isinstance(val, bool):
-            raise TypeError(f"{name} must be an int; got {val!r}")
-    if not 1 <= window <= n_frames:
-        raise ValueError(f"window must be between 1 and the number of frames F = {n_frames}; "
-                         f"got {window}")
-    if not 1 <= stride <= window:
-        raise ValueError(f"stride must be between 1 and window = {window} (larger strides leave "
-                         f"frames uncovered); got {stride}")
-    starts = window_starts(n_frames, int(window), int(stride))
-    windows = [(s, s + int(window)) for s in starts]
-    counts = np.zeros(n_frames, dtype=np.int64)
-    for s, e in windows:
-        counts[s:e] += 1
-    operators, xs, results = [], [], []
-    x = None
-    for s, e in windows:
-        op = VideoGCRF(S[..., s:e, :, :, :, :], T[..., s:e, :, :, :, :], lam, neighbourhood)
-        res = solve(op, b_arr[..., s:e, :, :, :], method=method, check_pd=check_pd,
-                    **solver_options)
-        if x is None:
-            x = xp.zeros(expected, dtype=op.dtype)
-        x[..., s:e, :, :, :] += res.x
-        operators.append(op)
-        xs.append(res.x)
-        results.append(res)
-    x /= xp.asarray(counts, dtype=x.dtype)[:, None, None, None]
-    return VideoWindowsSolution(x=x, windows=windows, counts=counts, operators=operators,
-                                window_solutions=xs, results=results, method=method,
-                                solver_options=dict(solver_options))
+        return direct_result(x, rnorm=r_norm, bnorm=b_norm, rtol=rtol, atol=atol, matvecs=1 + refine,
+                             time_s=time.perf_counter() - t0)

@@ -8,7 +8,7 @@
 Products cost O(N D) (3.4: two thin matrix products) and O(P D L) (3.5: the label sum is formed in
 the ``D``-dimensional embedding space, shared by every label).
 
-``method="direct"`` solves exactly through the Woodbury identity (:mod:`gcrflinalg._woodbury`): one
+``method="direct"`` solves exactly through the Woodbury identity (:mod:`gcrflinalg.forms.lowrank.woodbury`): one
 ``D x D`` Cholesky factorisation per ``lam I +- c G`` (``G`` the Gram matrix ``E E^T`` or
 ``psi psi^T``), computed once per operator and cached, so the adjoint solve of the backward pass and
 any later right-hand sides reuse it.  For 3.5 that factorisation exists iff ``lam > ||psi||_2^2``:
@@ -25,10 +25,11 @@ import time
 
 import numpy as np
 
-from ._validation import as_lam, as_parameter
-from ._woodbury import WoodburyFactor, raise_if_lam_below
-from .backend import get_array_module, synchronize, to_host
-from .operator import GCRFOperator
+from ...backend import get_array_module, synchronize, to_host
+from ...operator import GCRFOperator
+from ...results import direct_result, raise_if_lam_below
+from ..._validation import as_lam, as_parameter
+from .woodbury import WoodburyFactor
 
 __all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper"]
 
@@ -115,8 +116,6 @@ class _LowRankOperator(GCRFOperator):
             method = "direct"
         if method != "direct":
             return NotImplemented
-        from solvers import SolveResult
-
         unknown = set(options) - _DIRECT_IGNORED - {"rtol", "atol", "refine", "check_residual"}
         if unknown:
             raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
@@ -132,23 +131,11 @@ class _LowRankOperator(GCRFOperator):
         for _ in range(refine):
             x = x + self._direct_flat(b - self._apply_flat(x))
         bnorm = xp.linalg.norm(b, axis=-1)
-        if check:
-            res = xp.linalg.norm(b - self._apply_flat(x), axis=-1)
-            converged = res <= xp.maximum(rtol * bnorm, atol)
-        else:
-            res = xp.full(bnorm.shape, np.nan)
-            converged = xp.ones(bnorm.shape, dtype=bool)
-        res_h, bnorm_h, conv_h = to_host(res), to_host(bnorm), to_host(converged)
+        res = xp.linalg.norm(b - self._apply_flat(x), axis=-1) if check else xp.full(bnorm.shape, np.nan)
+        res_h, bnorm_h = to_host(res), to_host(bnorm)
         synchronize(xp)
-        elapsed = time.perf_counter() - t0
-        history = np.stack([bnorm_h, res_h]).astype(np.float64)
-        info = np.where(conv_h, 0, 1)  # 1: the residual is above the tolerance (as the video form)
-        if conv_h.ndim == 0:
-            info, conv, its, bn = int(info), bool(conv_h), 1, float(bnorm_h)
-        else:
-            conv, its, bn = conv_h, np.ones(conv_h.shape, int), bnorm_h
-        return SolveResult(x=x, info=info, converged=conv, iterations=its, residual_norms=history,
-                           matvecs=refine + int(check), time_s=elapsed, method="direct", b_norm=bn)
+        return direct_result(x, rnorm=res_h, bnorm=bnorm_h, rtol=rtol, atol=atol,
+                             matvecs=refine + int(check), time_s=time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ Gauss–Seidel
     def _gauss_seidel_sweep(self, x, b, omega):
@@ -266,7 +253,7 @@ class LowRankGCRF(_LowRankOperator):
         return (self.size,)
 
     def _sweep_kernel(self, x, b, lam, omega):
-        from ._lowrank_kernels import gauss_seidel_general
+        from .kernels import gauss_seidel_general
 
         if self._rows is None:
             rows = np.ascontiguousarray(to_host(self._embed_t()))
@@ -438,7 +425,7 @@ class LowRankPottsGCRF(_LowRankOperator):
         return (self.num_labels, self.num_pixels)
 
     def _sweep_kernel(self, x, b, lam, omega):
-        from ._lowrank_kernels import gauss_seidel_potts
+        from .kernels import gauss_seidel_potts
 
         if self._rows is None:
             nb = math.prod(self.batch_shape)

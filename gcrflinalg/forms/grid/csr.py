@@ -11,8 +11,8 @@ import functools
 
 import numpy as np
 
-from .backend import sparse_module
-from .neighbourhoods import neighbourhood_offsets
+from ...backend import sparse_module
+from ...neighbourhoods import neighbourhood_offsets
 
 __all__ = ["csr_pattern", "assemble_csr"]
 

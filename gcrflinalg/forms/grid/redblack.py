@@ -35,8 +35,11 @@ import time
 import numba
 import numpy as np
 
-from . import _grid_kernels
-from .backend import get_array_module, to_host
+from solvers import NotPositiveDefiniteError, cg
+
+from ...backend import get_array_module, to_host
+from ...results import make_result, not_positive_definite
+from . import kernels
 
 __all__ = [
     "colour_dims",
@@ -191,7 +194,7 @@ def red_black_blocks(pw):
     if K != 2:
         raise ValueError(f"the red-black reduction needs the 4-neighbourhood (K = 2); got K = {K}")
     ha, wp, F = colour_dims(H, W)
-    if _grid_kernels._use_numba(pw):
+    if kernels._use_numba(pw):
         G = np.zeros((B, 2, 4, L, L, F), dtype=pw.dtype)  # calloc: zero pages for free
         _red_black_blocks_nb(np.ascontiguousarray(pw), G, ha, wp)
         return G
@@ -324,7 +327,7 @@ def black_product(G, x, *, cls, shift, scale=1.0, base=None, base_scale=0.0):
     a1, a0 = _coef(xp, scale, B, dt), _coef(xp, base_scale, B, dt)
     if base is None:
         base = x  # never read: a0 is zero
-    if _grid_kernels._use_numba(x):
+    if kernels._use_numba(x):
         y = np.empty_like(x)
         _black_product_nb(G, np.ascontiguousarray(x), y, a1, np.ascontiguousarray(base), a0, cls, shift)
         return y
@@ -359,7 +362,7 @@ def red_product(G, y, *, cls, shift, x=None, x_scale=0.0, scale=1.0, base=None, 
     ax, az, ab = _coef(xp, x_scale, B, dt), _coef(xp, scale, B, dt), _coef(xp, base_scale, B, dt)
     x = y if x is None else x
     base = y if base is None else base
-    if _grid_kernels._use_numba(y):
+    if kernels._use_numba(y):
         out = np.empty_like(y)
         _red_product_nb(G, np.ascontiguousarray(y), out, ax, np.ascontiguousarray(x), az, ab,
                         np.ascontiguousarray(base), cls, shift)
@@ -441,10 +444,6 @@ def red_black_cg(op, b, x0, options):
         (half the arithmetic of a product with ``M`` each); ``residual_norms`` holds the full
         residual implied by the reduced one (``||r_S|| / lam``), the last row the true residual.
     """
-    from solvers import cg
-    from solvers._errors import NotPositiveDefiniteError
-
-    from .grid import _make_result, _not_pd_error, _system_label
 
     t0 = time.perf_counter()
     xp = op.xp
@@ -462,7 +461,7 @@ def red_black_cg(op, b, x0, options):
     sys_shape = b.shape[: b.ndim - 1]
     bb = b.reshape((-1, B, L, H, W))
     E = bb.shape[0]
-    G = op._red_black_blocks()
+    G = op.red_black_layout()
     _, wp, F = colour_dims(H, W)
     cls, shift = neighbour_table(wp)
     dt = G.dtype
@@ -519,11 +518,10 @@ def red_black_cg(op, b, x0, options):
             sys_b = int(err.system[1]) if err.system else 0
             idx = np.unravel_index(int(sys_b), op.batch_shape) if op.batch_shape else ()
             idx = tuple(int(i) for i in idx)
-            raise _not_pd_error(
-                f"GridGCRF is not positive definite{_system_label(idx)}: CG on the red-black reduced "
-                f"system lam^2 I - C C^T met p^T S p <= 0, so lam = {float(to_host(lam)[sys_b]):.6g} "
-                "does not exceed the largest singular value of the red-black coupling C",
-                value=float(to_host(lam)[sys_b]), bound=None, system=idx) from err
+            raise not_positive_definite(
+                "GridGCRF", value=float(to_host(lam)[sys_b]), system=idx,
+                bound_name="the largest singular value of the red-black coupling C",
+                reason="CG on the red-black reduced system lam^2 I - C C^T met p^T S p <= 0") from err
         d_r = res.x.reshape(x_r.shape) / scale5
         y = black_product(G, d_r, cls=cls, shift=shift)  # C^T d_r
         x_r, x_b, Y = x_r + d_r, x_b + (r_b - y) / lam5, Y + y
@@ -543,7 +541,7 @@ def red_black_cg(op, b, x0, options):
     converged = to_host(rnorm <= tol)
     x = from_colours(x_r, x_b, H, W).reshape(b.shape)
     hist = np.stack(history).reshape((-1,) + sys_shape)
-    return _make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
+    return make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
                         history=hist, matvecs=matvecs, time_s=time.perf_counter() - t0,
                         method="reduced_cg", bnorm=to_host(bnorm).reshape(sys_shape))
 

@@ -1,0 +1,255 @@
+"""Solve paths and positive-definiteness checks of the grid forms (docs/design.md 3.1, 3.2, 6).
+
+- :func:`potts_split_solve`: the Potts ``L + 1`` split, ``(lam I + (L-1) W) s = sum_l b_l`` then
+  ``(lam I - W) x_l = b_l - W s``, in refinement rounds;
+- :func:`sparse_direct_solve`: sparse LU of every system's CSR matrix, cached for the adjoint solve;
+- :func:`gershgorin_lanczos_check`: Gershgorin, then a Lanczos estimate of ``lambda_min(M)``.
+
+The multi-resolution form uses the last two as well.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from solvers import cg
+
+from ...backend import to_host
+from ...results import direct_result, make_result, not_positive_definite
+from . import kernels
+from .kernels import shifted_weight_cg, weight_product
+
+__all__ = ["potts_split_solve", "sparse_direct_solve", "gershgorin_lanczos_check", "lanczos_lambda_min"]
+
+
+class _ShiftedWeightSystem:
+    """The ``P x P`` operator ``lam I + alpha W`` of every system, on stacks of pixel vectors.
+
+    ``matvec`` takes ``(E, B, [R,] P)`` arrays (``B`` systems, ``R`` vectors per system) as the
+    batched solvers pass them.
+    """
+
+    def __init__(self, op, alpha: float):
+        self.op = op
+        self._scaled_weights = op.xp.ascontiguousarray(op._params * op.dtype.type(alpha))
+        self._lam = op._lam_flat.reshape(1, -1, 1, 1, 1)
+        P = op.height * op.width
+        self.shape = (P, P)
+        self.dtype = op.dtype
+
+    def matvec(self, X):
+        op = self.op
+        x = op.xp.ascontiguousarray(X.reshape((X.shape[0], op._n_systems, -1, op.height, op.width)))
+        out = self._lam * x
+        weight_product(self._scaled_weights, x, out, op.offsets)
+        return out.reshape(X.shape)
+
+
+def potts_split_solve(op, b, x0, options):
+    """``M x = b`` by the ``L + 1`` split of DESIGN.md 3.2, in refinement rounds.
+
+    Each round solves ``M d = r`` for the current residual ``r = b - M x``: CG on the label sum
+    ``(lam I + (L-1) W) s = sum_l r_l``, then CG on all ``L`` systems ``(lam I - W) d_l = r_l - W s``
+    at once, and sets ``x += d``.  Rounds stop when the true residual meets
+    ``||b - M x|| <= max(rtol ||b||, atol)`` per system, when the iteration budget (``maxiter``,
+    default ``10 P``) is spent, or when a round no longer halves the residual (the limit of the
+    dtype).  Inner tolerances are tightened by ``L`` for the sum (its error reaches every label
+    through ``W``).  The inner CG runs as one compiled loop per ``P``-sized system on the CPU
+    (:func:`gcrflinalg.forms.grid.kernels.shifted_weight_cg`) and as the batched :func:`solvers.cg` on
+    other backends.
+
+    Returns a ``SolveResult`` whose ``iterations`` count the CG steps of both phases (the label
+    phase counts as its slowest label) and whose ``residual_norms`` hold the true residual norm of
+    the full system at the start and at the end of every round, repeated across the round's steps.
+    """
+    t0 = time.perf_counter()
+    xp = op.xp
+    rtol = float(options.pop("rtol", 1e-5))
+    atol = float(options.pop("atol", 0.0))
+    maxiter = options.pop("maxiter", None)
+    check_pd = options.pop("check_pd", True)
+    if options:
+        raise TypeError(f"unexpected solver options {sorted(options)} for method='cg'")
+    L, B = op.num_labels, op._n_systems
+    P = op.height * op.width
+    sys_shape = b.shape[: b.ndim - 1]
+    bb = b.reshape((-1, B, L, P))
+    E = bb.shape[0]
+    x = xp.zeros_like(bb) if x0 is None else xp.array(x0.reshape(bb.shape), copy=True)
+    bnorm = xp.sqrt(xp.sum(bb * bb, axis=(2, 3)))  # (E, B)
+    tol = xp.maximum(rtol * bnorm, atol)
+    budget = 10 * P if maxiter is None else int(maxiter)
+    sum_sys, label_sys = _ShiftedWeightSystem(op, L - 1), _ShiftedWeightSystem(op, -1.0)
+    grid = (E, B, L, op.height, op.width)
+
+    def residual(x):
+        return bb - op._product(x.reshape((E,) + op.batch_shape + op.vector_shape)).reshape(bb.shape)
+
+    r = residual(x)
+    rnorm = xp.sqrt(xp.sum(r * r, axis=(2, 3)))
+    rounds = [(np.zeros((E, B), dtype=np.int64), to_host(rnorm))]
+    used = np.zeros((E, B), dtype=np.int64)
+    matvecs = 1
+    for _ in range(10):
+        todo = to_host(rnorm > tol)
+        if not todo.any() or used.max() >= budget:
+            break
+        # relative inner tolerance: the tightest any unfinished system needs, with margins for the
+        # coupling of the two phases (the sum's error reaches every label through W)
+        need = float(to_host(tol / xp.where(rnorm > 0, rnorm, 1))[todo].min())
+        inner = dict(maxiter=max(1, budget - int(used.max())), check_pd=check_pd)
+        r = xp.where(xp.asarray(todo)[..., None, None], r, 0)  # finished systems sit still
+        s, s_iters, s_mv = _shifted_solve(op, sum_sys, r.sum(axis=2)[:, :, None], 0.5 * need / L, **inner)
+        if s is None:  # p^T M p <= 0 met with check_pd=False: stop, unconverged
+            break
+        Ws = op._weight_matvec(xp.ascontiguousarray(s.reshape(E, B, 1, op.height, op.width)))
+        d, d_iters, d_mv = _shifted_solve(op, label_sys, r - Ws.reshape(E, B, 1, P), 0.5 * need, **inner)
+        if d is None:
+            break
+        x = x + d
+        r = residual(x)
+        previous, rnorm = rnorm, xp.sqrt(xp.sum(r * r, axis=(2, 3)))
+        steps = (s_iters.reshape(E, B) + d_iters.reshape(E, B, L).max(axis=2)) * todo
+        used += steps
+        matvecs += s_mv + d_mv + 2
+        rounds.append((steps, to_host(rnorm)))
+        if not to_host((rnorm < 0.5 * previous) | (rnorm <= tol)).all():
+            break  # a round that does not halve the residual: the dtype's accuracy is reached
+    converged = to_host(rnorm <= tol)
+    history = _round_history(rounds, used)
+    x = x.reshape(grid).reshape(b.shape)
+    result = make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
+                          history=history.reshape((-1,) + sys_shape), matvecs=matvecs,
+                          time_s=time.perf_counter() - t0, method="cg",
+                          bnorm=to_host(bnorm).reshape(sys_shape))
+    return result
+
+
+def gershgorin_lanczos_check(op):
+    """Raise :class:`NotPositiveDefiniteError` if a system of ``op`` is provably indefinite.
+
+    ``lam`` above ``op.gershgorin_bound()`` proves a system positive definite; for the others a
+    Lanczos estimate of ``lambda_min(M)`` (:func:`lanczos_lambda_min`) ``<= 0`` proves it indefinite.
+    """
+    bound = to_host(op.gershgorin_bound()).reshape(op.batch_shape)
+    lam = to_host(op.lam).reshape(op.batch_shape)
+    for idx in np.argwhere(lam <= bound):
+        idx = tuple(int(i) for i in idx)
+        lmin = lanczos_lambda_min(op, idx)
+        if lmin is not None and lmin <= 0:
+            raise not_positive_definite(
+                type(op).__name__, value=float(lam[idx]), bound=float(bound[idx]),
+                bound_name="the Gershgorin bound", system=idx,
+                reason=f"Lanczos finds lambda_min(M) = {lmin:.6g} <= 0")
+
+
+def sparse_direct_solve(op, b, options):
+    """``M x = b`` by a sparse LU (SuperLU) of every system's CSR matrix ``op.to_sparse(index)``.
+
+    The factors are cached in ``op._factors`` so that the adjoint solve reuses the forward
+    factorisation.  ``b`` has shape ``(*extra, *op.batch_shape, N)``.
+    """
+    xp = op.xp
+    unknown = set(options) - {"rtol", "atol", "maxiter", "callback"}
+    if unknown:
+        raise TypeError(f"method='direct' takes no options {sorted(unknown)}")
+    t0 = time.perf_counter()
+    nb = len(op.batch_shape)
+    extra = b.shape[: b.ndim - nb - 1]
+    n_sys = math.prod(op.batch_shape)
+    bb = b.reshape((-1, n_sys, op.size))
+    x = xp.empty_like(bb)
+    for sys_i, idx in enumerate(np.ndindex(*op.batch_shape)):
+        rhs = bb[:, sys_i, :].T  # (N, E)
+        x[:, sys_i, :] = _sparse_factor(op, idx)(rhs).reshape(op.size, -1).T
+    x = x.reshape(b.shape)
+    res = b - op.matvec(x)
+    sys_shape = extra + op.batch_shape
+    rnorm = to_host(xp.sqrt(xp.sum(res * res, axis=-1))).reshape(sys_shape)
+    bnorm = to_host(xp.sqrt(xp.sum(b * b, axis=-1))).reshape(sys_shape)
+    return direct_result(x, rnorm=rnorm, bnorm=bnorm, rtol=float(options.get("rtol", 1e-5)),
+                         atol=float(options.get("atol", 0.0)), matvecs=1, time_s=time.perf_counter() - t0)
+
+
+def _sparse_factor(op, index):
+    factors = op.__dict__.setdefault("_factors", {})
+    if index not in factors:
+        mat = op.to_sparse(index).tocsc()
+        if op.xp is np:
+            from scipy.sparse.linalg import splu
+        else:
+            from cupyx.scipy.sparse.linalg import splu
+        factors[index] = splu(mat).solve
+    return factors[index]
+
+
+def lanczos_lambda_min(op, index):
+    """A Lanczos (ARPACK / cupyx ``eigsh``) estimate of ``lambda_min(M)`` of one system of ``op``
+    (from its CSR matrix), or None without one.  A Ritz value is never below ``lambda_min``, so an
+    estimate ``<= 0`` proves ``M`` indefinite."""
+    mat = op.to_sparse(index)
+    try:
+        if op.xp is np:
+            from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+            try:
+                vals = eigsh(mat.astype(np.float64), k=1, which="SA", tol=1e-6, maxiter=2000,
+                             return_eigenvectors=False)
+            except ArpackNoConvergence as err:
+                vals = err.eigenvalues
+        else:
+            from cupyx.scipy.sparse.linalg import eigsh
+
+            vals = to_host(eigsh(mat, k=1, which="SA", return_eigenvectors=False))
+    except Exception:  # no estimate: CG still detects an indefinite system
+        return None
+    return float(np.min(vals)) if len(vals) else None
+
+
+def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
+    """Solve ``(lam I + alpha W) x = rhs`` for a stack ``rhs`` of shape ``(E, B, R, P)``.
+
+    Numba CG (one compiled loop per system, inner products in float64) on the CPU; the batched
+    :func:`solvers.cg` on ``system`` elsewhere, with ``rtol`` kept above what the dtype resolves
+    (that solver checks true residuals).  Returns ``(x, iterations (E, B, R), matvecs)``, or
+    ``(None, None, 0)`` when ``p^T A p <= 0`` was met and ``check_pd`` is False.
+    """
+    E, B, R, P = rhs.shape
+    if kernels._use_numba(op._params):
+        rhs5 = np.ascontiguousarray(rhs.reshape(E, B, R, op.height, op.width))
+        x = np.zeros_like(rhs5)
+        iters, failed = shifted_weight_cg(system._scaled_weights, op._lam_flat, rhs5, x, op.offsets,
+                                          rtol, maxiter)
+        if failed >= 0:
+            if not check_pd:
+                return None, None, 0
+            e, b, r = np.unravel_index(failed, (E, B, R))
+            idx = np.unravel_index(int(b), op.batch_shape) if op.batch_shape else ()
+            raise not_positive_definite(
+                "GridPottsGCRF", value=float(op._lam_flat[b]), system=idx,
+                bound_name="max(lambda_max(W), -(L-1) lambda_min(W))",
+                reason="CG on the split met p^T A p <= 0 (see check_positive_definite)")
+        return x.reshape(rhs.shape), iters, int(iters.max(initial=0)) + 1
+
+    rtol = max(rtol, 64 * float(np.finfo(op.dtype).eps))
+    res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
+    iters = np.broadcast_to(np.asarray(res.iterations), (E, B, R))
+    if not check_pd and np.any(np.asarray(res.info) < 0):
+        return None, None, 0
+    return res.x, iters, res.matvecs
+
+
+def _round_history(rounds, used):
+    """``(max(used) + 1, E, B)`` residual history from per-round (steps, end norms)."""
+    n_rows = int(used.max()) + 1
+    hist = np.empty((n_rows,) + used.shape, dtype=np.float64)
+    hist[:] = rounds[0][1]
+    pos = np.zeros(used.shape, dtype=np.int64)
+    for steps, norms in rounds[1:]:
+        pos = pos + steps
+        # from the end of this round on, every row holds the round's end norm
+        rows = np.arange(n_rows).reshape((-1,) + (1,) * used.ndim)
+        hist = np.where((rows >= pos) & (steps > 0), norms, hist)
+    return hist

@@ -1,0 +1,113 @@
+"""Building the results and the positive-definiteness errors of the G-CRF solve paths.
+
+Every method that is not a plain call of a :mod:`solvers` routine (the direct solves of every form,
+the Potts ``L + 1`` split, the red-black reduced CG) reports through :func:`make_result` or
+:func:`direct_result`, so that its :class:`solvers.SolveResult` reads exactly like an iterative
+solver's: ``info = 0`` converged, ``> 0`` the iterations spent without meeting
+``||b - M x|| <= max(rtol ||b||, atol)``, and ``residual_norms`` starting with ``||b - M x0||``.
+
+Every violated positive-definiteness condition is raised through :func:`not_positive_definite`, with
+one message format::
+
+    <Form> is not positive definite (batch item (i, ...)): lam = <value> must exceed <bound>; <why>
+
+and the facts as attributes of :class:`solvers.NotPositiveDefiniteError` (``quantity="lam"``,
+``value``, ``bound`` — None where the violation was detected without a bound, e.g. by CG's
+curvature test — and ``system``, the batch index or None for an unbatched operator).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import NotPositiveDefiniteError, SolveResult
+
+from .backend import get_array_module, to_host
+
+__all__ = ["make_result", "direct_result", "not_positive_definite", "raise_if_lam_below"]
+
+
+def make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm) -> SolveResult:
+    """A :class:`solvers.SolveResult` from host arrays.
+
+    Parameters
+    ----------
+    x : array, shape ``(*systems, N)``
+        The solution (any backend).
+    converged, iterations, bnorm : array_like of shape ``systems``
+        Per-system convergence flags, iteration counts and ``||b||``.
+    history : array_like, shape ``(rows, *systems)``
+        Residual norms, ``||b - M x0||`` first and the true residual of ``x`` last.
+    matvecs : int
+    time_s : float
+    method : str
+    """
+    converged = np.asarray(converged, dtype=bool)
+    iterations = np.asarray(iterations, dtype=np.int64)
+    info = np.where(converged, 0, np.maximum(iterations, 1))
+    bnorm = np.asarray(bnorm, dtype=np.float64)
+    if converged.ndim == 0:
+        converged, iterations, info, bnorm = bool(converged), int(iterations), int(info), float(bnorm)
+    return SolveResult(x=x, info=info, converged=converged, iterations=iterations,
+                       residual_norms=np.asarray(history, dtype=np.float64), matvecs=int(matvecs),
+                       time_s=float(time_s), method=method, b_norm=bnorm)
+
+
+def direct_result(x, *, rnorm, bnorm, rtol, atol, matvecs, time_s, method="direct") -> SolveResult:
+    """The result of an exact solve: one "iteration", history ``[||b||, ||b - M x||]``.
+
+    ``rnorm`` and ``bnorm`` are host arrays of shape ``systems``; an ``rnorm`` of NaN means that the
+    residual was not checked (``check_residual=False``) and counts as converged.
+    """
+    rnorm = np.asarray(rnorm, dtype=np.float64)
+    bnorm = np.asarray(bnorm, dtype=np.float64)
+    converged = np.isnan(rnorm) | (rnorm <= np.maximum(float(rtol) * bnorm, float(atol)))
+    return make_result(x, converged=converged, iterations=np.ones(rnorm.shape, np.int64),
+                       history=np.stack([bnorm, rnorm]), matvecs=matvecs, time_s=time_s,
+                       method=method, bnorm=bnorm)
+
+
+def _where(system) -> str:
+    return f" (batch item {tuple(system)})" if system else ""
+
+
+def not_positive_definite(form: str, *, value: float, bound=None, bound_name: str, reason: str = "",
+                          system=None) -> NotPositiveDefiniteError:
+    """The :class:`NotPositiveDefiniteError` of a violated condition ``lam > bound``.
+
+    Parameters
+    ----------
+    form : str
+        The operator's class name.
+    value : float
+        The system's ``lam``.
+    bound : float or None
+        The value ``lam`` had to exceed, when it is known.
+    bound_name : str
+        How the bound is written, e.g. ``"||psi||_2^2"``.
+    reason : str
+        How the violation was found, appended after a semicolon.
+    system : tuple or None
+        Batch index of the system (None or ``()`` for an unbatched operator).
+    """
+    system = tuple(int(i) for i in system) if system else None
+    limit = f"{bound_name} = {bound:.6g}" if bound is not None else bound_name
+    message = f"{form} is not positive definite{_where(system)}: lam = {value:.6g} must exceed {limit}"
+    if reason:
+        message += f"; {reason}"
+    return NotPositiveDefiniteError(message, quantity="lam", value=float(value),
+                                    bound=None if bound is None else float(bound), system=system)
+
+
+def raise_if_lam_below(lam, bound, *, bound_name: str, form: str, reason: str = "") -> None:
+    """Raise :func:`not_positive_definite` at the first system with ``lam <= bound``.
+
+    ``lam`` and ``bound`` broadcast to the batch shape (``bound`` on the operator's device).
+    """
+    xp = get_array_module(bound)
+    lam64, bound = xp.broadcast_arrays(xp.asarray(lam, dtype=np.float64), xp.asarray(bound, dtype=np.float64))
+    bad = to_host(lam64 <= bound)
+    if not bad.any():
+        return
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape))
+    raise not_positive_definite(form, value=float(lam64[idx]), bound=float(bound[idx]),
+                                bound_name=bound_name, reason=reason, system=idx)
