@@ -41,21 +41,6 @@ def assert_symmetric(op, rng, dtype=np.float64):
     np.testing.assert_allclose(lhs, rhs, rtol=tol(dtype) * 10, atol=tol(dtype) * 10 * scale)
 
 
-def assert_batched_equals_loop(make_op, params, batch_shape, rng, lam):
-    """An operator built from batched parameters equals the loop over items.
-
-    ``make_op(params_list, lam)`` builds an operator; ``params`` are arrays with leading
-    ``batch_shape``; ``lam`` has shape ``batch_shape``.
-    """
-    op = make_op(params, lam)
-    v = rng.standard_normal(op.batch_shape + (op.size,))
-    out = to_host(op.matvec(v))
-    for idx in np.ndindex(*batch_shape):
-        single = make_op([p[idx] for p in params], float(lam[idx]))
-        assert single.batch_shape == ()
-        np.testing.assert_allclose(out[idx], to_host(single.matvec(v[idx])), rtol=1e-10, atol=1e-10)
-
-
 def fd_check_gradients(make_op, params, lam, b, *, method="cg", eps=1e-6, rtol=1e-5, atol=1e-7,
                        n_probe=8, rng=None, solve_options=None):
     """Central finite differences of ``loss = <c, x(params, lam)>`` against

@@ -13,54 +13,13 @@ import gcrflinalg
 from gcrflinalg.forms.lowrank.woodbury import WoodburyFactor
 from gcrflinalg.backend import to_host
 from gcrflinalg.forms.lowrank import LowRankGCRF, LowRankPottsGCRF, direct_is_cheaper
-from operator_checks import (assert_batched_equals_loop, assert_dense_matches, assert_not_mutated,
-                             assert_symmetric, fd_check_gradients)
+from operator_cases import dense_lowrank_general as dense_general
+from operator_cases import dense_lowrank_potts as dense_potts
+from operator_checks import assert_not_mutated, fd_check_gradients
 from solvers import NotPositiveDefiniteError
 
 # ---------------------------------------------------------------------------------------------
-# dense references, written from DESIGN.md (index n = l*P + i*W + j)
-
-
-def dense_general(emb, lam):
-    """3.4: ``A[(m,p),(n,q)] = sum_d E[d,m,p] E[d,n,q]`` for all pairs; ``M = A + lam I``."""
-    emb = np.asarray(emb, dtype=np.float64)
-    if emb.ndim > 4:
-        lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), emb.shape[:-4])
-        return np.stack([dense_general(emb[i], lam[i]) for i in range(emb.shape[0])])
-    d, n_labels, h, w = emb.shape
-    p_count = h * w
-    n = n_labels * p_count
-    m_mat = np.zeros((n, n))
-    for m in range(n_labels):
-        for i in range(h):
-            for j in range(w):
-                row = m * p_count + i * w + j
-                for nl in range(n_labels):
-                    for k in range(h):
-                        for l in range(w):
-                            m_mat[row, nl * p_count + k * w + l] = np.dot(emb[:, m, i, j], emb[:, nl, k, l])
-    return m_mat + float(lam) * np.eye(n)
-
-
-def dense_potts(psi, lam, n_labels):
-    """3.5: ``A[(m,p),(n,q)] = <psi_p, psi_q>`` if ``m != n``, else 0; ``M = A + lam I``."""
-    psi = np.asarray(psi, dtype=np.float64)
-    if psi.ndim > 3:
-        lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), psi.shape[:-3])
-        return np.stack([dense_potts(psi[i], lam[i], n_labels) for i in range(psi.shape[0])])
-    d, h, w = psi.shape
-    p_count = h * w
-    n = n_labels * p_count
-    m_mat = np.zeros((n, n))
-    for m in range(n_labels):
-        for nl in range(n_labels):
-            if m == nl:
-                continue
-            for pi in range(p_count):
-                for qi in range(p_count):
-                    m_mat[m * p_count + pi, nl * p_count + qi] = np.dot(psi[:, pi // w, pi % w],
-                                                                        psi[:, qi // w, qi % w])
-    return m_mat + float(lam) * np.eye(n)
+# dense references (operator_cases: written from DESIGN.md, index n = l*P + i*W + j) and helpers
 
 
 def psi_norm2(psi):
@@ -96,44 +55,8 @@ def _solve_dense(dense, b):
 
 
 # ---------------------------------------------------------------------------------------------
-# dense agreement, symmetry, batching
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_general_dense_and_products(case, dtype, rng, xp):
-    batch, d, n_labels, h, w = case
-    emb, lam = make_general(rng, batch, d, n_labels, h, w)
-    op = LowRankGCRF(xp.asarray(emb.astype(dtype)), lam)
-    assert op.shape == (n_labels * h * w,) * 2 and op.batch_shape == batch
-    assert op.vector_shape == (n_labels, h, w) and op.dtype == dtype
-    dense = dense_general(emb.astype(dtype), lam)
-    assert_dense_matches(op, dense, rng, dtype)
-    assert_symmetric(op, rng, dtype)
-    np.testing.assert_allclose(to_host(op.diagonal()), np.diagonal(dense, axis1=-2, axis2=-1),
-                               rtol=1e-5 if dtype == np.float32 else 1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_potts_dense_and_products(case, dtype, rng, xp):
-    batch, d, n_labels, h, w = case
-    psi, lam = make_potts(rng, batch, d, n_labels, h, w)
-    op = LowRankPottsGCRF(xp.asarray(psi.astype(dtype)), lam, n_labels)
-    assert op.shape == (n_labels * h * w,) * 2 and op.batch_shape == batch
-    dense = dense_potts(psi.astype(dtype), lam, n_labels)
-    assert_dense_matches(op, dense, rng, dtype)
-    assert_symmetric(op, rng, dtype)
-    np.testing.assert_allclose(to_host(op.diagonal()), np.diagonal(dense, axis1=-2, axis2=-1), rtol=1e-6)
-
-
-def test_batched_equals_loop(rng):
-    emb = rng.standard_normal((2, 3, 3, 2, 4, 5))
-    lam = rng.uniform(0.5, 1.5, size=(2, 3))
-    assert_batched_equals_loop(lambda ps, lm: LowRankGCRF(ps[0], lm), [emb], (2, 3), rng, lam)
-    psi = rng.standard_normal((3, 4, 3, 5)) * 0.3
-    lam_p = potts_lam(psi)
-    assert_batched_equals_loop(lambda ps, lm: LowRankPottsGCRF(ps[0], lm, 4), [psi], (3,), rng, lam_p)
+# dense agreement, symmetry, diagonal, dtypes and batching of the products:
+# tests/test_operator_suite.py (cases of operator_cases.CASES)
 
 
 def test_extra_rhs_axes_and_linear_operator(rng):

@@ -8,14 +8,14 @@ import gcrflinalg
 from gcrflinalg.backend import to_host
 from gcrflinalg.forms.multires import GeneralLevel, MultiResGCRF, PottsLevel
 from operator_checks import (
-    assert_batched_equals_loop,
     assert_dense_matches,
     assert_not_mutated,
     assert_symmetric,
     fd_check_gradients,
 )
 from solvers import NotPositiveDefiniteError
-from test_grid import OFFSETS, dense_general, dense_potts
+from operator_cases import OFFSETS, dense_multires
+from operator_cases import dense_grid_general as dense_general
 
 # levels: (form, neighbourhood, H, W); couplings take the forms given per case
 CASES = {
@@ -43,36 +43,6 @@ def build(params, lam, levels, cross_forms, L):
     lv = [GeneralLevel(p, nbhd) if form == "general" else PottsLevel(p, nbhd)
           for p, (form, nbhd, _, _) in zip(params[:S], levels)]
     return MultiResGCRF(lv, params[S:], lam, num_labels=L, cross_forms=cross_forms)
-
-
-def dense_multires(params, lam, levels, cross_forms, L):
-    """M of 3.3 for one system: level blocks on the diagonal, child-parent couplings off it."""
-    S = len(levels)
-    blocks = [dense_general(p, 0.0, nbhd) if form == "general" else dense_potts(p, 0.0, L, nbhd)
-              for p, (form, nbhd, _, _) in zip(params[:S], levels)]
-    sizes = [b.shape[0] for b in blocks]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    M = lam * np.eye(starts[-1])
-    for s in range(S):
-        M[starts[s]:starts[s + 1], starts[s]:starts[s + 1]] += blocks[s]
-    for s in range(S - 1):
-        _, _, Hf, Wf = levels[s]
-        _, _, Hc, Wc = levels[s + 1]
-        c = params[S + s]
-        for i in range(Hf):
-            for j in range(Wf):
-                pi, pj = int(np.floor(i * Hc / Hf)), int(np.floor(j * Wc / Wf))
-                for m in range(L):
-                    for n in range(L):
-                        if cross_forms[s] == "general":
-                            val = c[m, n, i, j]
-                        else:
-                            val = c[i, j] if m != n else 0.0
-                        r = starts[s] + m * Hf * Wf + i * Wf + j
-                        col = starts[s + 1] + n * Hc * Wc + pi * Wc + pj
-                        M[r, col] += val
-                        M[col, r] += val
-    return M
 
 
 def dense_batched(params, lam, levels, cross_forms, L, batch):
@@ -188,14 +158,6 @@ def test_gradients_through_cg(rng):
 
     b = rng.standard_normal(make(params, 1.5).size)
     fd_check_gradients(make, params, 1.5, b, method="cg", rng=rng, n_probe=3)
-
-
-def test_batched_equals_loop(rng):
-    levels, forms = CASES["mixed"]
-    L = 2
-    params = make_params(rng, levels, forms, L, (2, 2))
-    lam = np.array([[1.5, 2.0], [2.5, 3.0]])
-    assert_batched_equals_loop(lambda ps, lm: build(ps, lm, levels, forms, L), params, (2, 2), rng, lam)
 
 
 def test_defaults_and_bad_input(rng):

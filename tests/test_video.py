@@ -14,47 +14,12 @@ from gcrflinalg.forms.video import (VideoGCRF, frame_coupling_matrix, solve_vide
                               window_starts)
 from solvers import NotPositiveDefiniteError
 
-from operator_checks import (assert_batched_equals_loop, assert_dense_matches, assert_not_mutated,
-                             assert_symmetric, fd_check_gradients, tol)
+from operator_cases import dense_video as dense_reference
+from operator_cases import dense_video_batch as dense_reference_batch
+from operator_checks import (assert_dense_matches, assert_not_mutated, assert_symmetric,
+                             fd_check_gradients, tol)
 
 NEIGHBOURHOODS = ["fc", {1}, {1, 2}, {1, 2, 4}]
-
-
-def coupled(u, v, neighbourhood):
-    return u != v and (neighbourhood == "fc" or abs(u - v) in neighbourhood)
-
-
-def dense_reference(S, T, lam, neighbourhood):
-    """``M`` for one system, entry by entry from DESIGN.md 3.6 (vector index ``(v, l, i, j)``)."""
-    S = np.asarray(S, dtype=np.float64)
-    T = np.asarray(T, dtype=np.float64)
-    V, Ds, L, H, W = S.shape
-    Dt = T.shape[1]
-    n = L * H * W
-    Sf = S.reshape(V, Ds, n)
-    Tf = T.reshape(V, Dt, n)
-    M = lam * np.eye(V * n)
-    for u in range(V):
-        for v in range(V):
-            for a in range(n):
-                for c in range(n):
-                    value = 0.0
-                    if u == v:
-                        value += sum(Sf[u, d, a] * Sf[u, d, c] for d in range(Ds))
-                    if coupled(u, v, neighbourhood):
-                        value += sum(Tf[u, d, a] * Tf[v, d, c] for d in range(Dt))
-                    M[u * n + a, v * n + c] += value
-    return M
-
-
-def dense_reference_batch(S, T, lam, neighbourhood):
-    batch = S.shape[:-5]
-    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), batch)
-    n = int(np.prod(S.shape[-5:])) // S.shape[-4]
-    out = np.zeros(batch + (n, n))
-    for idx in np.ndindex(*batch):
-        out[idx] = dense_reference(S[idx], T[idx], float(lam[idx]), neighbourhood)
-    return out
 
 
 def embeddings(rng, batch, V, Ds, Dt, L, H, W, t_scale=0.3, dtype=np.float64):
@@ -107,16 +72,6 @@ def test_batched_odd_sizes_cached_equals_pairwise(neighbourhood, dtype, rng):
     v = rng.standard_normal((3,) + cached.batch_shape + cached.vector_shape).astype(dtype)
     np.testing.assert_allclose(to_host(cached.matvec(v)), to_host(pairwise.matvec(v)),
                                rtol=tol(dtype) * 10, atol=tol(dtype) * 100)
-
-
-def test_batched_equals_loop(rng):
-    S, T = embeddings(rng, (2, 3), 3, 2, 2, 1, 3, 2)
-    lam = rng.uniform(1.0, 2.0, size=(2, 3))
-
-    def make(params, lam_):
-        return VideoGCRF(params[0], params[1], lam_, {1, 2})
-
-    assert_batched_equals_loop(make, [S, T], (2, 3), rng, lam)
 
 
 def test_linear_operator_view(rng):
