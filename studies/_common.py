@@ -489,3 +489,61 @@ def plot_timing_bars(rows, path, *, title: str) -> None:
         ax.set_axis_off()
     ax.set_title(title, fontsize=11)
     fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------- timing studies
+#: columns of ``timing.csv``
+TIMING_CSV_COLUMNS = ("family", "entry", "case", "what", "time_s", "peer", "peer_time_s", "comparison", "ratio",
+                      "target", "met", "iterations", "rel_residual", "error")
+
+
+def write_timing(out: "Outputs", rows, *, title: str, header: str, options: dict, elapsed_s: float) -> str:
+    """``timing.md`` (the full table), ``timing.json``, ``timing.csv`` and one ``timing_<family>.png``
+    per family (toolkit vs peer bars) into ``out``; returns the short terminal summary."""
+    import platform
+
+    for r in rows:
+        r.setdefault("family", r.get("entry"))
+        r["comparison"] = speed_words(r.get("time_s"), r.get("peer_time_s")) if r.get("peer") else None
+    summary = timing_summary(rows)
+    text = (f"# {title}\n\n{header}\n\nTimes in ms, the best of a few repeats after a warm-up call.  "
+            f"'this vs peer' compares the row's time with the peer's time measured in the same run.\n\n"
+            f"```\n{summary}\n```\n\n{timing_table(rows)}\n")
+    out.text("timing.md", text)
+    out.json("timing.json", dict(
+        study=title, options=options, elapsed_s=elapsed_s,
+        environment=dict(python=platform.python_version(), numpy=np.__version__, platform=platform.platform(),
+                         cpus=os.cpu_count()),
+        rows=rows))
+    out.csv("timing.csv", rows, TIMING_CSV_COLUMNS)
+    for family in dict.fromkeys(r["family"] for r in rows):
+        sel = [r for r in rows if r["family"] == family]
+        out.figure(f"timing_{family}.png",
+                   lambda path, sel=sel, family=family: plot_timing_bars(
+                       sel, path, title=f"{family}: this toolkit vs its peer"))
+    return summary
+
+
+def family_main(name: str, module, argv, *, description: str, quick_help: str, add_arguments=None,
+                run_kwargs=None) -> int:
+    """The command line of one ``studies.timing_<family>`` module: parse, run ``module.run`` under one
+    progress bar of ``module.count_steps(...)`` steps, write the timing files, print the summary."""
+    parser = study_parser(name, description, quick_help=quick_help)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    array_module(args.backend)
+    kwargs = run_kwargs(args) if run_kwargs is not None else {}
+    out = Outputs(args.out)
+    t0 = time.perf_counter()
+    total = module.count_steps(quick=args.quick, **kwargs)
+    with Progress(total, name, enabled=not args.no_progress, unit="step") as bar:
+        rows = module.run(quick=args.quick, backend=args.backend, progress=bar, **kwargs)
+    elapsed = time.perf_counter() - t0
+    header = (f"{'quick sizes' if args.quick else 'full sizes'}, backend {args.backend}, {os.cpu_count()} CPUs; "
+              f"{elapsed:.1f} s.")
+    summary = write_timing(out, rows, title=f"Timing: {name}", header=header,
+                           options=dict(quick=args.quick, backend=args.backend, **kwargs), elapsed_s=elapsed)
+    print(f"{name}: {header}\n{summary}\n(the full table is in timing.md)")
+    out.report()
+    return 0
