@@ -25,7 +25,6 @@ __all__ = [
     "best_time",
     "paired_best",
     "Progress",
-    "progress_bar",
     "markdown_table",
     "write_json",
     "write_csv",
@@ -37,6 +36,8 @@ __all__ = [
     "timing_summary",
     "plot_timing_bars",
     "red_black_layout",
+    "write_timing",
+    "family_main",
 ]
 
 #: Every study runnable as ``python -m studies.<name>``, with its one-line description.
@@ -223,9 +224,6 @@ class Progress:
     def __exit__(self, *exc):
         self.close(complete=exc[0] is None)
 
-    def __iter__(self):
-        raise TypeError("wrap an iterable with progress_bar(iterable, ...)")
-
     def __call__(self, message=None, *args, **kwargs):
         """Start the next step (completing the previous one), described by ``message``."""
         if self._pending:
@@ -275,19 +273,6 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def progress_bar(iterable, *, desc: str, total: int | None = None, enabled: bool = True, unit: str = "it",
-                 label=None):
-    """Iterate over ``iterable`` with a :class:`Progress`; ``label(item)`` (optional) describes each item."""
-    items = list(iterable) if total is None else iterable
-    total = len(items) if total is None else total
-    with Progress(total, desc, enabled=enabled, unit=unit) as bar:
-        for item in items:
-            if label is not None and bar._bar is not None:
-                bar.set_description(f"{desc}: {label(item)}")
-            yield item
-            bar.update(1)
 
 
 # --------------------------------------------------------------------------- tables and records
