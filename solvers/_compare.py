@@ -156,7 +156,8 @@ def _accepted(func, kwargs):
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def compare(A, b, methods=("jacobi", "gauss_seidel", "gmres", "cg"), *, options=None, **common):
+def compare(A, b, methods=("jacobi", "gauss_seidel", "gmres", "cg"), *, options=None, verbose=True, save=None,
+            **common):
     """Run several solvers on the same system ``A x = b`` and tabulate them.
 
     Parameters
@@ -169,6 +170,13 @@ def compare(A, b, methods=("jacobi", "gauss_seidel", "gmres", "cg"), *, options=
         "omega": 1.5})``).
     options : dict, optional
         Per-method keyword arguments keyed by label, e.g. ``{"gmres": {"restart": 30}}``.
+    verbose : bool
+        Print the table (``str()`` of the result) on standard output when done (default True;
+        ``False`` keeps quiet).
+    save : str or PathLike, optional
+        Write the convergence plot (relative residual vs iteration and vs wall time, see
+        :meth:`Comparison.plot`) to this path, e.g. ``"compare.png"``; the path is printed when
+        ``verbose``.
     **common
         Keyword arguments for every method (``x0``, ``rtol``, ``atol``, ``maxiter``, ``M``, ...);
         each method gets only those its signature accepts (``M`` is not passed to Jacobi).
@@ -201,4 +209,11 @@ def compare(A, b, methods=("jacobi", "gauss_seidel", "gmres", "cg"), *, options=
             history=rel,
             result=res,
         ))
-    return Comparison(rows)
+    table = Comparison(rows)
+    if verbose:
+        print(table, flush=True)
+    if save is not None:
+        table.plot(save)
+        if verbose:
+            print(f"wrote {os.fspath(save)}", flush=True)
+    return table

@@ -1,1 +1,1 @@
-"""Runnable studies: ``python -m studies.<name>`` (convergence, meanfield, timing, train)."""
+"""Runnable studies: ``python -m studies.<name>``; ``python -m studies`` lists them."""

@@ -1,4 +1,9 @@
-"""Helpers shared by the studies: command-line options, backends, progress, tables and records."""
+"""Helpers shared by every study: the command line, backends, timing, progress, tables and output.
+
+One module so that each study has the same options (``--help``, ``--quick``, ``--backend``,
+``--out``, ``--forms``, ``--seed``), the same progress display, the same timing rule (best of n,
+device work synchronised) and the same way of writing and announcing its files.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,32 +17,85 @@ import time
 import numpy as np
 
 __all__ = [
+    "STUDIES",
+    "study_parser",
     "add_common_arguments",
+    "add_forms_argument",
     "array_module",
+    "best_time",
+    "paired_best",
     "Progress",
     "markdown_table",
     "write_json",
     "write_csv",
     "to_jsonable",
     "prepare_out",
-    "best_time",
+    "Outputs",
+    "speed_words",
+    "timing_table",
+    "timing_summary",
+    "plot_timing_bars",
+    "write_timing",
+    "family_main",
 ]
+
+#: Every study runnable as ``python -m studies.<name>``, with its one-line description.
+STUDIES = {
+    "convergence": "iterations, products and time of every solver on built-in problems of every form",
+    "meanfield": "Gaussian mean-field inference is Jacobi (parallel) / Gauss-Seidel (sequential)",
+    "timing": "every operator family's timing entries against their peers, and the photograph vs pydensecrf2",
+    "timing_grid": "grid G-CRFs (general and Potts) against SciPy cg on the assembled CSR matrix",
+    "timing_lowrank": "low-rank G-CRFs (general and Potts): structured cg and direct solves against SciPy cg",
+    "timing_video": "video G-CRF: cached vs pairwise temporal products, video vs single-frame solves",
+    "train": "train a CNN with and without a G-CRF layer (needs PyTorch)",
+}
+
+
+# --------------------------------------------------------------------------- command line
+def study_parser(name: str, description: str, *, quick_help: str, forms=None, forms_default=None,
+                 forms_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser every study starts from: ``prog`` reads ``python -m studies.<name>``, with
+    ``--quick``, ``--backend``, ``--out`` (default ``results/<name>/``), ``--seed``,
+    ``--no-progress`` and, when ``forms`` is given (the names allowed), ``--forms``."""
+    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=description)
+    add_common_arguments(parser, default_out=os.path.join("results", name) + os.sep, quick_help=quick_help)
+    if forms is not None:
+        add_forms_argument(parser, forms, default=forms_default, help_extra=forms_help)
+    return parser
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str, quick_help: str) -> None:
-    """Add ``--out``, ``--quick``, ``--backend``, ``--seed`` and ``--no-progress`` to ``parser``."""
-    parser.add_argument("--out", default=default_out, metavar="DIR",
-                        help="folder the figures and records are written to (created if missing; "
-                             "default: %(default)s)")
+    """Add ``--quick``, ``--backend``, ``--out``, ``--seed`` and ``--no-progress`` to ``parser``."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--backend", choices=("cpu", "gpu"), default="cpu",
                         help="array backend: 'cpu' (NumPy/SciPy; the default) or 'gpu' (CuPy on an NVIDIA "
                              "GPU; stops with a clear message when CuPy or a GPU is missing)")
+    parser.add_argument("--out", default=default_out, metavar="DIR",
+                        help="folder the summary, records and figures are written to (created if missing; "
+                             "default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the built-in problems: the same seed gives the same problems "
-                             "(default: %(default)s)")
+                        help="seed of the problems: the same seed gives the same problems (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true",
-                        help="do not show the progress bar on standard error")
+                        help="no progress display on standard error")
+
+
+def add_forms_argument(parser, forms=None, *, default=None, help_extra=None) -> None:
+    """``--forms FORM [FORM ...]``: space-separated names of :data:`gcrflinalg.problems.FORMS`.
+
+    ``default``: the forms run without ``--forms`` (all of ``forms`` when None); ``"study"`` leaves
+    the option's value None so that the study chooses (``help_extra`` then says how)."""
+    if forms is None:
+        from gcrflinalg.problems import FORMS as forms
+    forms = tuple(forms)
+    text = f"problem forms, space-separated, any of: {' '.join(forms)}"
+    if isinstance(default, str) and default == "study":
+        value = None
+    else:
+        value = list(default if default is not None else forms)
+        text += f" (default: {' '.join(value)})"
+    if help_extra:
+        text += f"; {help_extra}"
+    parser.add_argument("--forms", nargs="+", choices=forms, default=value, metavar="FORM", help=text)
 
 
 def array_module(backend: str):
@@ -45,7 +103,7 @@ def array_module(backend: str):
     if backend == "cpu":
         return np
     if backend == "gpu":
-        from gcrflinalg.backend import cupy_available
+        from gcrflinalg import cupy_available
 
         if not cupy_available():
             raise SystemExit("error: --backend gpu needs CuPy and a CUDA GPU; install gcrflinalg[cuda12] "
@@ -56,37 +114,108 @@ def array_module(backend: str):
     raise SystemExit(f"error: unknown backend {backend!r} (choose cpu or gpu)")
 
 
-class Progress:
-    """A progress bar on standard error: ``tqdm`` when installed, a plain counter otherwise.
+# --------------------------------------------------------------------------- timing
+def best_time(fn, *, repeats: int = 3, warmup: bool = True, xp=np, budget_s: float | None = None,
+              return_result: bool = False):
+    """Best wall time in seconds of ``fn()`` over ``repeats`` calls, after one untimed warm-up call
+    (which keeps compilation and first-call caches out); device work is synchronised around each call.
 
-    Use as a context manager; ``update(n)`` advances, ``write(msg)`` prints a line without breaking
-    the bar, and calling the object with a message sets the description (the form the per-family
-    timing modules use: ``progress("grid: 64 x 64")``).
+    ``budget_s``: stop repeating once the timed calls have used this many seconds, and when the
+    warm-up call alone took longer, it is the measurement.  ``return_result``: return
+    ``(seconds, the last call's result)``.
+    """
+    from gcrflinalg.backend import synchronize
+
+    out = None
+    if warmup:
+        synchronize(xp)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(xp)
+        warm = time.perf_counter() - t0
+        if budget_s is not None and warm > budget_s:
+            return (warm, out) if return_result else warm
+    times = []
+    while len(times) < max(1, int(repeats)) and (budget_s is None or sum(times) < budget_s):
+        synchronize(xp)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(xp)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return (best, out) if return_result else best
+
+
+def paired_best(fn_a, fn_b, *, repeats: int, xp=np) -> tuple[float, float]:
+    """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
+    each), so that a load change on a shared machine affects both alike."""
+    from gcrflinalg.backend import synchronize
+
+    fn_a(), fn_b()
+    best = [math.inf, math.inf]
+    for _ in range(max(1, int(repeats))):
+        for k, fn in enumerate((fn_a, fn_b)):
+            synchronize(xp)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(xp)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
+# --------------------------------------------------------------------------- progress
+def _fmt_seconds(s):
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """Progress over a known number of items on standard error.
+
+    On a terminal: a ``tqdm`` bar (count, rate and ETA).  Otherwise (a log file, a pipe, CI): one
+    plain line per item for up to 25 items, else at every tenth of the total or every 30 s, and
+    always at the end (``desc: 150/150 [02:31<00:00]``) -- no carriage returns.
+
+    ``update(n)`` advances; calling the object with a message -- ``progress("grid: 64 x 64")`` --
+    marks the start of the next step: it completes the step begun by the previous call, so that a
+    loop that announces each of ``total`` steps ends at ``total/total`` on :meth:`close`.
+    ``write(msg)`` prints a line without breaking the bar.  Use as a context manager.
     """
 
-    def __init__(self, total: int | None, desc: str = "", *, enabled: bool = True, stream=None):
+    def __init__(self, total: int | None, desc: str = "", *, enabled: bool = True, stream=None,
+                 unit: str = "it"):
         self.total = total
         self.desc = desc
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.count = 0
+        self.unit = unit
         self._bar = None
-        self._last = 0.0
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, desc=desc, file=self.stream, leave=False, dynamic_ncols=True)
+        self._pending = False
+        self._t0 = time.monotonic()
+        self._last_line = -math.inf
+        self._last_decile = -1
+        isatty = getattr(self.stream, "isatty", None)
+        self._tty = bool(isatty and isatty())
+        if enabled and self._tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, file=self.stream, leave=True, dynamic_ncols=True,
+                             unit=unit)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.close(complete=exc[0] is None)
 
     def __call__(self, message=None, *args, **kwargs):
+        """Start the next step (completing the previous one), described by ``message``."""
+        if self._pending:
+            self.update(1)
+        self._pending = True
         if message is not None:
             self.set_description(str(message))
 
@@ -94,35 +223,46 @@ class Progress:
         self.desc = message
         if self._bar is not None:
             self._bar.set_description_str(message)
-        elif self.enabled:
-            self._print()
 
     def update(self, n: int = 1) -> None:
         self.count += n
         if self._bar is not None:
             self._bar.update(n)
-        elif self.enabled and time.monotonic() - self._last > 0.5:
-            self._print()
+        elif self.enabled:
+            self._maybe_line()
 
     def write(self, message: str) -> None:
         if self._bar is not None:
             self._bar.write(message, file=self.stream)
         elif self.enabled:
-            print(message, file=self.stream)
+            print(message, file=self.stream, flush=True)
 
-    def _print(self):
-        self._last = time.monotonic()
-        total = f"/{self.total}" if self.total else ""
-        print(f"\r{self.desc} {self.count}{total}", end="", file=self.stream, flush=True)
+    def _maybe_line(self, force=False):
+        now = time.monotonic()
+        done = self.total is not None and self.count >= self.total
+        decile = int(10 * self.count / self.total) if self.total else -1
+        if (force or done or (self.total is not None and self.total <= 25) or decile > self._last_decile
+                or now - self._last_line >= 30.0):
+            self._last_line, self._last_decile = now, decile
+            elapsed = now - self._t0
+            if self.total:
+                rate = self.count / elapsed if elapsed > 0 else 0.0
+                eta = (self.total - self.count) / rate if rate > 0 else None
+                line = f"{self.desc}: {self.count}/{self.total} [{_fmt_seconds(elapsed)}<{_fmt_seconds(eta)}]"
+            else:
+                line = f"{self.desc}: {self.count} [{_fmt_seconds(elapsed)}]"
+            print(line, file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        if self._pending and complete:
+            self._pending = False
+            self.update(1)
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and self.count:
-            print(file=self.stream)
 
 
+# --------------------------------------------------------------------------- tables and records
 def _fmt(value, floatfmt):
     if value is None:
         return "-"
@@ -151,9 +291,10 @@ def markdown_table(rows, columns, *, headers=None, floatfmt=".3g") -> str:
 
 
 def to_jsonable(obj):
-    """``obj`` with NumPy scalars/arrays and tuples turned into JSON types (NaN/Inf become None)."""
+    """``obj`` with NumPy scalars/arrays and tuples turned into JSON types (NaN/Inf become None);
+    keys starting with ``_`` (arrays kept for the figures) are left out."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
@@ -175,9 +316,9 @@ def prepare_out(path) -> str:
 
 
 def write_json(path, obj) -> None:
-    """Write ``obj`` as indented JSON (NumPy types converted)."""
+    """Write ``obj`` as indented JSON (NumPy types converted, NaN/Inf as null)."""
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(to_jsonable(obj), fh, indent=1)
+        json.dump(to_jsonable(obj), fh, indent=1, allow_nan=False)
         fh.write("\n")
 
 
@@ -194,36 +335,187 @@ def write_csv(path, rows, columns) -> None:
             writer.writerow(out)
 
 
-def best_time(fn, *, repeats: int = 3, warmup: bool = True, xp=np) -> float:
-    """Best wall time in seconds of ``fn()`` over ``repeats`` calls, after one untimed warm-up call
-    (which excludes compilation); device work is synchronised around each call."""
-    from gcrflinalg.backend import synchronize
+class Outputs:
+    """The files one study writes into its ``--out`` folder; :meth:`report` prints their paths."""
 
-    if warmup:
-        fn()
-        synchronize(xp)
-    best = math.inf
-    for _ in range(max(1, int(repeats))):
-        synchronize(xp)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(xp)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    def __init__(self, folder):
+        self.folder = prepare_out(folder)
+        self.paths: list[str] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def _add(self, name):
+        path = self.path(name)
+        if path not in self.paths:
+            self.paths.append(path)
+        return path
+
+    def text(self, name: str, text: str) -> str:
+        path = self._add(name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+        return path
+
+    def json(self, name: str, obj) -> str:
+        path = self._add(name)
+        write_json(path, obj)
+        return path
+
+    def csv(self, name: str, rows, columns) -> str:
+        path = self._add(name)
+        write_csv(path, rows, columns)
+        return path
+
+    def figure(self, name: str, draw) -> str:
+        """``draw(path)`` writes the figure (a PNG) to the path given."""
+        path = self._add(name)
+        draw(path)
+        return path
+
+    def report(self, stream=None) -> None:
+        """Print ``wrote:`` and one path a line (standard output)."""
+        stream = stream or sys.stdout
+        print("wrote:", file=stream)
+        for p in self.paths:
+            print(f"  {p}", file=stream)
+        stream.flush()
 
 
-def paired_best(fn_a, fn_b, *, repeats: int, xp=np) -> tuple[float, float]:
-    """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
-    each), so that a load change on a shared machine affects both alike."""
-    from gcrflinalg.backend import synchronize
+# --------------------------------------------------------------------------- timing tables
+TIMING_COLUMNS = ("family", "case", "what", "time_ms", "peer", "peer_ms", "comparison", "target", "met")
 
-    fn_a(), fn_b()
-    best = [math.inf, math.inf]
-    for _ in range(max(1, int(repeats))):
-        for k, fn in enumerate((fn_a, fn_b)):
-            synchronize(xp)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(xp)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best[0], best[1]
+
+def speed_words(time_s, peer_time_s) -> str | None:
+    """``"2.3x faster"`` / ``"1.5x slower"``: this measurement against its peer (None without both)."""
+    if not time_s or not peer_time_s or not (math.isfinite(time_s) and math.isfinite(peer_time_s)):
+        return None
+    speedup = peer_time_s / time_s
+    return f"{speedup:.1f}x faster" if speedup >= 1.0 else f"{1.0 / speedup:.1f}x slower"
+
+
+def _timing_cells(row):
+    t, pt = row.get("time_s"), row.get("peer_time_s")
+    met = row.get("met")
+    return dict(family=row.get("family") or row.get("entry"), case=row.get("case"), what=row.get("what"),
+                time_ms=None if t is None else 1e3 * t, peer=row.get("peer"),
+                peer_ms=None if pt is None else 1e3 * pt,
+                comparison=speed_words(t, pt) if row.get("peer") else None,
+                target=row.get("target"), met=None if met is None else ("met" if met else "MISSED"))
+
+
+def timing_table(rows) -> str:
+    """The one timing table of every timing study: times in ms, each comparison in words
+    ("N.Nx faster/slower" than the peer), target and whether it was met."""
+    return markdown_table([_timing_cells(r) for r in rows], list(TIMING_COLUMNS),
+                          headers=["family", "case", "what", "time (ms)", "peer", "peer (ms)",
+                                   "this vs peer", "target", "met"], floatfmt=".4g")
+
+
+def timing_summary(rows) -> str:
+    """A few lines for the terminal: targets met / missed (each named with its comparison), errors."""
+    judged = [r for r in rows if r.get("met") is not None]
+    met = [r for r in judged if r["met"]]
+    lines = [f"targets: {len(met)} met, {len(judged) - len(met)} missed (of {len(judged)} judged; "
+             f"{len(rows)} measurements)"]
+    for r in judged:
+        c = _timing_cells(r)
+        lines.append(f"  {'met   ' if r['met'] else 'MISSED'} {c['family']}: {r['what']} -- "
+                     f"{c['comparison'] or '-'} than {r.get('peer')} (target {r.get('target')})")
+    unjudged = [r for r in rows if r.get("target") and r.get("met") is None and not r.get("error")]
+    if unjudged:
+        lines.append(f"  {len(unjudged)} target(s) not judged at these sizes (see the table)")
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"  error {r.get('family') or r.get('entry')}: {r['error']}")
+    return "\n".join(lines)
+
+
+def plot_timing_bars(rows, path, *, title: str) -> None:
+    """Horizontal bars, this toolkit (blue) next to its peer (grey), in ms on a log axis; one pair per
+    row that has a peer time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    pairs = [r for r in rows if r.get("time_s") and r.get("peer_time_s")]
+    n = max(1, len(pairs))
+    fig = Figure(figsize=(10, 1.0 + 0.42 * n), layout="constrained")
+    ax = fig.subplots()
+    if pairs:
+        y = np.arange(len(pairs))[::-1]
+        ax.barh(y + 0.2, [1e3 * r["time_s"] for r in pairs], height=0.4, color="tab:blue", label="this toolkit")
+        ax.barh(y - 0.2, [1e3 * r["peer_time_s"] for r in pairs], height=0.4, color="0.65", label="peer")
+        labels = []
+        for r in pairs:
+            case = str(r.get("case") or "")
+            labels.append(f"{r['what'][:48]}\n{case[:48]}  ({speed_words(r['time_s'], r['peer_time_s'])})")
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time (ms, log scale; best of the repeats)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, "no measurement with a peer time", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------- timing studies
+#: columns of ``timing.csv``
+TIMING_CSV_COLUMNS = ("family", "entry", "case", "what", "time_s", "peer", "peer_time_s", "comparison", "ratio",
+                      "target", "met", "iterations", "rel_residual", "error")
+
+
+def write_timing(out: "Outputs", rows, *, title: str, header: str, options: dict, elapsed_s: float) -> str:
+    """``timing.md`` (the full table), ``timing.json``, ``timing.csv`` and one ``timing_<family>.png``
+    per family (toolkit vs peer bars) into ``out``; returns the short terminal summary."""
+    import platform
+
+    for r in rows:
+        r.setdefault("family", r.get("entry"))
+        r["comparison"] = speed_words(r.get("time_s"), r.get("peer_time_s")) if r.get("peer") else None
+    summary = timing_summary(rows)
+    text = (f"# {title}\n\n{header}\n\nTimes in ms, the best of a few repeats after a warm-up call.  "
+            f"'this vs peer' compares the row's time with the peer's time measured in the same run.\n\n"
+            f"```\n{summary}\n```\n\n{timing_table(rows)}\n")
+    out.text("timing.md", text)
+    out.json("timing.json", dict(
+        study=title, options=options, elapsed_s=elapsed_s,
+        environment=dict(python=platform.python_version(), numpy=np.__version__, platform=platform.platform(),
+                         cpus=os.cpu_count()),
+        rows=rows))
+    out.csv("timing.csv", rows, TIMING_CSV_COLUMNS)
+    for family in dict.fromkeys(r["family"] for r in rows):
+        sel = [r for r in rows if r["family"] == family]
+        out.figure(f"timing_{family}.png",
+                   lambda path, sel=sel, family=family: plot_timing_bars(
+                       sel, path, title=f"{family}: this toolkit vs its peer"))
+    return summary
+
+
+def family_main(name: str, module, argv, *, description: str, quick_help: str, add_arguments=None,
+                run_kwargs=None) -> int:
+    """The command line of one ``studies.timing_<family>`` module: parse, run ``module.run`` under one
+    progress bar of ``module.count_steps(...)`` steps, write the timing files, print the summary."""
+    parser = study_parser(name, description, quick_help=quick_help)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    array_module(args.backend)
+    kwargs = run_kwargs(args) if run_kwargs is not None else {}
+    out = Outputs(args.out)
+    t0 = time.perf_counter()
+    total = module.count_steps(quick=args.quick, **kwargs)
+    with Progress(total, name, enabled=not args.no_progress, unit="step") as bar:
+        rows = module.run(quick=args.quick, backend=args.backend, progress=bar, **kwargs)
+    elapsed = time.perf_counter() - t0
+    header = (f"{'quick sizes' if args.quick else 'full sizes'}, backend {args.backend}, {os.cpu_count()} CPUs; "
+              f"{elapsed:.1f} s.")
+    summary = write_timing(out, rows, title=f"Timing: {name}", header=header,
+                           options=dict(quick=args.quick, backend=args.backend, **kwargs), elapsed_s=elapsed)
+    print(f"{name}: {header}\n{summary}\n(the full table is in timing.md)")
+    out.report()
+    return 0

@@ -28,8 +28,7 @@ import time
 
 import numpy as np
 
-from studies._common import (Progress, add_common_arguments, array_module, markdown_table, prepare_out,
-                             write_csv, write_json)
+from studies._common import Outputs, Progress, array_module, markdown_table, study_parser
 
 __all__ = ["METHODS", "DIRECT_FORMS", "methods_for", "run_problem", "run_study", "summarise", "main"]
 
@@ -91,7 +90,7 @@ def _warm_up(problem, method, xp, dtype, options):
     from gcrflinalg import problems, solve
 
     op = problems.build_operator(problem.form, problem.params, dtype=dtype, xp=xp)
-    opts = dict(options)
+    opts = dict(options, check_pd=False)
     if method != "direct":
         opts["maxiter"] = 3
     try:
@@ -122,8 +121,8 @@ def run_problem(form: str, index: int, *, seed: int = 0, size: str = "small", me
 
 def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, backend, dtype, keep_history=None):
     """:func:`run_problem`'s rows and the problem's description (one task of the study)."""
-    from gcrflinalg import problems, solve
-    from gcrflinalg.backend import synchronize, to_host
+    from gcrflinalg import problems, solve, to_host
+    from gcrflinalg.backend import synchronize
 
     xp = array_module(backend)
     keep_history = index == 0 if keep_history is None else keep_history
@@ -131,14 +130,13 @@ def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, 
     op, b = problem.operator, problem.b
     try:
         op.check_positive_definite()  # once, outside the timings (problems are PD by construction)
-        op._pd_checked = True
     except Exception:
         pass
     rows = []
     for method in methods_for(form, methods):
         if method == "reduced_cg" and problem.meta.get("neighbourhood") != 4:
             continue  # the red-black colouring needs the 4-neighbourhood
-        options = dict(rtol=rtol)
+        options = dict(rtol=rtol, check_pd=False)  # checked once above
         if method != "direct":
             options["maxiter"] = maxiter
         if method == "gmres":
@@ -152,7 +150,6 @@ def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, 
             elapsed = np.inf
             for repeat in range(3 if keep_history else 1):
                 run_op = op if repeat == 0 else problems.build_operator(form, problem.params, dtype=dtype, xp=xp)
-                run_op._pd_checked = True
                 synchronize(xp)
                 t0 = time.perf_counter()
                 result = solve(run_op, b, method, **options)
@@ -196,7 +193,7 @@ def run_study(forms, count: int, *, seed: int = 0, size: str = "small", methods=
     tasks = [(form, i) for form in forms for i in range(count)]
     kwargs = dict(seed=seed, size=size, methods=tuple(methods), rtol=rtol, maxiter=maxiter, restart=restart,
                   backend=backend, dtype=dtype)
-    with Progress(len(tasks), "convergence", enabled=progress) as bar:
+    with Progress(len(tasks), "convergence", enabled=progress, unit="problem") as bar:
         if dask_address is None:
             results = []
             for form, i in tasks:
@@ -353,20 +350,14 @@ def plot_histories(runs, forms, path, *, xaxis: str, rtol: float) -> None:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    from gcrflinalg.problems import FORMS
-
-    parser = argparse.ArgumentParser(
-        prog="python -m studies.convergence",
-        description="Solver convergence study on built-in G-CRF problems of every form: Jacobi, "
-                    "Gauss-Seidel, GMRES, CG, block-Jacobi PCG and the direct solve, to the same relative "
-                    "residual.  Prints average iterations, matrix-vector products and time per method; "
-                    "writes plots (residual vs iteration and vs time) and a record of every run.",
-    )
-    add_common_arguments(parser, default_out=os.path.join("results", "convergence"),
-                         quick_help="3 small problems per form (instead of 25 of --size), for a run "
-                                    "under a minute")
-    parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS), metavar="FORM",
-                        help=f"forms to study, any of: {' '.join(FORMS)} (default: all)")
+    parser = study_parser(
+        "convergence",
+        "Solver convergence study on built-in G-CRF problems of every form: Jacobi, Gauss-Seidel, GMRES, "
+        "CG, block-Jacobi PCG and the direct solve, to the same relative residual.  Prints average "
+        "iterations, matrix-vector products and time per method; writes summary.md, runs.json, runs.csv "
+        "and plots (residual vs iteration and vs time).",
+        quick_help="3 small problems per form (instead of 25 of --size), for a run under a minute",
+        forms=_forms())
     parser.add_argument("--count", type=int, default=None,
                         help="problems per form (default 25, or 3 with --quick)")
     parser.add_argument("--size", choices=("tiny", "small", "medium"), default="medium",
@@ -391,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _forms():
+    from gcrflinalg.problems import FORMS
+
+    return FORMS
+
+
 def main(argv=None) -> int:
     """Run the study; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -399,7 +396,7 @@ def main(argv=None) -> int:
     if count < 1:
         raise SystemExit("error: --count must be >= 1")
     size = "small" if args.quick else args.size
-    out = prepare_out(args.out)
+    out = Outputs(args.out)
     forms = list(dict.fromkeys(args.forms))
     methods = [m for m in METHODS if m in args.methods]
     t0 = time.perf_counter()
@@ -431,10 +428,7 @@ def main(argv=None) -> int:
     text = "\n\n".join(sections) + "\n"
     print(text)
 
-    plot_histories(runs, forms, os.path.join(out, "residual_vs_iteration.png"), xaxis="iteration", rtol=args.rtol)
-    plot_histories(runs, forms, os.path.join(out, "residual_vs_time.png"), xaxis="time", rtol=args.rtol)
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as fh:
-        fh.write(text)
+    out.text("summary.md", text)
     record = dict(
         study="convergence",
         options=dict(forms=forms, count=count, size=size, methods=methods, rtol=args.rtol, maxiter=args.maxiter,
@@ -447,10 +441,11 @@ def main(argv=None) -> int:
         problems=problems_meta,
         runs=runs,
     )
-    write_json(os.path.join(out, "runs.json"), record)
-    write_csv(os.path.join(out, "runs.csv"), runs, RUN_COLUMNS)
-    print(f"wrote {out}{os.sep}: summary.md runs.json runs.csv residual_vs_iteration.png residual_vs_time.png",
-          file=sys.stderr)
+    out.json("runs.json", record)
+    out.csv("runs.csv", runs, RUN_COLUMNS)
+    for name, xaxis in (("residual_vs_iteration.png", "iteration"), ("residual_vs_time.png", "time")):
+        out.figure(name, lambda path, xaxis=xaxis: plot_histories(runs, forms, path, xaxis=xaxis, rtol=args.rtol))
+    out.report()
     return 0
 
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from studies._common import Outputs, Progress, array_module, study_parser
 
 #: equality of the iterates is asserted to this tolerance (relative to max(1, max |mu|)), float64
 EQUALITY_TOL = 1e-12
@@ -54,6 +54,11 @@ class System:
     h: np.ndarray  # (N,): the potential b
     vector_shape: tuple  # (L, H, W) when the vector is one labelled image, else (N,)
     image: Any = None  # (H, W, 3) picture the problem was derived from, if any
+    lam: float = float("nan")  # the diagonal shift
+    lam_rule: str = "jacobi"
+    offdiag_radius: float = float("nan")  # rho(A - diag A): lam above it makes Jacobi converge
+    pd_bound: float = float("nan")  # -lambda_min(A): lam above it makes M positive definite
+    neighbourhood: Any = None
 
 
 def _operator_matrix(op):
@@ -90,7 +95,10 @@ def load_system(form: str, index: int, *, seed: int = 0, size: str = "small", la
     if meta.get("source") == "photo" and "stride" in meta and "crop" in meta:
         image = problems.load_photo(meta["stride"], meta["crop"])
     return System(name=f"{prob.name} [lam: {lam_rule}]", form=form, index=index, matrix=matrix, h=h,
-                  vector_shape=vshape if len(vshape) == 3 else (h.size,), image=image)
+                  vector_shape=vshape if len(vshape) == 3 else (h.size,), image=image,
+                  lam=float(meta.get("lam", np.nan)), lam_rule=lam_rule,
+                  offdiag_radius=float(meta.get("offdiag_radius", np.nan)),
+                  pd_bound=float(meta.get("pd_bound", np.nan)), neighbourhood=meta.get("neighbourhood"))
 
 
 # --------------------------------------------------------------------------------------- one study
@@ -181,6 +189,11 @@ def compare_on_system(system: System, *, iterations: int, rtol: float) -> dict:
         "name": system.name,
         "form": system.form,
         "index": system.index,
+        "lam_rule": system.lam_rule,
+        "lam": system.lam,
+        "offdiag_radius": system.offdiag_radius,
+        "pd_bound": system.pd_bound,
+        "neighbourhood": system.neighbourhood,
         "n": int(h.size),
         "nnz": int(J.nnz) if hasattr(J, "nnz") else int(np.count_nonzero(J)),
         "iterations": iterations,
@@ -234,12 +247,31 @@ def iteration_table(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def same_as_jacobi(rec: dict, records: list) -> bool:
+    """Whether ``rec`` (a ``lam: pd`` record) is the same system as its ``lam: jacobi`` record."""
+    if rec.get("lam_rule") != "pd":
+        return False
+    twin = next((r for r in records if r.get("lam_rule") == "jacobi" and r["form"] == rec["form"]
+                 and r["index"] == rec["index"]), None)
+    return twin is not None and math.isclose(twin["lam"], rec["lam"], rel_tol=1e-9)
+
+
+#: why some ``lam: pd`` rows repeat their ``lam: jacobi`` rows (see :func:`gcrflinalg.problems.make_params`)
+SAME_SYSTEM_NOTE = (
+    "Rows marked (= jacobi) are the same system as their [lam: jacobi] row: both rules set "
+    "lam = (1 + margin) x bound with the same margin, and on the 4-neighbourhood grids the two bounds "
+    "coincide -- the couplings form a bipartite (red-black) graph, so the spectrum of A - diag A is "
+    "symmetric about 0 and the positive-definiteness bound -lambda_min(A) equals the Jacobi bound "
+    "rho(A - diag A).  Elsewhere the PD bound is lower and the pd lam is smaller.")
+
+
 def summary_table(records: list, rtol: float) -> str:
     """One line per system: equality of the iterates and iterations to ``rtol``."""
     head = (f"{'problem':<32} {'N':>6} {'max|par-Jac|':>12} {'max|seq-GS|':>11} "
             f"{'MF par':>8} {'MF seq':>6} {'CG':>4}  equal")
     lines = [f"iterations to ||h - J mu|| <= {rtol:g} ||h||  (max differences relative to max(1, |mu|))",
              head, "-" * len(head)]
+    same_any = False
     for r in records:
         it = r["iterations_to_rtol"]
         cap = r["iterations"]
@@ -248,7 +280,11 @@ def summary_table(records: list, rtol: float) -> str:
             f"{r['name'][:32]:<32} {r['n']:>6} {r['max_rel_diff_parallel_vs_jacobi']:>12.1e} "
             f"{r['max_rel_diff_sequential_vs_gauss_seidel']:>11.1e} "
             f"{par:>8} {_fmt_iters(it['mf_sequential'], cap):>6} "
-            f"{_fmt_iters(it['cg'], cap):>4}  {'yes' if r['equal'] else 'NO'}")
+            f"{_fmt_iters(it['cg'], cap):>4}  {'yes' if r['equal'] else 'NO'}"
+            + ("  (= jacobi)" if same_as_jacobi(r, records) else ""))
+        same_any = same_any or same_as_jacobi(r, records)
+    if same_any:
+        lines.append(SAME_SYSTEM_NOTE)
     return "\n".join(lines)
 
 
@@ -332,38 +368,19 @@ def plot(rec: dict, path: str, rtol: float) -> None:
     plt.close(fig)
 
 
-def _jsonable(value):
-    """``value`` with private keys dropped and non-finite floats as None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # -------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m studies.meanfield",
-        description=(
-            "Show that Gaussian mean-field inference produces exactly the Jacobi iterates (parallel "
-            "schedule) and the Gauss-Seidel iterates (sequential schedule, natural ordering) on "
-            "built-in G-CRF problems, and how far both trail conjugate gradients.  Prints the "
-            "per-iteration differences and a summary table, writes meanfield.png (meanfield_pd.png "
-            "for the hard regime) and meanfield.json into --out.  Exit status 0 when every "
-            "iterate matched to 1e-12."),
-    )
-    parser.add_argument("--out", default=os.path.join("results", "meanfield"),
-                        help="folder for the figures and meanfield.json, created if missing "
-                             "(default: results/meanfield)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a run under 30 s: forms {', '.join(QUICK_FORMS)}, one problem each, "
-                             "150 iterations")
-    parser.add_argument("--forms", default=None,
-                        help="comma-separated problem forms (default: "
-                             f"{', '.join(DEFAULT_FORMS)}; with --quick: {', '.join(QUICK_FORMS)})")
+    parser = study_parser(
+        "meanfield",
+        "Show that Gaussian mean-field inference produces exactly the Jacobi iterates (parallel "
+        "schedule) and the Gauss-Seidel iterates (sequential schedule, natural ordering) on built-in "
+        "G-CRF problems, and how far both trail conjugate gradients.  Prints the per-iteration "
+        "differences and a summary table; writes summary.md, meanfield.json, meanfield.csv and "
+        "meanfield.png (meanfield_pd.png for the hard regime) into --out.  Exit status 0 when every "
+        "iterate matched to 1e-12.  Runs on the CPU (SciPy matrices).",
+        quick_help=f"a run under 30 s: forms {' '.join(QUICK_FORMS)}, one problem each, 150 iterations",
+        forms=DEFAULT_FORMS, forms_default="study",
+        forms_help=f"default: {' '.join(DEFAULT_FORMS)}; with --quick: {' '.join(QUICK_FORMS)}")
     parser.add_argument("--problems", type=int, default=None,
                         help="problems per form and lam rule (default 3; 1 with --quick)")
     parser.add_argument("--lam-rule", choices=("jacobi", "pd", "both"), default="both",
@@ -381,20 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="problem size passed to gcrflinalg.problems.make_problem "
                              "(small, medium; mean-field forms dense matrices of the low-rank and "
                              "video forms, so keep them small; default: small)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the built-in problems (default: 0)")
     parser.add_argument("--no-plot", action="store_true", help="skip the figures")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-def _progress(items, enabled):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc="mean-field study", unit="problem", file=sys.stderr, leave=False)
 
 
 def _median_ratio(records, method):
@@ -416,69 +421,82 @@ def _ratio_line(records, rule):
     return {"mf_sequential": seq, "mf_parallel": par}, "; ".join([parts[0] + " " + parts[1]] + parts[2:])
 
 
+#: columns of ``meanfield.csv`` (one row per system)
+CSV_COLUMNS = ("name", "form", "index", "lam_rule", "lam", "same_as_jacobi", "n", "nnz", "iterations",
+               "max_rel_diff_parallel_vs_jacobi", "max_rel_diff_sequential_vs_gauss_seidel", "equal",
+               "parallel_diverged", "to_rtol_mf_parallel", "to_rtol_mf_sequential", "to_rtol_cg")
+
+
 def main(argv=None) -> int:
     """Run the study; returns 0 when every mean-field iterate equals the solver's (to 1e-12)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip()) if args.forms else (
-        QUICK_FORMS if args.quick else DEFAULT_FORMS)
-    unknown = [f for f in forms if f not in DEFAULT_FORMS]
-    if unknown or not forms:
-        parser.error(f"--forms takes a comma-separated subset of {', '.join(DEFAULT_FORMS)}; got {args.forms!r}")
+    if args.backend != "cpu":
+        array_module(args.backend)  # a clear message without CuPy / a GPU
+        parser.error("--backend gpu: the mean-field study runs on the CPU only (SciPy matrices)")
+    forms = tuple(dict.fromkeys(args.forms)) if args.forms else (QUICK_FORMS if args.quick else DEFAULT_FORMS)
     rules = ("jacobi", "pd") if args.lam_rule == "both" else (args.lam_rule,)
     n_problems = args.problems if args.problems is not None else (1 if args.quick else 3)
     iterations = args.iterations if args.iterations is not None else (150 if args.quick else 400)
     if n_problems < 1 or iterations < 1:
         parser.error("--problems and --iterations must be >= 1")
-    os.makedirs(args.out, exist_ok=True)
+    out = Outputs(args.out)
 
     t_start = time.perf_counter()
     jobs = [(rule, form, i) for rule in rules for form in forms for i in range(n_problems)]
     records = {rule: [] for rule in rules}
     skipped = []
-    for rule, form, index in _progress(jobs, not args.no_progress):
-        try:
-            system = load_system(form, index, seed=args.seed, size=args.size, lam_rule=rule)
-        except (MemoryError, ValueError, NotImplementedError, ImportError) as exc:
-            skipped.append({"form": form, "index": index, "lam_rule": rule,
-                            "reason": f"{type(exc).__name__}: {exc}"})
-            continue
-        rec = compare_on_system(system, iterations=iterations, rtol=args.rtol)
-        rec["lam_rule"] = rule
-        records[rule].append(rec)
+    with Progress(len(jobs), "meanfield", enabled=not args.no_progress, unit="problem") as bar:
+        for rule, form, index in jobs:
+            bar(f"meanfield: {form} #{index} [lam: {rule}]")
+            try:
+                system = load_system(form, index, seed=args.seed, size=args.size, lam_rule=rule)
+            except (MemoryError, ValueError, NotImplementedError, ImportError) as exc:
+                skipped.append({"form": form, "index": index, "lam_rule": rule,
+                                "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            rec = compare_on_system(system, iterations=iterations, rtol=args.rtol)
+            records[rule].append(rec)
     everything = [r for rule in rules for r in records[rule]]
     if not everything:
         print("no problem could be run:", *(s["reason"] for s in skipped), sep="\n  ", file=sys.stderr)
         return 2
+    for r in everything:
+        r["same_as_jacobi"] = same_as_jacobi(r, everything)
 
-    figures, medians = [], {}
+    sections, shown_recs, medians = [], [], {}
     for rule in rules:
         if not records[rule]:
             continue
         # the representative problem: the first one, or in the pd regime the first where parallel
         # mean-field diverges (the instructive case)
         shown = next((r for r in records[rule] if rule == "pd" and r["parallel_diverged"]), records[rule][0])
-        print(f"Mean-field vs Jacobi / Gauss-Seidel, iteration by iteration: {shown['name']} "
-              f"(N = {shown['n']})")
-        print(iteration_table(shown))
-        print()
-        if not args.no_plot:
-            figure = os.path.join(args.out, "meanfield.png" if rule == rules[0] else f"meanfield_{rule}.png")
-            plot(shown, figure, args.rtol)
-            figures.append(figure)
-    print("(every iteration of every problem is in meanfield.json)\n")
-    print(summary_table(everything, args.rtol))
-    for s in skipped:
-        print(f"skipped {s['form']}/{s['index']} (lam: {s['lam_rule']}): {s['reason']}")
+        shown_recs.append((rule, shown))
+        sections.append(f"Mean-field vs Jacobi / Gauss-Seidel, iteration by iteration: {shown['name']} "
+                        f"(N = {shown['n']})\n" + iteration_table(shown))
+    sections.append("(every iteration of every problem is in meanfield.json)")
+    lines = [summary_table(everything, args.rtol)]
+    lines += [f"skipped {s['form']}/{s['index']} (lam: {s['lam_rule']}): {s['reason']}" for s in skipped]
+    sections.append("\n".join(lines))
     all_equal = all(r["equal"] for r in everything)
-    print()
-    print("mean-field iterates equal the Jacobi / Gauss-Seidel iterates to 1e-12: "
-          + ("yes, on every problem" if all_equal else "NO (see the table)"))
+    lines = ["mean-field iterates equal the Jacobi / Gauss-Seidel iterates to 1e-12: "
+             + ("yes, on every problem" if all_equal else "NO (see the table)")]
     for rule in rules:
         if records[rule]:
             medians[rule], line = _ratio_line(records[rule], rule)
-            print(line)
+            lines.append(line)
+    sections.append("\n".join(lines))
+    text = "\n\n".join(sections)
+    print(text)
+    elapsed = time.perf_counter() - t_start
 
+    out.text("summary.md", "# Gaussian mean-field = Jacobi / Gauss-Seidel\n\n"
+             + "\n\n".join(f"```\n{sec}\n```" for sec in sections) + "\n")
+    figures = []
+    if not args.no_plot:
+        for rule, shown in shown_recs:
+            name = "meanfield.png" if rule == shown_recs[0][0] else f"meanfield_{rule}.png"
+            figures.append(out.figure(name, lambda path, shown=shown: plot(shown, path, args.rtol)))
     record = {
         "study": "meanfield",
         "settings": {"forms": list(forms), "problems_per_form": n_problems, "lam_rules": list(rules),
@@ -486,15 +504,17 @@ def main(argv=None) -> int:
                      "quick": args.quick, "equality_tol": EQUALITY_TOL},
         "all_equal": all_equal,
         "median_iteration_ratio_to_cg": medians,
+        "same_system_note": SAME_SYSTEM_NOTE if any(r["same_as_jacobi"] for r in everything) else None,
         "problems": everything,
         "skipped": skipped,
         "figures": figures,
-        "time_s": time.perf_counter() - t_start,
+        "time_s": elapsed,
     }
-    path = os.path.join(args.out, "meanfield.json")
-    with open(path, "w") as f:
-        json.dump(_jsonable(record), f, indent=1, allow_nan=False)
-    print(f"\nwrote {path}" + "".join(f", {fig}" for fig in figures) + f" in {record['time_s']:.1f} s")
+    out.json("meanfield.json", record)
+    rows = [dict(r, **{f"to_rtol_{k}": v for k, v in r["iterations_to_rtol"].items()}) for r in everything]
+    out.csv("meanfield.csv", rows, CSV_COLUMNS)
+    print(f"\nmean-field study: {len(everything)} systems in {elapsed:.1f} s")
+    out.report()
     return 0 if all_equal else 1
 
 

@@ -12,7 +12,9 @@ run), and adds one comparison on the full-resolution photograph (600 x 512 pixel
 The target is to be faster than the 10 mean-field iterations.  ``pydensecrf2`` is an optional extra
 (``pip install gcrflinalg[densecrf]``); without it the comparison reports this toolkit's time only.
 
-Writes ``timing.md`` (the table) and ``timing.json`` (every row) into ``--out``.  With
+Prints a short summary (targets met / missed) and writes ``timing.md`` (the full table: times in
+ms, every comparison as "N.Nx faster/slower" than its peer), ``timing.json`` and ``timing.csv`` (every
+row) and one ``timing_<family>.png`` per family (this toolkit vs its peer) into ``--out``.  With
 ``--backend gpu`` the same entries run with CuPy (the peer CRF stays on the CPU).
 """
 from __future__ import annotations
@@ -20,16 +22,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
-from studies._common import (Progress, add_common_arguments, array_module, best_time, markdown_table,
-                             prepare_out, write_json)
+from studies._common import (Outputs, Progress, array_module, best_time, study_parser,
+                             timing_table, write_timing)
 
-__all__ = ["FAMILIES", "run_family", "photo_peer_comparison", "run", "main"]
+__all__ = ["FAMILIES", "run_family", "photo_peer_comparison", "run", "count_steps", "main"]
 
 #: Operator families with a ``studies.timing_<family>`` module.
 FAMILIES = ("grid", "lowrank", "video")
@@ -38,7 +39,8 @@ PHOTO_ENTRY = "photo-peer"
 PEER_NAME = "pydensecrf2, 10 mean-field iterations"
 
 
-def run_family(family: str, *, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
+def run_family(family: str, *, quick: bool = False, backend: str = "cpu", progress=None,
+               seed: int = 0) -> list[dict]:
     """The rows of ``studies.timing_<family>.run``; a module that is missing or fails gives one row
     that says so (``time_s`` None) instead of stopping the study."""
     name = f"studies.timing_{family}"
@@ -47,7 +49,7 @@ def run_family(family: str, *, quick: bool = False, backend: str = "cpu", progre
     except ImportError as exc:
         return [_note_row(family, f"{name} is not available ({exc})")]
     try:
-        rows = list(module.run(quick=quick, backend=backend, progress=progress))
+        rows = list(module.run(quick=quick, backend=backend, progress=progress, seed=seed))
     except Exception as exc:  # reported in the table; the other families still run
         return [_note_row(family, f"{name}.run failed: {type(exc).__name__}: {exc}")]
     for row in rows:
@@ -131,8 +133,7 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
     fraction of pixels whose most likely label agrees (and the fraction each model changes from the
     unary's label).
     """
-    from gcrflinalg.forms.lowrank import LowRankPottsGCRF
-    from gcrflinalg import solve
+    from gcrflinalg import LowRankPottsGCRF, solve, to_host
 
     say = progress or (lambda message: None)
     xp = array_module(backend)
@@ -151,7 +152,7 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
     say(f"photo peer comparison: exact solve ({case})")
     t_ours = best_time(exact, repeats=repeats, xp=xp)
     op, res = exact()
-    x = np.asarray(res.x.get() if hasattr(res.x, "get") else res.x)
+    x = np.asarray(to_host(res.x))
     rel = float(res.relative_residual)
     row = dict(entry=PHOTO_ENTRY, case=case,
                what="exact low-rank Potts G-CRF (Woodbury direct solve)", time_s=t_ours,
@@ -162,7 +163,7 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
         row.update(peer=f"{PEER_NAME} (not installed: pip install gcrflinalg[densecrf])", skipped=True)
         return [row]
     kw = dict(theta_pos=prob["theta_pos"], theta_col=prob["theta_col"], weight=prob["peer_weight"], stride=stride)
-    say("photo peer comparison: pydensecrf2, 10 iterations")
+    say(f"photo peer comparison: {PEER_NAME}")
     t_peer = best_time(lambda: densecrf_inference(prob["image"], prob["b"], **kw), repeats=repeats)
     q = densecrf_inference(prob["image"], prob["b"], **kw)
     ratio = t_peer / t_ours
@@ -175,15 +176,24 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
 
 
 # --------------------------------------------------------------------------- the study
+def count_steps(*, quick: bool = False, families=FAMILIES, photo: bool = True) -> int:
+    """How many steps :func:`run` announces to its ``progress`` callback."""
+    total = 0
+    for family in families:
+        try:
+            total += importlib.import_module(f"studies.timing_{family}").count_steps(quick=quick)
+        except Exception:  # a missing family is one row, no step
+            pass
+    return total + ((3 if _densecrf_available() else 2) if photo else 0)
+
+
 def run(*, quick: bool = False, backend: str = "cpu", families=FAMILIES, photo: bool = True,
         progress=None, seed: int = 0) -> list[dict]:
-    """Every family's rows, then the photograph comparison (when ``photo``; ``seed`` seeds its
-    features and unaries)."""
+    """Every family's rows, then the photograph comparison (when ``photo``); ``seed`` seeds the
+    problems."""
     rows = []
     for family in families:
-        if progress is not None:
-            progress(f"timing: {family}")
-        rows += run_family(family, quick=quick, backend=backend, progress=progress)
+        rows += run_family(family, quick=quick, backend=backend, progress=progress, seed=seed)
     if photo:
         try:
             rows += photo_peer_comparison(quick=quick, backend=backend, progress=progress, seed=seed)
@@ -192,36 +202,22 @@ def run(*, quick: bool = False, backend: str = "cpu", families=FAMILIES, photo: 
     return rows
 
 
-def _table_rows(rows):
-    out = []
-    for r in rows:
-        t = r.get("time_s")
-        out.append(dict(entry=r.get("entry"), case=r.get("case"), what=r.get("what"),
-                        time_ms=None if t is None else 1e3 * t, peer=r.get("peer"), ratio=r.get("ratio"),
-                        target=r.get("target"), met=r.get("met")))
-    return out
-
-
 def format_table(rows) -> str:
-    """The rows as a markdown table: entry, case, what, time (ms), peer, ratio, target, met."""
-    return markdown_table(_table_rows(rows), ["entry", "case", "what", "time_ms", "peer", "ratio", "target", "met"],
-                          headers=["entry", "case", "what", "time (ms)", "peer", "ratio", "target", "met"],
-                          floatfmt=".4g")
+    """The rows as the markdown table of every timing study (times in ms, comparisons in words)."""
+    return timing_table(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m studies.timing",
-        description="Timing entries of every operator family (grid, low-rank, video), each against a peer "
-                    "timed in the same run, and this toolkit's exact low-rank Potts G-CRF against "
-                    "pydensecrf2's fully-connected CRF (10 mean-field iterations) on the full-resolution "
-                    "photograph.  Writes a markdown table and a JSON record.",
-    )
-    add_common_arguments(parser, default_out=os.path.join("results", "timing"),
-                         quick_help="small sizes (each family's quick mode, the photograph at stride 4), "
-                                    "well under a minute per family")
+    parser = study_parser(
+        "timing",
+        "Timing entries of every operator family (grid, low-rank, video), each against a peer timed in the "
+        "same run, and this toolkit's exact low-rank Potts G-CRF against pydensecrf2's fully-connected CRF "
+        "(10 mean-field iterations) on the full-resolution photograph.  Prints a short summary; writes "
+        "timing.md (the full table), timing.json, timing.csv and one timing_<family>.png per family.",
+        quick_help="small sizes (each family's quick mode, the photograph at stride 4): under a minute")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), metavar="FAMILY",
-                        help=f"operator families to time, any of: {' '.join(FAMILIES)} (default: all)")
+                        help=f"operator families to time, space-separated, any of: {' '.join(FAMILIES)} "
+                             "(default: all)")
     parser.add_argument("--no-photo", action="store_true",
                         help="skip the photograph comparison against pydensecrf2")
     return parser
@@ -231,29 +227,21 @@ def main(argv=None) -> int:
     """Run the study; returns the process exit status."""
     args = build_parser().parse_args(argv)
     array_module(args.backend)
-    out = prepare_out(args.out)
+    out = Outputs(args.out)
     families = list(dict.fromkeys(args.families))
     t0 = time.perf_counter()
-    with Progress(None, "timing", enabled=not args.no_progress) as bar:
+    total = count_steps(quick=args.quick, families=families, photo=not args.no_photo)
+    with Progress(total, "timing", enabled=not args.no_progress, unit="step") as bar:
         rows = run(quick=args.quick, backend=args.backend, families=families, photo=not args.no_photo,
                    progress=bar, seed=args.seed)
     elapsed = time.perf_counter() - t0
-    met = [r["met"] for r in rows if r.get("met") is not None]
-    header = (f"# Timing\n\n{'quick sizes' if args.quick else 'full sizes'}, backend {args.backend}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {elapsed:.1f} s.  "
-              f"Targets met: {sum(met)}/{len(met)}.  Best of a few repeats after a warm-up call; "
-              f"'ratio' is defined by each entry (see 'what' and 'peer').")
-    text = header + "\n\n" + format_table(rows) + "\n"
-    print(text)
-    with open(os.path.join(out, "timing.md"), "w", encoding="utf-8") as fh:
-        fh.write(text)
-    write_json(os.path.join(out, "timing.json"), dict(
-        study="timing", options=dict(quick=args.quick, backend=args.backend, families=families,
-                                     photo=not args.no_photo, seed=args.seed),
-        environment=dict(python=platform.python_version(), numpy=np.__version__, platform=platform.platform(),
-                         cpus=os.cpu_count()),
-        elapsed_s=elapsed, rows=rows))
-    print(f"wrote {out}{os.sep}: timing.md timing.json", file=sys.stderr)
+    header = (f"{'quick sizes' if args.quick else 'full sizes'}, backend {args.backend}, "
+              f"{os.cpu_count()} CPUs; {elapsed:.1f} s.")
+    summary = write_timing(out, rows, title="Timing", header=header,
+                           options=dict(quick=args.quick, backend=args.backend, families=families,
+                                        photo=not args.no_photo, seed=args.seed), elapsed_s=elapsed)
+    print(f"timing: {header}\n{summary}\n(the full table is in timing.md)")
+    out.report()
     return 0
 
 

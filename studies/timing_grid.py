@@ -1,7 +1,8 @@
 """Timing of the grid G-CRFs on a full-size dense-labelling problem.
 
-``python -m studies.timing_grid [--quick] [--backend cpu|gpu]`` prints a table; :func:`run` returns
-its rows for :mod:`studies.timing`.
+``python -m studies.timing_grid [--quick] [--backend cpu|gpu] [--out DIR]`` prints a short summary
+and writes the table (``timing.md``), ``timing.json``, ``timing.csv`` and ``timing_grid.png``;
+:func:`run` returns its rows for :mod:`studies.timing`.
 
 The problem: an ``85 x 109`` image, ``L = 21`` labels, 4-connected, ``lam = 10``, solved to
 ``rtol = 1e-6``.  Pairwise terms are contrast sensitive, as a network would predict them:
@@ -40,8 +41,8 @@ may be shared, so every row takes its best run):
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
 
 # OpenMP threads that spin while waiting lose their core on a busy machine; sleeping ones cost
@@ -51,12 +52,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 import gcrflinalg
-from gcrflinalg.forms.grid.redblack import red_black_blocks
-from gcrflinalg.backend import synchronize, to_host
-from gcrflinalg.forms.grid import GridGCRF, GridPottsGCRF
+from gcrflinalg import GridGCRF, GridPottsGCRF, to_host
 
+from studies._common import array_module, best_time, family_main
 
-__all__ = ["run", "make_problem"]
+__all__ = ["run", "make_problem", "count_steps", "main"]
 
 ENTRY = "grid"
 
@@ -101,19 +101,23 @@ def make_problem(height=85, width=109, num_labels=21, *, random_state=0):
 
 
 def _best_time(fn, xp, repeats):
-    fn()  # warm-up (compilation, caches)
-    best = np.inf
-    out = None
-    for _ in range(repeats):
-        synchronize(xp)
-        t0 = time.perf_counter()
-        out = fn()
-        synchronize(xp)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+    """``(best seconds, last result)`` of ``repeats`` calls after a warm-up (compilation, caches)."""
+    return best_time(fn, repeats=repeats, xp=xp, return_result=True)
 
 
-def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dict]:
+#: image sizes whose CSR pattern this process has built (the "first image of a size" row needs a new one)
+_CSR_SIZES_SEEN = set()
+
+#: progress steps of :func:`run` (the calls of its progress callback)
+STEPS = 9
+
+
+def count_steps(*, quick: bool = False, **_) -> int:
+    """How many steps :func:`run` announces to its ``progress`` callback."""
+    return STEPS
+
+
+def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int = 0) -> list[dict]:
     """Measure the rows listed in the module docstring.
 
     Parameters
@@ -124,7 +128,9 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
     backend : {"cpu", "gpu"}
         Where the toolkit's operators live (the SciPy reference always runs on the CPU).
     progress : callable, optional
-        Called with a short message before each measurement.
+        Called with a short message before each of the :data:`STEPS` steps.
+    seed : int
+        Seeds the random label compatibilities and unaries.
 
     Returns
     -------
@@ -135,17 +141,14 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
     import scipy.sparse.linalg as spla
 
     say = (lambda msg: progress(f"grid: {msg}")) if progress else (lambda msg: None)
-    if backend == "gpu":
-        import cupy as xp
-    elif backend == "cpu":
-        xp = np
-    else:
+    if backend not in ("cpu", "gpu"):
         raise ValueError(f"backend must be 'cpu' or 'gpu'; got {backend!r}")
+    xp = array_module(backend)
     H, W, L = (30, 40, 5) if quick else (85, 109, 21)
     repeats = 2 if quick else 5
     lam, rtol = 10.0, 1e-6
     case = f"{H}x{W} L={L} 4-conn lam={lam:g} rtol={rtol:g} ({backend})"
-    weights, pairwise, b = make_problem(H, W, L)
+    weights, pairwise, b = make_problem(H, W, L, random_state=seed)
     rows = []
 
     def row(what, t, peer=None, ratio=None, target=None, met=None, **extra):
@@ -155,20 +158,24 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
                          ratio=None if ratio is None else float(ratio), target=target,
                          met=None if met is None else bool(met), **extra))
 
-    # ---- CSR assembly (cached pattern) and the SciPy reference
+    # ---- CSR assembly (cached pattern) and the SciPy reference.  The pattern is cached per size, so
+    # the first-image row times an image of a size this process has not assembled yet (the problem's
+    # size the first time, else a column wider)
     say("assembling CSR")
-    from gcrflinalg.forms.grid.csr import csr_pattern
-
-    csr_pattern.cache_clear()
-    op64_host = GridGCRF(pairwise, lam)
+    extra = 0
+    while (H, W + extra, L) in _CSR_SIZES_SEEN:
+        extra += 1
+    _CSR_SIZES_SEEN.add((H, W + extra, L))
+    _, pw_new, _ = make_problem(H, W + extra, L, random_state=seed) if extra else (None, pairwise, None)
     t0 = time.perf_counter()
-    A = op64_host.to_sparse()
+    A_new = GridGCRF(pw_new, lam).to_sparse()
     t_first = time.perf_counter() - t0
-    other = GridGCRF(pairwise * 0.99, lam)
+    A = GridGCRF(pairwise, lam).to_sparse()
+    other = GridGCRF(pw_new * 0.99, lam)
     t_seen, _ = _best_time(lambda: other.to_sparse(), np, repeats)
-    row("CSR assembly, first image of this size (pattern built)", t_first, nnz=int(A.nnz))
-    row("CSR assembly, new image of a seen size (values only)", t_seen, peer="first image",
-        ratio=t_first / t_seen)
+    row(f"CSR assembly, first image of this size (pattern built; {H}x{W + extra})", t_first, nnz=int(A_new.nnz))
+    row("CSR assembly, new image of a seen size (values only)", t_seen, peer="first image of the size",
+        ratio=t_first / t_seen, peer_time_s=t_first)
     bflat = b.reshape(-1)
     bnorm = np.linalg.norm(bflat)
 
@@ -190,6 +197,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
 
     t_ref, x_ref = _best_time(scipy_cg, np, repeats)
     row("SciPy cg, assembled CSR, float64", t_ref, iterations=iters[0], rel_residual=rel_res(x_ref))
+    peer = dict(peer_time_s=t_ref)
     ref_name = "SciPy cg on CSR (float64)"
 
     # ---- general form, matrix-free: plain CG on M and CG on the red-black reduced system
@@ -198,10 +206,11 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
         for dtype in (np.float64, np.float32):
             name = np.dtype(dtype).name
             say(f"general form {method} ({name})")
-            op = GridGCRF(xp.asarray(pairwise.astype(dtype)), lam)
+            op_pairwise = xp.asarray(pairwise.astype(dtype))
+            op = GridGCRF(op_pairwise, lam)
             bd = xp.asarray(b.astype(dtype))
-            if method == "reduced_cg":  # the colour-ordered blocks, built once per operator
-                t_blocks, _ = _best_time(lambda: red_black_blocks(op._params), xp, repeats)
+            if method == "reduced_cg":  # the colour-ordered blocks, built once per (new) operator
+                t_blocks, _ = _best_time(lambda: GridGCRF(op_pairwise, lam).red_black_layout(), xp, repeats)
             else:
                 t_check, _ = _best_time(op.check_positive_definite, xp, 1)
             t, res = _best_time(lambda: gcrflinalg.solve(op, bd, method=method, rtol=rtol, check_pd=False),
@@ -210,7 +219,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
             general[(method, name)] = (t, rr)
             label = "matrix-free cg" if method == "cg" else "red-black reduced cg"
             row(f"general form, {label}, {name}", t, peer=ref_name, ratio=t_ref / t,
-                iterations=int(res.iterations), rel_residual=rr)
+                iterations=int(res.iterations), rel_residual=rr, **peer)
             if method == "reduced_cg":
                 row(f"general form, colour-ordered blocks for the reduction, {name} (once per operator)",
                     t_blocks, peer="first reduced solve incl. blocks", ratio=None,
@@ -223,7 +232,8 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
     t_gen = general[best_key][0]
     best_g = f"{best_key[0]}, {best_key[1]}"
     row(f"general form, best path ({best_g})", t_gen, peer=ref_name, ratio=t_ref / t_gen,
-        target=">= 6x faster than SciPy cg on CSR", met=t_ref / t_gen >= 6, rel_residual=general[best_key][1])
+        target=">= 6x faster than SciPy cg on CSR", met=t_ref / t_gen >= 6, rel_residual=general[best_key][1],
+        **peer)
 
     # ---- Potts form, L + 1 split
     potts = {}
@@ -240,7 +250,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
         rr = float(np.linalg.norm(bflat - A_potts @ x) / bnorm)
         potts[name] = (t, rr)
         row(f"Potts form, L+1 split cg, {name}", t, peer=f"general form, best path ({best_g})",
-            ratio=t_gen / t, iterations=int(res.iterations), rel_residual=rr)
+            ratio=t_gen / t, iterations=int(res.iterations), rel_residual=rr, peer_time_s=t_gen)
         if dtype == np.float64:
             t_check, _ = _best_time(op.check_positive_definite, xp, 1)
             row("Potts form, positive-definiteness check (Gershgorin settles it here)", t_check, lam=lam)
@@ -252,7 +262,8 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
     t_potts = potts[best_p][0]
     row(f"Potts form, best path (L+1 split cg, {best_p})", t_potts,
         peer=f"general form, best path ({best_g})", ratio=t_gen / t_potts,
-        target=">= 5x faster than the general form", met=t_gen / t_potts >= 5, rel_residual=potts[best_p][1])
+        target=">= 5x faster than the general form", met=t_gen / t_potts >= 5, rel_residual=potts[best_p][1],
+        peer_time_s=t_gen)
 
     # ---- per-product time against the memory-bandwidth floor.  Products run back to back, as in a
     # solve; the copy bandwidth is measured just before each product (the bandwidth a shared machine
@@ -280,37 +291,27 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None) -> list[dic
         floor = nbytes / bw
         row(f"general product M v, {name}", t, peer="memory-bandwidth floor", ratio=t / floor,
             target="<= 2x the floor", met=t / floor <= 2, floor_s=floor, bytes=nbytes,
-            bandwidth_bytes_per_s=bw)
+            bandwidth_bytes_per_s=bw, peer_time_s=floor)
         tp, _ = _best_time(lambda: opp.matvec(v), xp, 5 * repeats)
         nbytes_p = opp.weights.nbytes + 3 * v.nbytes
         row(f"Potts product M v, {name}", tp, peer="memory-bandwidth floor", ratio=tp / (nbytes_p / bw),
-            floor_s=nbytes_p / bw, bytes=nbytes_p)
+            floor_s=nbytes_p / bw, bytes=nbytes_p, peer_time_s=nbytes_p / bw)
     return rows
 
 
-def format_table(rows) -> str:
-    """The rows as a fixed-width text table."""
-    lines = [f"{'what':<66} {'time':>10} {'ratio':>8}  {'target':<36} met  extra"]
-    for r in rows:
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        extra = {k: v for k, v in r.items()
-                 if k not in ("entry", "case", "what", "time_s", "peer", "ratio", "target", "met")}
-        extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-        lines.append(f"{r['what']:<66} {r['time_s'] * 1e3:>8.2f}ms {ratio:>8}  {r['target'] or '':<36} "
-                     f"{met:<4} {extra}")
-    return "\n".join(lines)
+def main(argv=None) -> int:
+    """``python -m studies.timing_grid``: the rows above, the timing files and a short summary."""
+    import studies.timing_grid as module
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small problem, seconds")
-    parser.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
-    args = parser.parse_args(argv)
-    rows = run(quick=args.quick, backend=args.backend, progress=lambda m: print(f"... {m}", flush=True))
-    print(rows[0]["case"])
-    print(format_table(rows))
+    return family_main(
+        "timing_grid", module, argv,
+        description="Timing of the grid G-CRFs (general and Potts, 85 x 109 pixels, 21 labels) against "
+                    "SciPy cg on the assembled CSR matrix, the products against the memory-bandwidth floor, "
+                    "CSR assembly and the positive-definiteness checks.  Writes timing.md (the table), "
+                    "timing.json, timing.csv and timing_grid.png.",
+        quick_help="a 30 x 40 problem with 5 labels (seconds); targets are then not judged",
+        run_kwargs=lambda args: dict(seed=args.seed))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

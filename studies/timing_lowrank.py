@@ -21,19 +21,20 @@ measurement).  Targets (at ``D = 128``): the direct solve at least 2x faster tha
 relative residual below 1e-10; the Potts direct solve at least 5x faster than the general one; the
 backward solve at most 0.3x the forward solve.
 
-Run alone: ``python -m studies.timing_lowrank [--quick] [--gpu] [--dims D ...] [--images S ...]``.
+Run alone: ``python -m studies.timing_lowrank [--quick] [--backend cpu|gpu] [--out DIR] [--dims D ...]
+[--images S ...]``: a short summary on the terminal; ``timing.md`` (the table), ``timing.json``,
+``timing.csv`` and ``timing_lowrank.png`` in ``--out``.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import time
+import sys
 
 import numpy as np
 
-from gcrflinalg.solve import adjoint_solve, solve
-from gcrflinalg.backend import synchronize, to_host
-from gcrflinalg.forms.lowrank import LowRankGCRF, LowRankPottsGCRF
+from gcrflinalg import LowRankGCRF, LowRankPottsGCRF, adjoint_solve, solve, to_host
+
+from studies._common import array_module, best_time, family_main
 
 ENTRY = "lowrank"
 RTOL = 1e-6
@@ -89,30 +90,15 @@ def _best(fn, repeats, xp, budget_s=3.0):
     Repeats stop once they have used ``budget_s`` seconds; a warm-up longer than ``budget_s`` is
     itself the measurement.  Returns ``(seconds, last result)``.
     """
-    synchronize(xp)
-    t0 = time.perf_counter()
-    out = fn()
-    synchronize(xp)
-    warm = time.perf_counter() - t0
-    if warm > budget_s:
-        return warm, out
-    times = []
-    while len(times) < repeats and sum(times) < budget_s:
-        t0 = time.perf_counter()
-        out = fn()
-        synchronize(xp)
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+    return best_time(fn, repeats=repeats, xp=xp, budget_s=budget_s, return_result=True)
 
 
 def _scipy_cg(naive, n, b, xp):
-    from gcrflinalg.backend import linear_operator_class
-
     if xp is np:
-        from scipy.sparse.linalg import cg
+        from scipy.sparse.linalg import LinearOperator, cg
     else:  # pragma: no cover - GPU only
-        from cupyx.scipy.sparse.linalg import cg
-    lin = linear_operator_class(xp)((n, n), matvec=naive, dtype=np.float64)
+        from cupyx.scipy.sparse.linalg import LinearOperator, cg
+    lin = LinearOperator((n, n), matvec=naive, dtype=np.float64)
     count = [0]
 
     def callback(_):
@@ -149,7 +135,7 @@ def _measure_case(form, d, h, w, n_labels, rng, xp, repeats, naive_ok, case, tar
 
     t_cg, res = _best(lambda: solve(op, b, method="cg", rtol=RTOL, maxiter=10 * n), repeats, xp)
     rows.append(dict(base, what=TOOLKIT_CG, time_s=t_cg, peer=SCIPY if t_scipy else None,
-                     ratio=(t_scipy / t_cg) if t_scipy else None, target=None, met=None,
+                     ratio=(t_scipy / t_cg) if t_scipy else None, target=None, met=None, peer_time_s=t_scipy,
                      iterations=int(res.iterations), rel_residual=float(res.relative_residual)))
 
     fresh = [make_op() for _ in range(repeats + 1)]  # a factor-free operator for every call
@@ -162,6 +148,7 @@ def _measure_case(form, d, h, w, n_labels, rng, xp, repeats, naive_ok, case, tar
     ratio = (t_scipy / t_fwd) if t_scipy else None
     met = (ratio >= 2.0 and rel < 1e-10) if (targets and ratio is not None) else None
     rows.append(dict(base, what=DIRECT, time_s=t_fwd, peer=SCIPY if t_scipy else None, ratio=ratio,
+                     peer_time_s=t_scipy,
                      target="scipy/direct >= 2, rel_residual < 1e-10" if targets else None, met=met,
                      iterations=1, rel_residual=rel))
 
@@ -169,12 +156,13 @@ def _measure_case(form, d, h, w, n_labels, rng, xp, repeats, naive_ok, case, tar
     op.factorize()
     t_bwd, res = _best(lambda: adjoint_solve(op, grad_x, method="direct"), repeats, xp)
     ratio_b = t_bwd / t_fwd
-    rows.append(dict(base, what=BACKWARD, time_s=t_bwd, peer=DIRECT, ratio=ratio_b,
+    rows.append(dict(base, what=BACKWARD, time_s=t_bwd, peer=DIRECT, ratio=ratio_b, peer_time_s=t_fwd,
                      target="backward/forward <= 0.3" if targets else None,
                      met=(ratio_b <= 0.3) if targets else None,
                      iterations=1, rel_residual=float(res.relative_residual)))
     t_nc, res = _best(lambda: adjoint_solve(op, grad_x, method="direct", check_residual=False), repeats, xp)
     rows.append(dict(base, what=BACKWARD_UNCHECKED, time_s=t_nc, peer=DIRECT, ratio=t_nc / t_fwd, target=None,
+                     peer_time_s=t_fwd,
                      met=None, iterations=1, rel_residual=_rel_residual(op, res.x, grad_x)))
     return rows
 
@@ -190,7 +178,7 @@ def _potts_vs_general(rows, case_of, targets_at):
         ratio = g["time_s"] / r["time_s"]
         targets = key in targets_at
         out.append(dict(entry=ENTRY, case="potts vs general " + case_of[key], what=POTTS_VS_GENERAL, time_s=r["time_s"],
-                        peer="general " + DIRECT, ratio=ratio,
+                        peer="general " + DIRECT, ratio=ratio, peer_time_s=g["time_s"],
                         target="general/potts >= 5" if targets else None,
                         met=(ratio >= 5.0) if targets else None, form="potts", case_key=key,
                         iterations=1, rel_residual=r["rel_residual"],
@@ -198,8 +186,25 @@ def _potts_vs_general(rows, case_of, targets_at):
     return out
 
 
+def _sizes(quick, only_dims=None, only_images=None):
+    if quick:
+        n_labels, side, dims, sweep_d, images, target_d, repeats = 5, 9, (8, 16), 16, (32, 64), None, 1
+    else:
+        n_labels, side, dims, sweep_d, images, target_d, repeats = 21, 41, (32, 64, 128, 256, 512), 128, \
+            (256, 512, 1024, 2048), 128, 5
+    dims = dims if only_dims is None else tuple(only_dims)
+    images = images if only_images is None else tuple(only_images)
+    return n_labels, side, dims, sweep_d, images, target_d, repeats
+
+
+def count_steps(*, quick: bool = False, only_dims=None, only_images=None, **_) -> int:
+    """How many steps :func:`run` announces to its ``progress`` callback (one per case and form)."""
+    _, _, dims, _, images, _, _ = _sizes(quick, only_dims, only_images)
+    return 2 * (len(dims) + len(images))
+
+
 def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=None,
-        only_images=None) -> list[dict]:
+        only_images=None, seed: int = 0) -> list[dict]:
     """Measure every row of the low-rank timing entry.
 
     Parameters
@@ -213,6 +218,8 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=N
         Called with a short text before each case.
     only_dims, only_images : sequence of int, optional
         Restrict the ``D`` values at ``41 x 41`` and the image sizes of the sweep (full mode).
+    seed : int
+        Added to the random generator's seed (0: the problems of the README's table).
 
     Returns
     -------
@@ -220,21 +227,11 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=N
         One row per measurement with ``entry, case, what, time_s, peer, ratio, target, met`` and
         ``iterations, rel_residual, form, D, H, W, L``.
     """
-    if backend == "gpu":  # pragma: no cover - GPU only
-        from gcrflinalg.backend import _cupy
-        xp = _cupy()
-    elif backend == "cpu":
-        xp = np
-    else:
+    if backend not in ("cpu", "gpu"):
         raise ValueError(f"backend must be 'cpu' or 'gpu'; got {backend!r}")
-    rng = np.random.default_rng(20261124)
-    if quick:
-        n_labels, side, dims, sweep_d, images, target_d, repeats = 5, 9, (8, 16), 16, (32, 64), None, 1
-    else:
-        n_labels, side, dims, sweep_d, images, target_d, repeats = 21, 41, (32, 64, 128, 256, 512), 128, \
-            (256, 512, 1024, 2048), 128, 5
-    dims = dims if only_dims is None else tuple(only_dims)
-    images = images if only_images is None else tuple(only_images)
+    xp = array_module(backend)
+    rng = np.random.default_rng(20261124 + int(seed))
+    n_labels, side, dims, sweep_d, images, target_d, repeats = _sizes(quick, only_dims, only_images)
     cases = [(f"D={d} HxW={side}x{side} L={n_labels}", d, side, side, d == target_d) for d in dims]
     for s in images:
         h = math.ceil(s / 8)
@@ -247,7 +244,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=N
             if targets:
                 targets_at.add(key)
             if progress is not None:
-                progress(case)
+                progress(f"lowrank: {case}")
             naive_ok = form == "general" or h * w <= NAIVE_POTTS_MAX_PIXELS
             new = _measure_case(form, d, h, w, n_labels, rng, xp, repeats, naive_ok, case, targets)
             for r in new:
@@ -259,36 +256,25 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=N
     return rows
 
 
-def format_table(rows) -> str:
-    """The rows as a fixed-width text table."""
-    head = f"{'case':<48} {'what':<38} {'time [ms]':>10} {'iters':>6} {'rel.res':>9} {'ratio':>7}  target / met"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        its = r.get("iterations")
-        res = r.get("rel_residual")
-        ratio = r.get("ratio")
-        tgt = f"{r['target']} / {'yes' if r['met'] else 'NO'}" if r.get("target") else ""
-        lines.append(f"{r['case']:<48} {r['what']:<38} {1e3 * r['time_s']:>10.2f} "
-                     f"{'' if its is None else its:>6} {'' if res is None else f'{res:.1e}':>9} "
-                     f"{'' if ratio is None else f'{ratio:.2f}':>7}  {tgt}")
-    if any(r["form"] == "potts" and r["what"] == DIRECT for r in rows):
-        lines.append(f"(naive Potts product skipped above {NAIVE_POTTS_MAX_PIXELS} pixels; "
-                     "'ratio' is peer time / this time, or backward / forward)")
-    return "\n".join(lines)
+def _arguments(parser):
+    parser.add_argument("--dims", type=int, nargs="+", metavar="D", help="only these D at 41 x 41")
+    parser.add_argument("--images", type=int, nargs="+", metavar="S", help="only these image sizes in the sweep")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    parser.add_argument("--gpu", action="store_true", help="run on the GPU backend (CuPy)")
-    parser.add_argument("--dims", type=int, nargs="*", help="only these D at 41 x 41")
-    parser.add_argument("--images", type=int, nargs="*", help="only these image sizes in the sweep")
-    args = parser.parse_args(argv)
-    rows = run(quick=args.quick, backend="gpu" if args.gpu else "cpu",
-               progress=lambda text: print(f"... {text}", flush=True),
-               only_dims=args.dims, only_images=args.images)
-    print(format_table(rows))
+def main(argv=None) -> int:
+    """``python -m studies.timing_lowrank``: the rows above, the timing files and a short summary."""
+    import studies.timing_lowrank as module
+
+    return family_main(
+        "timing_lowrank", module, argv,
+        description="Timing of the dense low-rank G-CRFs (general and Potts): this toolkit's cg and exact "
+                    "direct solves (forward and backward) against SciPy cg on the naive product, for "
+                    "D = 32..512 and images 256..2048.  Writes timing.md (the table), timing.json, "
+                    "timing.csv and timing_lowrank.png.",
+        quick_help="9 x 9 pixels, 5 labels, D in {8, 16}: a few seconds; targets are then not judged",
+        add_arguments=_arguments,
+        run_kwargs=lambda args: dict(only_dims=args.dims, only_images=args.images, seed=args.seed))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

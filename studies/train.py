@@ -25,19 +25,21 @@ Two models are trained the same way (same unary network, seed, optimiser and ste
   factorisation.
 
 Run ``python -m studies.train`` (about two minutes on 2 CPU cores) or ``--quick`` (about ten seconds).
-Writes ``training.png`` (loss and held-out accuracy per step), ``segmentations.png`` (input, target
-and both predictions) and ``train.json`` to ``--out`` (default ``results/train``).
+Writes ``summary.md`` (the results table), ``train.json`` (configuration, summary and histories),
+``train.csv`` (the loss of both models per step), ``training.png`` (loss and held-out accuracy per
+step) and ``segmentations.png`` (input, target and both predictions) to ``--out`` (default
+``results/train/``).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 import time
 
 import numpy as np
+
+from studies._common import Outputs, Progress, array_module, markdown_table, study_parser
 
 __all__ = ["main", "build_parser", "make_task", "run"]
 
@@ -308,11 +310,12 @@ def summary(record) -> dict:
     return out
 
 
-def write_record(record, path):
+def record_json(record) -> dict:
+    """The JSON record: configuration, summary, learnt rho and the histories."""
     def clean(h):
         return {k: v for k, v in h.items() if k not in ("test_prediction", "test_image")}
 
-    data = {
+    return {
         "study": "train",
         "config": record["config"],
         "summary": summary(record),
@@ -320,20 +323,23 @@ def write_record(record, path):
         "histories": {k: clean(v) for k, v in record["histories"].items()},
         "environment": {"python": platform.python_version(), "platform": platform.platform()},
     }
-    with open(path, "w") as fh:
-        json.dump(data, fh, indent=1)
+
+
+def loss_rows(record) -> list[dict]:
+    """One row per training step: the loss of both models."""
+    hist = record["histories"]
+    return [{"step": k + 1, "loss_unary": a, "loss_gcrf": b}
+            for k, (a, b) in enumerate(zip(hist["unary"]["loss"], hist["gcrf"]["loss"]))]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m studies.train",
-        description="Train a small CNN with and without a G-CRF layer (low-rank Potts, exact solve) on "
-                    "a noisy colour-cluster segmentation of the Matplotlib photograph; compare held-out "
-                    "accuracy; write plots and a JSON record.")
-    p.add_argument("--out", default=os.path.join("results", "train"), metavar="DIR",
-                   help="output folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true",
-                   help="small image (stride 8), 80 steps: well under a minute")
+    p = study_parser(
+        "train",
+        "Train a small CNN with and without a G-CRF layer (low-rank Potts, exact solve) on a noisy "
+        "colour-cluster segmentation of the Matplotlib photograph; compare held-out accuracy.  Writes "
+        "summary.md, train.json, train.csv, training.png and segmentations.png.  Needs PyTorch; runs on "
+        "the CPU.",
+        quick_help="small image (stride 8), 80 steps: well under a minute (--steps makes it shorter)")
     p.add_argument("--stride", type=int, default=None,
                    help="block-average stride of the photo (default 4: 150 x 128 pixels; quick 8: 75 x 64)")
     p.add_argument("--labels", type=int, default=5, help="number of colour clusters L (default: %(default)s)")
@@ -349,43 +355,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft-assignment channels C of the embedding head (default: %(default)s)")
     p.add_argument("--cells", type=int, default=None,
                    help="coarse grid of the spatial tent basis, cells x cells (default 10; quick 6)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the task and the networks (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.backend != "cpu":
+        array_module(args.backend)  # a clear message without CuPy / a GPU
+        parser.error("--backend gpu: the training study runs on the CPU (PyTorch CPU tensors)")
     try:
         import torch  # noqa: F401
     except ImportError:
         print("error: this study needs PyTorch: pip install gcrflinalg[torch]", file=sys.stderr)
         return 2
-    from studies._common import Progress
 
     steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)
-    os.makedirs(args.out, exist_ok=True)
-    with Progress(2 * steps, "training", enabled=not args.no_progress) as progress:
+    out = Outputs(args.out)
+    with Progress(2 * steps, "training", enabled=not args.no_progress, unit="step") as progress:
         record = run(quick=args.quick, stride=args.stride, num_labels=args.labels, noise=args.noise,
                      label_noise=args.label_noise, block=args.block, steps=steps, batch=args.batch, lr=args.lr,
                      channels=args.channels, cells=args.cells, seed=args.seed, threads=args.threads,
                      progress=progress)
-    plot_training(record, os.path.join(args.out, "training.png"))
-    plot_segmentations(record, os.path.join(args.out, "segmentations.png"))
-    write_record(record, os.path.join(args.out, "train.json"))
     s = summary(record)
     cfg = record["config"]
-    print(f"task: {cfg['height']} x {cfg['width']} pixels, L = {cfg['num_labels']}, input noise {cfg['noise']}, "
-          f"{int(100 * cfg['label_noise'])}% label noise, {cfg['steps']} steps x batch {cfg['batch']}")
-    print(f"{'model':<12} {'loss first':>10} {'loss last':>10} {'train acc':>10} {'held-out acc':>13} {'time s':>8}")
-    for name in ("unary", "gcrf"):
-        r = s[name]
-        print(f"{name:<12} {r['loss_first']:>10.4f} {r['loss_last']:>10.4f} {r['train_accuracy']:>10.4f} "
-              f"{r['heldout_accuracy']:>13.4f} {r['time_s']:>8.1f}")
-    print(f"wrote {', '.join(os.path.join(args.out, f) for f in ('training.png', 'segmentations.png', 'train.json'))}")
-    print(f"G-CRF held-out accuracy {s['gcrf']['heldout_accuracy']:.3f} vs unary-only "
-          f"{s['unary']['heldout_accuracy']:.3f}")
+    task = (f"task: {cfg['height']} x {cfg['width']} pixels, L = {cfg['num_labels']}, input noise {cfg['noise']}, "
+            f"{int(100 * cfg['label_noise'])}% label noise, {cfg['steps']} steps x batch {cfg['batch']}")
+    rows = [dict(model=name, **s[name]) for name in ("unary", "gcrf")]
+    table = markdown_table(rows, ["model", "loss_first", "loss_last", "train_accuracy", "heldout_accuracy", "time_s"],
+                           headers=["model", "loss first", "loss last", "train acc", "held-out acc", "time (s)"],
+                           floatfmt=".4f")
+    verdict = (f"G-CRF held-out accuracy {s['gcrf']['heldout_accuracy']:.3f} vs unary-only "
+               f"{s['unary']['heldout_accuracy']:.3f}")
+    print(task)
+    print(table)
+    out.text("summary.md", f"# Training with and without a G-CRF layer\n\n{task}; learnt rho "
+                           f"{record['rho']:.3f}.\n\n{table}\n\n{verdict}.\n")
+    out.json("train.json", record_json(record))
+    out.csv("train.csv", loss_rows(record), ["step", "loss_unary", "loss_gcrf"])
+    out.figure("training.png", lambda path: plot_training(record, path))
+    out.figure("segmentations.png", lambda path: plot_segmentations(record, path))
+    out.report()
+    print(verdict)
     return 0
 
 

@@ -1,29 +1,182 @@
-"""The studies run end to end: convergence (in-process and on a Dask LocalCluster) and timing."""
+"""The studies run end to end from the command line, with one convention: usage, options, progress,
+outputs (summary/timing markdown, JSON, CSV, PNG) and the paths printed."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from gcrflinalg import problems
-from gcrflinalg.backend import cupy_available
-from studies import convergence, timing
-from studies._common import Progress, markdown_table, write_csv
+from gcrflinalg import cupy_available, problems
+from studies import convergence, meanfield, timing
+from studies._common import (STUDIES, Progress, markdown_table, speed_words, timing_summary, timing_table,
+                             write_csv)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("time_s",)
+
+#: the extra arguments that keep each study's quick run short in the tests
+QUICK_ARGS = {
+    "convergence": [],
+    "meanfield": [],
+    "timing": [],
+    "timing_grid": [],
+    "timing_lowrank": [],
+    "timing_video": [],
+    "train": ["--steps", "4"],
+}
+#: the markdown summary each study writes
+SUMMARY = {name: "timing.md" if name.startswith("timing") else "summary.md" for name in STUDIES}
+
+
+def _run(args, **kw):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, **kw)
 
 
 def _without_timings(runs):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in runs]
 
 
+_QUICK_RUNS = {}
+
+
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("convergence")
-    assert convergence.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+def quick_runs(tmp_path_factory):
+    """Each study's ``--quick`` run in a subprocess, run once per module on first use."""
+    def get(name):
+        if name not in _QUICK_RUNS:
+            if name == "train":
+                pytest.importorskip("torch", reason="PyTorch is not installed")
+            out = tmp_path_factory.mktemp(name)
+            proc = _run([f"studies.{name}", "--quick", "--out", str(out), *QUICK_ARGS[name]])
+            _QUICK_RUNS[name] = (out, proc)
+        return _QUICK_RUNS[name]
+    return get
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_every_study_quick_run_writes_and_names_its_outputs(name, quick_runs):
+    out, proc = quick_runs(name)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    md = [f for f in files if f.endswith(".md")]
+    assert SUMMARY[name] in md, files
+    assert [f for f in files if f.endswith(".json")], files
+    assert [f for f in files if f.endswith(".csv")], files
+    pngs = [f for f in files if f.endswith(".png")]
+    assert pngs, files
+    for f in pngs:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    for f in files:  # every file written is named on standard output
+        assert str(out / f) in proc.stdout, (f, proc.stdout[-2000:])
+        assert (out / f).stat().st_size > 0, f
+    # the progress log on a non-terminal: plain lines, no carriage returns, complete counts
+    assert "\r" not in proc.stderr
+    counts = re.findall(r": (\d+)/(\d+) \[", proc.stderr)
+    assert counts, proc.stderr[-2000:]
+    done, total = counts[-1]
+    assert done == total, counts[-1]
+
+
+def test_timing_studies_share_one_table_format(quick_runs):
+    for name in ("timing", "timing_grid", "timing_lowrank", "timing_video"):
+        out, proc = quick_runs(name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        text = (out / "timing.md").read_text()
+        header = next(line for line in text.splitlines() if line.startswith("| family"))
+        cells = [c.strip() for c in header.strip("|").split("|")]
+        assert cells == ["family", "case", "what", "time (ms)", "peer", "peer (ms)", "this vs peer", "target",
+                         "met"], (name, cells)
+        rows = json.loads((out / "timing.json").read_text())["rows"]
+        for r in rows:
+            if r.get("peer") and r.get("peer_time_s"):
+                assert r["comparison"].endswith(("x faster", "x slower")), r
+                assert r["comparison"] in text
+        assert "targets:" in proc.stdout and "met" in proc.stdout
+        assert "| family" not in proc.stdout  # the terminal gets the summary, the file the table
+
+
+def test_python_m_studies_lists_every_study():
+    for args in (["studies"], ["studies", "--help"]):
+        proc = _run(args)
+        assert proc.returncode == 0, proc.stderr
+        for name, line in STUDIES.items():
+            assert f"{name}  " in proc.stdout and line in proc.stdout, name
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_usage_line_and_common_options(name):
+    module = __import__(f"studies.{name}", fromlist=["build_parser"])
+    if hasattr(module, "build_parser"):
+        text = module.build_parser().format_help()
+    else:
+        proc = _run([f"studies.{name}", "--help"])
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout
+    assert text.startswith(f"usage: python -m studies.{name}"), text[:200]
+    for option in ("--help", "--quick", "--backend", "--out", "--seed"):
+        assert option in text, (name, option)
+    assert f"results{os.sep}{name}{os.sep}" in text.replace("\n", "").replace(" ", ""), name
+
+
+def test_forms_parse_the_same_way_in_convergence_and_meanfield():
+    argv = ["--forms", "grid", "lowrank_potts"]
+    for module in (convergence, meanfield):
+        assert module.build_parser().parse_args(argv).forms == ["grid", "lowrank_potts"], module.__name__
+        assert "--forms FORM [FORM ...]" in module.build_parser().format_help()
+        with pytest.raises(SystemExit):
+            module.build_parser().parse_args(["--forms", "grid,lowrank"])
+    assert convergence.build_parser().parse_args([]).forms == list(problems.FORMS)
+
+
+@pytest.mark.skipif(cupy_available(), reason="a GPU is present")
+@pytest.mark.parametrize("name", ["timing_video", "meanfield"])
+def test_gpu_backend_fails_clearly_without_cupy_from_the_command_line(name, tmp_path):
+    proc = _run([f"studies.{name}", "--quick", "--backend", "gpu", "--out", str(tmp_path)])
+    assert proc.returncode != 0 and "CuPy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_progress_log_without_a_terminal():
+    stream = io.StringIO()
+    with Progress(150, "items", stream=stream) as bar:
+        for _ in range(150):
+            bar.update()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and lines[-1].startswith("items: 150/150")
+    assert 10 <= len(lines) <= 12  # a tenth at a time
+    stream = io.StringIO()
+    with Progress(3, "steps", stream=stream) as bar:  # announced steps complete on close
+        for k in range(3):
+            bar(f"steps: #{k}")
+    assert stream.getvalue().splitlines()[-1].startswith("steps: #2: 3/3")
+
+
+def test_speed_words():
+    assert speed_words(1.0, 2.5) == "2.5x faster"
+    assert speed_words(3.0, 2.0) == "1.5x slower"
+    assert speed_words(None, 1.0) is None
+    rows = [dict(family="f", case="c", what="w", time_s=0.001, peer="p", peer_time_s=0.004, target="t", met=True)]
+    assert "4.0x faster" in timing_table(rows) and "1.000" not in timing_table(rows)
+    assert timing_summary(rows).startswith("targets: 1 met, 0 missed")
+
+
+def _convergence_quick(quick_runs):
+    out, proc = quick_runs("convergence")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_runs):
+    return _convergence_quick(quick_runs)
 
 
 def test_convergence_quick_writes_every_file(quick_run):
@@ -129,9 +282,9 @@ def test_gpu_backend_fails_cleanly_without_cupy(tmp_path):
         convergence.main(["--quick", "--backend", "gpu", "--out", str(tmp_path)])
 
 
-def test_timing_quick_runs_end_to_end(tmp_path):
-    out = tmp_path / "timing"
-    assert timing.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+def test_timing_quick_runs_end_to_end(quick_runs):
+    out, proc = quick_runs("timing")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "timing.json").read_text())
     rows = record["rows"]
     families = {r.get("family") for r in rows}
@@ -143,6 +296,8 @@ def test_timing_quick_runs_end_to_end(tmp_path):
     photo = [r for r in rows if r["entry"] == timing.PHOTO_ENTRY]
     assert len(photo) == 1 and photo[0]["rel_residual"] < 1e-8
     assert (out / "timing.md").read_text().count("\n|") >= len(rows) + 1
+    for family in (*timing.FAMILIES, "photo"):
+        assert (out / f"timing_{family}.png").stat().st_size > 0, family
 
 
 def test_timing_reports_a_missing_family_instead_of_failing():
@@ -159,7 +314,7 @@ def test_common_helpers(tmp_path):
     with Progress(3, "t", enabled=False) as bar:
         bar.update()
         bar("message")
-    assert bar.count == 1
+    assert bar.count == 2  # the step announced by the call completes on close
 
 
 def test_photo_comparison_skips_cleanly_without_the_peer(monkeypatch):
