@@ -13,6 +13,7 @@ from solvers.backend import (  # noqa: F401
     is_cupy_array,
     linalg_module,
     linear_operator_class,
+    sparse_linalg_module,
     sparse_module,
     synchronize,
     to_device,

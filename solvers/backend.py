@@ -19,6 +19,7 @@ __all__ = [
     "get_array_module",
     "is_cupy_array",
     "sparse_module",
+    "sparse_linalg_module",
     "linalg_module",
     "linear_operator_class",
     "from_dlpack",
@@ -97,6 +98,15 @@ def sparse_module(xp) -> types.ModuleType:
         return sp
     import cupyx.scipy.sparse as csp
     return csp
+
+
+def sparse_linalg_module(xp) -> types.ModuleType:
+    """``scipy.sparse.linalg`` for NumPy, ``cupyx.scipy.sparse.linalg`` for CuPy (``splu``, ``eigsh``)."""
+    if xp is np:
+        import scipy.sparse.linalg as spla
+        return spla
+    import cupyx.scipy.sparse.linalg as cspla
+    return cspla
 
 
 def linalg_module(xp) -> types.ModuleType:

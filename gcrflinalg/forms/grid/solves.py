@@ -16,7 +16,7 @@ import numpy as np
 
 from solvers import cg
 
-from ...backend import to_host
+from ...backend import sparse_linalg_module, to_host
 from ...results import direct_result, make_result, not_positive_definite
 from . import kernels
 from .kernels import shifted_weight_cg, weight_product
@@ -177,11 +177,7 @@ def _sparse_factor(op, index):
     factors = op.__dict__.setdefault("_factors", {})
     if index not in factors:
         mat = op.to_sparse(index).tocsc()
-        if op.xp is np:
-            from scipy.sparse.linalg import splu
-        else:
-            from cupyx.scipy.sparse.linalg import splu
-        factors[index] = splu(mat).solve
+        factors[index] = sparse_linalg_module(op.xp).splu(mat).solve
     return factors[index]
 
 
