@@ -28,11 +28,11 @@ OFFSETS = {
 }
 
 
-def dense_grid_general(pairwise, lam, nbhd):
-    """M of 3.1 for one system, by explicit loops over edges and label pairs."""
-    K, L, _, H, W = pairwise.shape
+def dense_grid_coupling(block, L, H, W, nbhd):
+    """``A`` of a grid form (3.1/3.2) by explicit loops: ``block(k, i, j)`` is the ``L x L`` block of
+    edge ``k`` at pixel ``(i, j)``, placed at ``(p, q)`` and, transposed, at ``(q, p)``."""
     P = H * W
-    M = lam * np.eye(L * P)
+    A = np.zeros((L * P, L * P))
     for k, (di, dj) in enumerate(OFFSETS[nbhd]):
         for i in range(H):
             for j in range(W):
@@ -40,31 +40,25 @@ def dense_grid_general(pairwise, lam, nbhd):
                 if not (0 <= ii < H and 0 <= jj < W):
                     continue
                 p, q = i * W + j, ii * W + jj
+                blk = block(k, i, j)
                 for m in range(L):
                     for n in range(L):
-                        M[m * P + p, n * P + q] += pairwise[k, m, n, i, j]
-                        M[n * P + q, m * P + p] += pairwise[k, m, n, i, j]
-    return M
+                        A[m * P + p, n * P + q] += blk[m, n]
+                        A[n * P + q, m * P + p] += blk[m, n]
+    return A
+
+
+def dense_grid_general(pairwise, lam, nbhd):
+    """M of 3.1 for one system: ``A[(m,p),(n,q)] = pairwise[k, m, n, i, j]``."""
+    K, L, _, H, W = pairwise.shape
+    return lam * np.eye(L * H * W) + dense_grid_coupling(lambda k, i, j: pairwise[k, :, :, i, j], L, H, W, nbhd)
 
 
 def dense_grid_potts(weights, lam, L, nbhd):
-    """M of 3.2 for one system: A[(m,p),(n,q)] = w[k,i,j] for m != n."""
+    """M of 3.2 for one system: ``A[(m,p),(n,q)] = w[k,i,j]`` for ``m != n``."""
     K, H, W = weights.shape
-    P = H * W
-    M = lam * np.eye(L * P)
-    for k, (di, dj) in enumerate(OFFSETS[nbhd]):
-        for i in range(H):
-            for j in range(W):
-                ii, jj = i + di, j + dj
-                if not (0 <= ii < H and 0 <= jj < W):
-                    continue
-                p, q = i * W + j, ii * W + jj
-                for m in range(L):
-                    for n in range(L):
-                        if m != n:
-                            M[m * P + p, n * P + q] += weights[k, i, j]
-                            M[n * P + q, m * P + p] += weights[k, i, j]
-    return M
+    off = 1.0 - np.eye(L)
+    return lam * np.eye(L * H * W) + dense_grid_coupling(lambda k, i, j: weights[k, i, j] * off, L, H, W, nbhd)
 
 
 def dense_multires(params, lam, levels, cross_forms, L):

@@ -13,6 +13,7 @@ import pytest
 
 from gcrflinalg import problems
 from gcrflinalg.backend import to_host
+from operator_cases import dense_grid_coupling
 
 OPERATOR_MODULES = {
     "grid": "gcrflinalg.forms.grid",
@@ -32,42 +33,18 @@ def _needs_operator(form):
 
 
 # --------------------------------------------------------------------------- dense references
-def _offsets(neighbourhood):
-    return {4: [(0, 1), (1, 0)], 8: [(0, 1), (1, 0), (1, 1), (1, -1)],
-            12: [(0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0)]}[neighbourhood]
-
-
-def _dense_grid_A(block, L, h, w, neighbourhood):
-    """``A`` of a grid form; ``block(k, i, j)`` is the L x L block of edge k at pixel (i, j)."""
-    P = h * w
-    A = np.zeros((L * P, L * P))
-    for k, (di, dj) in enumerate(_offsets(neighbourhood)):
-        for i in range(h):
-            for j in range(w):
-                qi, qj = i + di, j + dj
-                if not (0 <= qi < h and 0 <= qj < w):
-                    continue
-                p, q = i * w + j, qi * w + qj
-                blk = block(k, i, j)
-                for m in range(L):
-                    for n in range(L):
-                        A[m * P + p, n * P + q] += blk[m, n]
-                        A[n * P + q, m * P + p] += blk[m, n]
-    return A
-
-
 def dense_reference(form, params, meta):
     """``M = lam I + A`` of a problem, from DESIGN.md 3.1-3.6 (N x N, float64)."""
     L = meta["num_labels"]
     if form == "grid":
         h, w = meta["image_shape"]
         pw = params["pairwise"]
-        A = _dense_grid_A(lambda k, i, j: pw[k, :, :, i, j], L, h, w, params["neighbourhood"])
+        A = dense_grid_coupling(lambda k, i, j: pw[k, :, :, i, j], L, h, w, params["neighbourhood"])
     elif form == "grid_potts":
         h, w = meta["image_shape"]
         wt = params["weights"]
         potts = 1.0 - np.eye(L)
-        A = _dense_grid_A(lambda k, i, j: wt[k, i, j] * potts, L, h, w, params["neighbourhood"])
+        A = dense_grid_coupling(lambda k, i, j: wt[k, i, j] * potts, L, h, w, params["neighbourhood"])
     elif form == "multires":
         sizes = [tuple(s) for s in meta["level_shapes"]]
         potts = params["potts"]
@@ -75,10 +52,10 @@ def dense_reference(form, params, meta):
         for s, (hs, ws) in enumerate(sizes):
             lv = params["levels"][s]
             if potts:
-                blocks.append(_dense_grid_A(lambda k, i, j, lv=lv: lv[k, i, j] * (1.0 - np.eye(L)), L, hs, ws,
+                blocks.append(dense_grid_coupling(lambda k, i, j, lv=lv: lv[k, i, j] * (1.0 - np.eye(L)), L, hs, ws,
                                             params["neighbourhood"]))
             else:
-                blocks.append(_dense_grid_A(lambda k, i, j, lv=lv: lv[k, :, :, i, j], L, hs, ws,
+                blocks.append(dense_grid_coupling(lambda k, i, j, lv=lv: lv[k, :, :, i, j], L, hs, ws,
                                             params["neighbourhood"]))
         starts = np.cumsum([0] + [L * hs * ws for hs, ws in sizes])
         A = np.zeros((starts[-1], starts[-1]))
