@@ -141,7 +141,7 @@ def test_float32_solve_and_nonconvergence_raises(rng):
                          ids=["two_levels", "three_levels"])
 def test_check_grads_multires(level_forms, rng):
     L, sizes = 2, [(4, 4), (2, 2), (1, 1)][: len(level_forms)]
-    levels = [jnp.asarray(0.2 * rng.standard_normal(((2, L, L) if f == "general" else (2,)) + hw)))
+    levels = [jnp.asarray(0.2 * rng.standard_normal(((2, L, L) if f == "general" else (2,)) + hw))
               for f, hw in zip(level_forms, sizes)]
     cross = [jnp.asarray(0.2 * rng.standard_normal(((L, L) if f == "general" else ()) + sizes[s]))
              for s, f in enumerate(level_forms[:-1])]

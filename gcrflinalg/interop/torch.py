@@ -510,7 +510,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if "torch" in sys.modules:
+if sys.modules.get("torch") is not None:
     # register the operators now, so that torch.compile never traces their registration (which
     # imports); otherwise the first call of gcrf_solve or a layer's construction registers them
     _operators()
