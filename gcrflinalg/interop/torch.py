@@ -1,18 +1,29 @@
 """Differentiable G-CRF layers for PyTorch.
 
 :func:`gcrf_solve` solves ``(A + lam I) x = b`` for a batch of G-CRFs of one form and is
-differentiable in the unaries ``b``, every parameter of ``A`` and ``lam``.  It is a
-:class:`torch.autograd.Function`: the forward pass calls :func:`gcrflinalg.solve`, the backward pass
-:func:`gcrflinalg.adjoint_solve` on the same operator (so a ``method="direct"`` factorisation is
-computed once and reused) and ``parameter_gradients`` (DESIGN.md section 5)::
+differentiable in the unaries ``b``, every parameter of ``A`` and ``lam``.  It calls the PyTorch
+custom operator ``torch.ops.gcrflinalg.solve`` (``torch.library.custom_op`` with a fake
+implementation, an autograd formula and a vmap rule): the forward pass calls
+:func:`gcrflinalg.solve`, the backward pass (``torch.ops.gcrflinalg.solve_backward`` when traced)
+:func:`gcrflinalg.adjoint_solve` on the same operator (in eager mode a ``method="direct"``
+factorisation is computed once and reused) and ``parameter_gradients`` (DESIGN.md section 5)::
 
     x = M^{-1} b,   g = M^{-1} dL/dx,   dL/db = g,   dL/dtheta = -g^T (dM/dtheta) x.
 
 Tensors cross into the core through DLPack without copying: CPU tensors become NumPy arrays, CUDA
-tensors CuPy arrays (CuPy required), and results come back the same way.
+tensors CuPy arrays (CuPy required, its work queued on PyTorch's current stream), and results come
+back the same way.
+
+``torch.compile``: the options are validated in Python (one graph break before the solve); the
+solve and its backward are single opaque nodes whose output shapes come from the fake
+implementation, so tracing, including with dynamic shapes, runs no solve.  ``torch.func.vmap``
+works (the mapped axis becomes a batch axis); ``torch.func.grad`` is refused by PyTorch for this
+operator (use ``backward`` / ``torch.autograd.grad``).  Second-order gradients are not supported:
+differentiating a gradient that went through the solve (``create_graph=True``) raises
+``RuntimeError`` instead of returning zero.
 
 The layer modules (:class:`GridGCRFLayer`, :class:`GridPottsGCRFLayer`, :class:`LowRankGCRFLayer`,
-:class:`LowRankPottsGCRFLayer`, :class:`VideoGCRFLayer`) wrap :func:`gcrf_solve` for use inside a
+:class:`LowRankPottsGCRFLayer`, :class:`VideoGCRFLayer`, :class:`MultiResGCRFLayer`) wrap :func:`gcrf_solve` for use inside a
 network: the structural parameters arrive as ``forward`` inputs (typically produced by a head of the
 network), ``lam`` is the module's own, optionally learnt, parameter.
 
@@ -315,9 +326,10 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
 
     Parameters
     ----------
-    form : {"grid", "grid_potts", "lowrank", "lowrank_potts", "video"}
+    form : {"grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video"}
         The precision-matrix form (DESIGN.md section 3).
-    b : torch.Tensor, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``)
+    b : torch.Tensor, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``,
+        ``(*batch, N)`` for ``"multires"``, the levels' flat ``(L, H_s, W_s)`` vectors, finest first)
         Unary scores, float32 or float64.
     *params : torch.Tensor
         The form's parameters, laid out as the operator constructors take them:
@@ -327,6 +339,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
         - ``"lowrank"``: ``embeddings`` ``(*batch, D, L, H, W)``
         - ``"lowrank_potts"``: ``embeddings`` ``(*batch, D, H, W)``
         - ``"video"``: ``spatial`` ``(*batch, V, Ds, L, H, W)``, ``temporal`` ``(*batch, V, Dt, L, H, W)``
+        - ``"multires"`` with ``level_forms`` of length ``S``: ``S`` level tensors (``"general"``:
+          ``(*batch, K, L, L, H_s, W_s)``, ``"potts"``: ``(*batch, K, H_s, W_s)``), then ``S - 1``
+          couplings ``cross[s]`` (general ``(*batch, L, L, H_s, W_s)``, Potts ``(*batch, H_s, W_s)``)
 
         Batch shapes broadcast against each other and ``b``'s: a parameter without batch axes is
         shared by all systems (its gradient is summed over them).  Same dtype and device as ``b``.
@@ -350,7 +365,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     **form_options
         The constructor keywords: ``neighbourhood`` (grid forms: 4, 8, 12; video: ``"fc"`` or a set
         of frame distances), ``num_labels`` (Potts forms; default ``b.shape[-3]``) and ``product``
-        (video: ``"cached"`` or ``"pairwise"``).
+        (video: ``"cached"`` or ``"pairwise"``); multires: ``level_forms`` (required),
+        ``neighbourhood`` (one or one per level), ``cross_forms`` and ``num_labels`` (required when
+        every level is Potts).
 
     Returns
     -------
