@@ -123,7 +123,7 @@ def test_registry_builds_every_builtin_problem(form):
 def test_layers_read_the_registry():
     from gcrflinalg.interop import _forms
 
-    assert set(_forms.FORMS) == {name for name, spec in FORMS.items() if spec.parameters}
+    assert set(_forms.FORMS) == {name for name, spec in FORMS.items() if spec.parameters or spec.layout}
     assert all(_forms.FORMS[name] is FORMS[name] for name in _forms.FORMS)
     torch = pytest.importorskip("torch")  # noqa: F841
     from gcrflinalg.interop import torch as layers

@@ -135,3 +135,18 @@ def test_float32_solve_and_nonconvergence_raises(rng):
     assert isinstance(info.value, (NotConvergedError, RuntimeError))
     with pytest.raises(ValueError, match="form must be one of"):
         gjax.gcrf_solve("dense", b, psi, lam=lam)
+
+
+@pytest.mark.parametrize("level_forms", [("general", "potts"), ("potts", "general", "potts")],
+                         ids=["two_levels", "three_levels"])
+def test_check_grads_multires(level_forms, rng):
+    L, sizes = 2, [(4, 4), (2, 2), (1, 1)][: len(level_forms)]
+    levels = [jnp.asarray(0.2 * rng.standard_normal(((2, L, L) if f == "general" else (2,)) + hw))
+              for f, hw in zip(level_forms, sizes)]
+    cross = [jnp.asarray(0.2 * rng.standard_normal(((L, L) if f == "general" else ()) + sizes[s]))
+             for s, f in enumerate(level_forms[:-1])]
+    b = jnp.asarray(rng.standard_normal(L * sum(h * w for h, w in sizes)))
+    opts = dict(level_forms=level_forms, num_labels=L, neighbourhood=4, **TIGHT)
+    f = lambda lm, bb, *ps: gjax.gcrf_solve("multires", bb, *ps, lam=lm, **opts)  # noqa: E731
+    check_grads(f, (jnp.asarray(4.5), b, *levels, *cross), order=1, modes=["rev"], eps=1e-6,
+                atol=1e-6, rtol=1e-5)

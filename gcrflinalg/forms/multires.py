@@ -20,8 +20,9 @@ from ..operator import GCRFOperator
 from .._validation import as_parameter
 from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
 from .grid.solves import gershgorin_lanczos_check, sparse_direct_solve
+from .registry import ParameterLayout
 
-__all__ = ["MultiResGCRF", "GeneralLevel", "PottsLevel"]
+__all__ = ["MultiResGCRF", "GeneralLevel", "PottsLevel", "layer_layout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,3 +348,50 @@ def _rebuild(op, dtype, lam):
         return GridGCRF(op.pairwise.astype(dtype), lam, op.neighbourhood)
     return GridPottsGCRF(op.weights.astype(dtype), lam, op.num_labels, op.neighbourhood)
 
+
+
+def layer_layout(options) -> ParameterLayout:
+    """The parameter tensors of a multires layer call (the form registry's ``layout`` hook).
+
+    ``options``: ``level_forms`` (required; ``"general"`` / ``"potts"`` per level, finest first,
+    its length is ``S``), ``neighbourhood`` (one for every level or one per level; default 4),
+    ``cross_forms`` (as :class:`MultiResGCRF`; default: the form of the finer level) and
+    ``num_labels`` (required when every level is Potts).  The parameters are the ``S`` level
+    tensors (``levels[s].pairwise`` ``(K, L, L, H_s, W_s)`` or ``levels[s].weights``
+    ``(K, H_s, W_s)``), then the ``S - 1`` couplings ``cross[s]`` (``(L, L, H_s, W_s)`` general or
+    ``(H_s, W_s)`` Potts), each with leading batch axes.
+    """
+    level_forms = options.get("level_forms")
+    if isinstance(level_forms, str):
+        level_forms = (level_forms,)
+    if not level_forms or any(f not in _FORMS for f in level_forms):
+        raise ValueError("form 'multires' needs level_forms, a tuple of 'general' / 'potts' per level "
+                         f"(finest first); got {level_forms!r}")
+    level_forms = tuple(level_forms)
+    S = len(level_forms)
+    neighbourhood = options.get("neighbourhood", 4)
+    neighbourhoods = (tuple(neighbourhood) if isinstance(neighbourhood, (tuple, list))
+                      else (neighbourhood,) * S)
+    if len(neighbourhoods) != S:
+        raise ValueError(f"neighbourhood must be one value or {S} (one per level); got {neighbourhood!r}")
+    cross_forms = options.get("cross_forms")
+    if cross_forms is None:
+        cross_forms = level_forms[:-1]
+    elif isinstance(cross_forms, str):
+        cross_forms = (cross_forms,) * (S - 1)
+    cross_forms = tuple(cross_forms)
+    if len(cross_forms) != S - 1 or any(f not in _FORMS for f in cross_forms):
+        raise ValueError(f"cross_forms must be 'general', 'potts' or {S - 1} of them; got {cross_forms!r}")
+    num_labels = options.get("num_labels")
+    parameters = [(f"levels[{s}].pairwise", "K, L, L, H, W") if f == "general" else
+                  (f"levels[{s}].weights", "K, H, W") for s, f in enumerate(level_forms)]
+    parameters += [(f"cross[{s}]", "L, L, H, W") if f == "general" else (f"cross[{s}]", "H, W")
+                   for s, f in enumerate(cross_forms)]
+
+    def build(params, lam):
+        params = list(params)
+        levels = [GeneralLevel(p, nb) if f == "general" else PottsLevel(p, nb)
+                  for p, f, nb in zip(params[:S], level_forms, neighbourhoods)]
+        return MultiResGCRF(levels, params[S:], lam, num_labels=num_labels, cross_forms=cross_forms)
+
+    return ParameterLayout(tuple(parameters), build)

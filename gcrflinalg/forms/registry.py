@@ -18,13 +18,47 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-__all__ = ["FormSpec", "FORMS", "register", "get_form", "form_names", "resolve"]
+__all__ = ["FormSpec", "ParameterLayout", "FORMS", "register", "get_form", "form_names", "resolve"]
 
 
 def resolve(path: str):
     """The object named ``"package.module:attribute"``."""
     module, _, attribute = path.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def _axes_ndim(axes: str) -> int:
+    return len(axes.split(","))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterLayout:
+    """The parameters of one call of a form's differentiable layer, and how they build the operator.
+
+    For a form with plain parameters this is the form's own ``parameters``; for a structured form
+    (multires) the number, names and trailing shapes of the parameters follow from the layer's
+    options (number and kind of levels, ...).  Made by :meth:`FormSpec.parameter_layout`.
+
+    Attributes
+    ----------
+    parameters : tuple of (str, str)
+        ``(name, trailing axes)`` per parameter tensor, in the order the layer takes them; the names
+        are the keys of the operator's ``parameter_gradients``.
+    build : callable
+        ``build(params, lam) -> operator`` from a sequence of (NumPy/CuPy) parameter arrays.
+    """
+
+    parameters: tuple
+    build: object
+
+    @property
+    def parameter_names(self) -> tuple:
+        return tuple(name for name, _ in self.parameters)
+
+    @property
+    def parameter_ndims(self) -> tuple:
+        """Number of trailing (non-batch) axes of each parameter."""
+        return tuple(_axes_ndim(axes) for _, axes in self.parameters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +92,14 @@ class FormSpec:
         ``builder(params, arr) -> operator``, building the operator from its problem's parameters
         (``arr`` casts each array to the wanted backend and dtype).  Empty otherwise: the operator
         is ``Class(*parameters, lam, **constructor_options)``.
+    layer_options : tuple of str
+        Keywords of the differentiable layer when they are not ``constructor_options`` (structured
+        forms); empty otherwise.
+    layout : str
+        For forms with structured parameters: import path of ``layout(options) ->``
+        :class:`ParameterLayout`, giving the layer's parameter tensors for the layer options
+        ``options`` (a dict) and the way they build the operator.  Empty otherwise: the layout is
+        ``parameters`` and ``Class(*params, lam, **options)``.
     """
 
     name: str
@@ -70,6 +112,8 @@ class FormSpec:
     problem: str
     exports: tuple = ()
     builder: str = ""
+    layer_options: tuple = ()
+    layout: str = ""
 
     @property
     def module(self) -> str:
@@ -87,11 +131,37 @@ class FormSpec:
     @property
     def parameter_ndims(self) -> tuple:
         """Number of trailing (non-batch) axes of each parameter."""
-        return tuple(len(axes.split(",")) for _, axes in self.parameters)
+        return tuple(_axes_ndim(axes) for _, axes in self.parameters)
 
     @property
     def vector_ndim(self) -> int:
-        return len(self.vector_axes.split(","))
+        return _axes_ndim(self.vector_axes)
+
+    @property
+    def vector_axis_names(self) -> tuple:
+        return tuple(axis.strip() for axis in self.vector_axes.split(","))
+
+    @property
+    def has_layer(self) -> bool:
+        """Whether the form has a differentiable layer (plain parameters or a ``layout`` hook)."""
+        return bool(self.parameters or self.layout)
+
+    @property
+    def layer_option_names(self) -> tuple:
+        """The keywords the layer takes besides the parameters, ``lam`` and the solver options."""
+        return self.layer_options or self.constructor_options
+
+    def parameter_layout(self, options=None) -> ParameterLayout:
+        """The :class:`ParameterLayout` of a layer call with the layer options ``options``."""
+        options = dict(options or {})
+        if self.layout:
+            return resolve(self.layout)(options)
+        cls_path = self.operator
+
+        def build(params, lam):
+            return resolve(cls_path)(*params, lam, **options)
+
+        return ParameterLayout(self.parameters, build)
 
     @property
     def needs_num_labels(self) -> bool:
@@ -147,7 +217,9 @@ register(FormSpec(
     name="multires", title="multi-resolution (3.3)", operator="gcrflinalg.forms.multires:MultiResGCRF",
     parameters=(), vector_axes="N", constructor_options=("num_labels", "cross_forms"),
     layer="MultiResGCRFLayer", problem=f"{_PARAMS}:multires_params",
-    exports=("MultiResGCRF", "GeneralLevel", "PottsLevel"), builder=f"{_PARAMS}:build_multires"))
+    exports=("MultiResGCRF", "GeneralLevel", "PottsLevel"), builder=f"{_PARAMS}:build_multires",
+    layer_options=("level_forms", "neighbourhood", "num_labels", "cross_forms"),
+    layout="gcrflinalg.forms.multires:layer_layout"))
 register(FormSpec(
     name="lowrank", title="low-rank, general (3.4)", operator="gcrflinalg.forms.lowrank:LowRankGCRF",
     parameters=(("embeddings", "D, L, H, W"),), vector_axes="L, H, W", constructor_options=(),

@@ -1,7 +1,7 @@
 """Differentiable G-CRF layers for deep-learning frameworks.
 
 - :mod:`gcrflinalg.interop.torch`: :func:`~gcrflinalg.interop.torch.gcrf_solve` (a
-  ``torch.autograd.Function``) and one ``torch.nn.Module`` layer per form.
+  PyTorch custom operator, ``torch.compile``-able) and one ``torch.nn.Module`` layer per form.
 - :mod:`gcrflinalg.interop.jax`: :func:`~gcrflinalg.interop.jax.gcrf_solve` (a ``jax.custom_vjp``
   function running the solves on the CPU through ``jax.pure_callback``).
 

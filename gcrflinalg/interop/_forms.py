@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..forms.registry import FORMS as REGISTRY
-from ..forms.registry import FormSpec
+from ..forms.registry import FormSpec, ParameterLayout
 from ..solve import adjoint_solve, solve
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "make_config",
     "broadcast_batch_shape",
     "build_operator",
+    "with_labels",
     "forward_solve",
     "backward_solve",
 ]
@@ -48,8 +49,8 @@ class NotConvergedWarning(RuntimeWarning):
 
 
 #: the forms that have a differentiable layer, name -> :class:`~gcrflinalg.forms.registry.FormSpec`
-#: (read from the form registry: every form whose parameters are plain arrays)
-FORMS = {name: spec for name, spec in REGISTRY.items() if spec.parameters}
+#: (read from the form registry: every form with plain parameters or a parameter-layout hook)
+FORMS = {name: spec for name, spec in REGISTRY.items() if spec.has_layer}
 
 
 def get_form(name) -> FormSpec:
@@ -70,17 +71,33 @@ class SolveConfig:
     ----------
     form : FormSpec
     constructor_options : dict
-        Keywords for the operator constructor (``neighbourhood``, ``num_labels``).
+        The layer's form keywords (``neighbourhood``, ``num_labels``; ``level_forms`` ... for
+        multires).
     solver_options : dict
         Keywords for :func:`gcrflinalg.solve` / :func:`gcrflinalg.adjoint_solve` (``method``,
         ``rtol``, ``atol``, ``maxiter``, ...).
     on_nonconvergence : {"raise", "warn"}
+    layout : ParameterLayout
+        The parameter tensors of this call and the operator builder (from the form registry).
     """
 
     form: FormSpec
     constructor_options: dict
     solver_options: dict
     on_nonconvergence: str = "raise"
+    layout: ParameterLayout = None
+
+    def __post_init__(self):
+        if self.layout is None:
+            object.__setattr__(self, "layout", self.form.parameter_layout(self.constructor_options))
+
+    @property
+    def parameter_names(self) -> tuple:
+        return self.layout.parameter_names
+
+    @property
+    def parameter_ndims(self) -> tuple:
+        return self.layout.parameter_ndims
 
 
 def default_rtol(dtype) -> float:
@@ -98,8 +115,9 @@ def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0
     form : str
         One of :data:`FORMS`.
     vector_shape : tuple of int
-        Trailing shape of the unaries ``b``: ``(L, H, W)`` (``(V, L, H, W)`` for video); gives the
-        default ``num_labels`` of the Potts forms.
+        Trailing shape of the unaries ``b``: ``(L, H, W)`` (``(V, L, H, W)`` for video, ``(N,)`` for
+        multires); gives the default ``num_labels`` of the Potts forms (``None`` sizes: unknown
+        yet, see :func:`with_labels`).
     dtype : dtype
         The computational dtype (sets the default ``rtol``).
     method, rtol, atol, maxiter, check_pd
@@ -117,9 +135,9 @@ def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0
     """
     spec = get_form(form)
     form_options = dict(form_options or {})
-    unknown = set(form_options) - set(spec.constructor_options)
+    unknown = set(form_options) - set(spec.layer_option_names)
     if unknown:
-        allowed = spec.constructor_options + SOLVER_OPTIONS
+        allowed = spec.layer_option_names + SOLVER_OPTIONS
         raise TypeError(f"unknown option(s) {sorted(unknown)} for form {spec.name!r}; "
                         f"it takes {allowed}")
     if on_nonconvergence not in NONCONVERGENCE_POLICIES:
@@ -128,8 +146,11 @@ def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0
     if len(vector_shape) != spec.vector_ndim:
         raise ValueError(f"unaries of form {spec.name!r} need {spec.vector_ndim} trailing axes; "
                          f"got vector shape {vector_shape}")
-    if spec.needs_num_labels:
-        num_labels = vector_shape[-3]
+    if spec.needs_num_labels and "L" in spec.vector_axis_names:
+        num_labels = vector_shape[spec.vector_axis_names.index("L") - spec.vector_ndim]
+    else:
+        num_labels = None  # not in the vector shape, or not known yet (None): left to the operator
+    if num_labels is not None:
         given = form_options.setdefault("num_labels", num_labels)
         if int(given) != num_labels:
             raise ValueError(f"num_labels={given} but the unaries have {num_labels} labels "
@@ -145,15 +166,37 @@ def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0
         if key not in SOLVER_OPTIONS or key in ("method", "rtol", "atol", "maxiter", "check_pd"):
             raise TypeError(f"unknown solver option {key!r}; expected one of {SOLVER_OPTIONS}")
         solver_options[key] = value
-    return SolveConfig(spec, form_options, solver_options, on_nonconvergence)
+    return SolveConfig(spec, form_options, solver_options, on_nonconvergence,
+                       spec.parameter_layout(form_options))
 
 
-def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -> tuple:
+def with_labels(config: SolveConfig, vector_shape) -> SolveConfig:
+    """``config`` with the default ``num_labels`` of a Potts form read from the unaries' vector
+    shape (``config`` itself when it has it, or the form does not take it from there); a
+    ``num_labels`` that disagrees with the shape raises ``ValueError``."""
+    spec = config.form
+    if not (spec.needs_num_labels and "L" in spec.vector_axis_names):
+        return config
+    num_labels = int(tuple(vector_shape)[spec.vector_axis_names.index("L") - spec.vector_ndim])
+    given = config.constructor_options.get("num_labels")
+    if given is not None:
+        if int(given) != num_labels:
+            raise ValueError(f"num_labels={given} but the unaries have {num_labels} labels "
+                             f"(shape (..., L, H, W) = {tuple(vector_shape)})")
+        return config
+    options = dict(config.constructor_options, num_labels=num_labels)
+    return dataclasses.replace(config, constructor_options=options,
+                               layout=spec.parameter_layout(options))
+
+
+def broadcast_batch_shape(config, b_shape, param_shapes, lam_shape=()) -> tuple:
     """The common batch shape of the unaries, the parameters and ``lam``.
 
     Parameters
     ----------
-    spec : FormSpec
+    config : SolveConfig or FormSpec
+        The call's configuration (its parameter layout); a form with plain parameters may be
+        given by its :class:`FormSpec`.
     b_shape : tuple
         ``(*batch_b, *vector_shape)``.
     param_shapes : sequence of tuple
@@ -166,14 +209,18 @@ def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -
     tuple
         The broadcast of all batch shapes; a parameter without batch axes is shared by every system.
     """
-    if len(param_shapes) != len(spec.parameter_names):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter(s) "
-                        f"{spec.parameter_names}; got {len(param_shapes)}")
+    if isinstance(config, FormSpec):
+        spec, layout = config, config.parameter_layout()
+    else:
+        spec, layout = config.form, config.layout
+    if len(param_shapes) != len(layout.parameter_names):
+        raise TypeError(f"form {spec.name!r} takes {len(layout.parameter_names)} parameter(s) "
+                        f"{layout.parameter_names}; got {len(param_shapes)}")
     b_shape = tuple(b_shape)
     if len(b_shape) < spec.vector_ndim:
         raise ValueError(f"b must have at least {spec.vector_ndim} axes for form {spec.name!r}; got shape {b_shape}")
     batches = [b_shape[: len(b_shape) - spec.vector_ndim]]
-    for name, nd, shape in zip(spec.parameter_names, spec.parameter_ndims, param_shapes):
+    for name, nd, shape in zip(layout.parameter_names, layout.parameter_ndims, param_shapes):
         shape = tuple(shape)
         if len(shape) < nd:
             raise ValueError(f"{name} must have at least {nd} axes for form {spec.name!r}; got shape {shape}")
@@ -184,15 +231,14 @@ def broadcast_batch_shape(spec: FormSpec, b_shape, param_shapes, lam_shape=()) -
     except ValueError:
         raise ValueError(
             f"batch shapes do not broadcast: b {batches[0]}, "
-            + ", ".join(f"{n} {s}" for n, s in zip(spec.parameter_names, batches[1:-1]))
+            + ", ".join(f"{n} {s}" for n, s in zip(layout.parameter_names, batches[1:-1]))
             + f", lam {batches[-1]}"
         ) from None
 
 
 def build_operator(config: SolveConfig, params, lam):
     """The operator ``M = lam I + A`` of the configured form from (NumPy/CuPy/DLPack) parameters."""
-    cls = config.form.operator_class()
-    return cls(*params, lam, **config.constructor_options)
+    return config.layout.build(list(params), lam)
 
 
 def forward_solve(config: SolveConfig, op, b):

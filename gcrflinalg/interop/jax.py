@@ -42,15 +42,18 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
 
     Parameters
     ----------
-    form : {"grid", "grid_potts", "lowrank", "lowrank_potts", "video"}
+    form : {"grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video"}
         The precision-matrix form (DESIGN.md section 3).
-    b : jax.Array, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``)
+    b : jax.Array, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``,
+        ``(*batch, N)`` for ``"multires"``)
         Unary scores.
     *params : jax.Array
         The form's parameters, laid out as the operator constructors take them: ``pairwise``
         ``(*batch, K, L, L, H, W)`` (grid), ``weights`` ``(*batch, K, H, W)`` (grid_potts),
         ``embeddings`` ``(*batch, D, L, H, W)`` (lowrank) or ``(*batch, D, H, W)``
-        (lowrank_potts), ``spatial, temporal`` ``(*batch, V, D, L, H, W)`` (video).  Batch shapes
+        (lowrank_potts), ``spatial, temporal`` ``(*batch, V, D, L, H, W)`` (video); for multires the
+        ``S`` level tensors then the ``S - 1`` couplings, ``S = len(level_forms)`` (see
+        :func:`gcrflinalg.interop.torch.gcrf_solve`).  Batch shapes
         broadcast; a parameter without batch axes is shared by all systems.
     lam : float or jax.Array
         ``lam > 0``, scalar or one value per system; differentiable.
@@ -66,27 +69,29 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     """
     jax, jnp = _jax()
     spec = get_form(form)
-    if len(params) != len(spec.parameter_names):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter array(s) "
-                        f"{spec.parameter_names}; got {len(params)}")
     b = jnp.asarray(b)
     if not jnp.issubdtype(b.dtype, jnp.floating):
         raise TypeError(f"b must be a floating array; got {b.dtype}")
+    if b.ndim < spec.vector_ndim:
+        raise ValueError(f"b must have at least {spec.vector_ndim} axes for form {spec.name!r}; got shape {b.shape}")
+    vector_shape = tuple(b.shape[b.ndim - spec.vector_ndim:])
+    config = make_config(spec.name, vector_shape, np.dtype(b.dtype), method=method, rtol=rtol, atol=atol,
+                         maxiter=maxiter, on_nonconvergence=on_nonconvergence, check_pd=check_pd,
+                         form_options=form_options, extra_solver_options=solver_options)
+    names = config.parameter_names
+    if len(params) != len(names):
+        raise TypeError(f"form {spec.name!r} takes {len(names)} parameter array(s) {names}; got {len(params)}")
     params = [jnp.asarray(p) for p in params]
-    for name, p in zip(spec.parameter_names, params):
+    for name, p in zip(names, params):
         if p.dtype != b.dtype:
             raise TypeError(f"{name} has dtype {p.dtype} but b has {b.dtype}; use one dtype")
     if isinstance(lam, (int, float)) and not isinstance(lam, bool) and not lam > 0:
         raise ValueError(f"lam must be > 0 (M = A + lam I); got {lam!r}")
     lam = jnp.asarray(lam, dtype=b.dtype)
-    batch = broadcast_batch_shape(spec, b.shape, [p.shape for p in params], lam.shape)
-    vector_shape = tuple(b.shape[b.ndim - spec.vector_ndim:])
-    config = make_config(spec.name, vector_shape, np.dtype(b.dtype), method=method, rtol=rtol, atol=atol,
-                         maxiter=maxiter, on_nonconvergence=on_nonconvergence, check_pd=check_pd,
-                         form_options=form_options, extra_solver_options=solver_options)
+    batch = broadcast_batch_shape(config, b.shape, [p.shape for p in params], lam.shape)
     b = jnp.broadcast_to(b, batch + vector_shape)
     params = [jnp.broadcast_to(p, batch + tuple(p.shape[p.ndim - nd:]))
-              for p, nd in zip(params, spec.parameter_ndims)]
+              for p, nd in zip(params, config.parameter_ndims)]
     return _custom_vjp_solve(config)(lam, b, *params)
 
 
@@ -103,7 +108,7 @@ def _custom_vjp_solve(config):
         g, grads = backward_solve(config, op, np.asarray(x), np.asarray(grad_x))
         out = [np.asarray(grads["lam"], dtype=lam.dtype).reshape(lam.shape), np.asarray(g, dtype=x.dtype)]
         out += [np.asarray(grads[name], dtype=p.dtype).reshape(p.shape)
-                for name, p in zip(config.form.parameter_names, params)]
+                for name, p in zip(config.parameter_names, params)]
         return tuple(out)
 
     def shape_of(a):

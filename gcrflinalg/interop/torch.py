@@ -1,18 +1,29 @@
 """Differentiable G-CRF layers for PyTorch.
 
 :func:`gcrf_solve` solves ``(A + lam I) x = b`` for a batch of G-CRFs of one form and is
-differentiable in the unaries ``b``, every parameter of ``A`` and ``lam``.  It is a
-:class:`torch.autograd.Function`: the forward pass calls :func:`gcrflinalg.solve`, the backward pass
-:func:`gcrflinalg.adjoint_solve` on the same operator (so a ``method="direct"`` factorisation is
-computed once and reused) and ``parameter_gradients`` (DESIGN.md section 5)::
+differentiable in the unaries ``b``, every parameter of ``A`` and ``lam``.  It calls the PyTorch
+custom operator ``torch.ops.gcrflinalg.solve`` (``torch.library.custom_op`` with a fake
+implementation, an autograd formula and a vmap rule): the forward pass calls
+:func:`gcrflinalg.solve`, the backward pass (``torch.ops.gcrflinalg.solve_backward`` when traced)
+:func:`gcrflinalg.adjoint_solve` on the same operator (in eager mode a ``method="direct"``
+factorisation is computed once and reused) and ``parameter_gradients`` (DESIGN.md section 5)::
 
     x = M^{-1} b,   g = M^{-1} dL/dx,   dL/db = g,   dL/dtheta = -g^T (dM/dtheta) x.
 
 Tensors cross into the core through DLPack without copying: CPU tensors become NumPy arrays, CUDA
-tensors CuPy arrays (CuPy required), and results come back the same way.
+tensors CuPy arrays (CuPy required, its work queued on PyTorch's current stream), and results come
+back the same way.
+
+``torch.compile``: the options are validated in Python (one graph break before the solve); the
+solve and its backward are single opaque nodes whose output shapes come from the fake
+implementation, so tracing, including with dynamic shapes, runs no solve.  ``torch.func.vmap``
+works (the mapped axis becomes a batch axis); ``torch.func.grad`` is refused by PyTorch for this
+operator (use ``backward`` / ``torch.autograd.grad``).  Second-order gradients are not supported:
+differentiating a gradient that went through the solve (``create_graph=True``) raises
+``RuntimeError`` instead of returning zero.
 
 The layer modules (:class:`GridGCRFLayer`, :class:`GridPottsGCRFLayer`, :class:`LowRankGCRFLayer`,
-:class:`LowRankPottsGCRFLayer`, :class:`VideoGCRFLayer`) wrap :func:`gcrf_solve` for use inside a
+:class:`LowRankPottsGCRFLayer`, :class:`VideoGCRFLayer`, :class:`MultiResGCRFLayer`) wrap :func:`gcrf_solve` for use inside a
 network: the structural parameters arrive as ``forward`` inputs (typically produced by a head of the
 network), ``lam`` is the module's own, optionally learnt, parameter.
 
@@ -20,14 +31,18 @@ PyTorch is imported on first use only; ``import gcrflinalg.interop.torch`` works
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import sys
+import threading
 
 import numpy as np
 
 from ..backend import from_dlpack
 from ._forms import (FORMS, NotConvergedError, NotConvergedWarning, backward_solve,
-                     broadcast_batch_shape, build_operator, forward_solve, get_form, make_config)
+                     build_operator, forward_solve, get_form, make_config,
+                     with_labels)
 
 __all__ = [
     "gcrf_solve",
@@ -44,11 +59,17 @@ __all__ = [
 ]
 
 
+_TORCH = None
+
+
 def _torch():
-    try:
-        return importlib.import_module("torch")
-    except ImportError as err:
-        raise ImportError("gcrflinalg.interop.torch needs PyTorch: pip install gcrflinalg[torch]") from err
+    global _TORCH
+    if _TORCH is None:
+        try:
+            _TORCH = importlib.import_module("torch")
+        except ImportError as err:
+            raise ImportError("gcrflinalg.interop.torch needs PyTorch: pip install gcrflinalg[torch]") from err
+    return _TORCH
 
 
 # ---------------------------------------------------------------------------- DLPack in and out
@@ -87,57 +108,216 @@ def to_tensor(array, like=None):
     return tensor
 
 
-# ---------------------------------------------------------------------------- autograd function
-def _function_class():
+# ---------------------------------------------------------------------------- custom operators
+#: name of the torch.library namespace of the operators
+NAMESPACE = "gcrflinalg"
+
+#: config key -> SolveConfig of every configuration seen in this process (the custom operators take
+#: the key, a string, since their schema holds tensors and simple scalars only)
+_CONFIGS: dict = {}
+
+#: thread id -> (data pointer of x, operator) of the last forward solve with an input that requires
+#: grad: handed from the operator's kernel to its autograd ``setup_context`` (which runs right after
+#: it, on the same thread) so that the backward pass reuses the forward operator and its
+#: factorisation.  At most one entry per thread, replaced by the next solve (a solve under
+#: ``torch.no_grad()`` keeps its operator here until then).
+_PENDING: dict = {}
+
+_OPS = None
+
+SECOND_ORDER_MESSAGE = (
+    "second-order gradients through the G-CRF solve are not supported: the backward pass of "
+    "gcrflinalg.interop.torch.gcrf_solve is not itself differentiable.  First-order gradients "
+    "(loss.backward(), torch.autograd.grad, torch.func.grad, torch.compile) are; differentiate a "
+    "gradient that went through the solve by finite differences instead")
+
+
+def config_key(config) -> str:
+    """The string that names a :class:`~gcrflinalg.interop._forms.SolveConfig` in the operators'
+    calls (registered in :data:`_CONFIGS`)."""
+    key = repr((config.form.name,
+                tuple(sorted(config.constructor_options.items(), key=lambda kv: kv[0])),
+                tuple(sorted(config.solver_options.items(), key=lambda kv: kv[0])),
+                config.on_nonconvergence))
+    _CONFIGS.setdefault(key, config)
+    return key
+
+
+def _config(key):
+    try:
+        return _CONFIGS[key]
+    except KeyError:
+        raise RuntimeError(f"unknown G-CRF solve configuration {key!r}: the operator was called "
+                           "outside gcrf_solve (or in a process where gcrf_solve never ran with it)") from None
+
+
+def _stream(device):
+    """Context in which CuPy work is queued on PyTorch's current stream of ``device`` (a no-op on
+    the CPU): inputs written by PyTorch are ready for it and its outputs are ready for PyTorch's
+    later work on that stream, without a device-wide synchronisation."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
     torch = _torch()
-    from torch.autograd.function import once_differentiable
-
-    class GCRFSolveFunction(torch.autograd.Function):
-        """``x = (A(params) + lam I)^{-1} b`` with the adjoint-based backward pass."""
-
-        @staticmethod
-        def forward(ctx, config, lam_value, lam_tensor, b, *params):
-            arrays = [to_array(p) for p in params]
-            lam = to_array(lam_tensor) if lam_tensor is not None else lam_value
-            op = build_operator(config, arrays, lam)
-            x_array = forward_solve(config, op, to_array(b))
-            x = to_tensor(x_array, like=b)
-            ctx.config = config
-            ctx.op = op  # holds a direct factorisation, if the solve made one, for backward
-            ctx.n_params = len(params)
-            ctx.has_lam = lam_tensor is not None
-            # saving x and the inputs lets autograd catch in-place changes made before backward
-            ctx.save_for_backward(x, *params, *([lam_tensor] if ctx.has_lam else []))
-            return x
-
-        @staticmethod
-        @once_differentiable
-        def backward(ctx, grad_x):
-            saved = ctx.saved_tensors  # checks the version counters
-            x, params = saved[0], saved[1: 1 + ctx.n_params]
-            need_lam, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-            need_params = ctx.needs_input_grad[4:]
-            gx = to_array(grad_x.to(dtype=x.dtype).contiguous())
-            g, grads = backward_solve(ctx.config, ctx.op, to_array(x), gx,
-                                      need_parameters=need_lam or any(need_params))
-            names = ctx.config.form.parameter_names
-            grad_b = to_tensor(g, like=x) if need_b else None
-            grad_params = [to_tensor(grads[n], like=p) if need else None
-                           for n, p, need in zip(names, params, need_params)]
-            grad_lam = to_tensor(grads["lam"], like=saved[-1]) if need_lam else None
-            return (None, None, grad_lam, grad_b, *grad_params)
-
-    return GCRFSolveFunction
+    cupy = importlib.import_module("cupy")
+    stream = torch.cuda.current_stream(device)
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, device.index))
+    return stack
 
 
-_FUNCTION = None
+def _view(tensor):
+    """Zero-copy NumPy/CuPy view of a tensor (inside :func:`_stream`: no synchronisation needed)."""
+    return from_dlpack(tensor.detach())
 
 
-def _solve_function():
-    global _FUNCTION
-    if _FUNCTION is None:
-        _FUNCTION = _function_class()
-    return _FUNCTION
+def _fresh(out, inputs):
+    """``out`` contiguous and sharing no memory with ``inputs`` (custom operators must not alias)."""
+    out = out.contiguous()
+    ptr = out.untyped_storage().data_ptr()
+    if any(t.untyped_storage().data_ptr() == ptr for t in inputs):
+        out = out.clone()
+    return out
+
+
+def _solve_kernel(b, params, lam, config):
+    cfg = with_labels(_config(config), b.shape)
+    # (autograd runs the kernel with grad mode off, so requires_grad alone says it may record it)
+    record = any(t.requires_grad for t in (b, lam, *params))
+    _PENDING.pop(threading.get_ident(), None)
+    with _stream(b.device):
+        op = build_operator(cfg, [_view(p) for p in params], _view(lam))
+        x = to_tensor(forward_solve(cfg, op, _view(b)), like=b)
+    x = _fresh(x, (b, lam, *params))
+    if record:  # autograd's setup_context runs next: hand it the operator
+        _PENDING[threading.get_ident()] = (x.data_ptr(), op)
+    return x
+
+
+def _solve_backward_kernel(grad_x, x, params, lam, config, need_parameters):
+    cfg = with_labels(_config(config), x.shape)
+    with _stream(x.device):
+        op = build_operator(cfg, [_view(p) for p in params], _view(lam))
+        g, grads = backward_solve(cfg, op, _view(x), _view(grad_x.to(dtype=x.dtype)),
+                                  need_parameters=need_parameters)
+        return _gradient_tensors(cfg, g, grads, x, params, lam, need_parameters)
+
+
+def _gradient_tensors(cfg, g, grads, x, params, lam, need_parameters):
+    torch = _torch()
+    inputs = (x, lam, *params)
+    grad_b = _fresh(to_tensor(g, like=x), inputs)
+    if not need_parameters:
+        return grad_b, [], torch.zeros_like(lam)
+    grad_params = [_fresh(to_tensor(grads[n], like=p).reshape(p.shape), inputs)
+                   for n, p in zip(cfg.parameter_names, params)]
+    grad_lam = _fresh(to_tensor(grads["lam"], like=lam).reshape(lam.shape), inputs)
+    return grad_b, grad_params, grad_lam
+
+
+def _take_pending(output):
+    pending = _PENDING.pop(threading.get_ident(), None)
+    if pending is None:
+        return None
+    try:
+        same = output.data_ptr() == pending[0]
+    except Exception:  # fake / functional tensors while tracing: no storage
+        return None
+    return pending[1] if same else None
+
+
+def _register_operators():
+    """Register ``gcrflinalg::solve`` and ``gcrflinalg::solve_backward`` with torch.library."""
+    torch = _torch()
+    @torch.library.custom_op(f"{NAMESPACE}::solve", mutates_args=(),
+                             schema="(Tensor b, Tensor[] params, Tensor lam, str config) -> Tensor")
+    def solve_op(b, params, lam, config):
+        """``x = (A(params) + lam I)^{-1} b`` of the configuration named ``config``."""
+        return _solve_kernel(b, params, lam, config)
+
+    @solve_op.register_fake
+    def _(b, params, lam, config):
+        return b.new_empty(b.shape)
+
+    @torch.library.custom_op(f"{NAMESPACE}::solve_backward", mutates_args=(),
+                             schema="(Tensor grad_x, Tensor x, Tensor[] params, Tensor lam, str config, "
+                                    "bool need_parameters) -> (Tensor, Tensor[], Tensor)")
+    def solve_backward_op(grad_x, x, params, lam, config, need_parameters):
+        """``(dL/db, dL/dparams, dL/dlam)`` from ``dL/dx`` and the solution ``x`` (one adjoint
+        solve and the form's parameter gradients); the parameter list is empty and ``dL/dlam``
+        zero when ``need_parameters`` is False."""
+        return _solve_backward_kernel(grad_x, x, params, lam, config, need_parameters)
+
+    @solve_backward_op.register_fake
+    def _(grad_x, x, params, lam, config, need_parameters):
+        grad_params = [p.new_empty(p.shape) for p in params] if need_parameters else []
+        return x.new_empty(x.shape), grad_params, lam.new_empty(lam.shape)
+
+    def setup_solve(ctx, inputs, output):
+        b, params, lam, config = inputs
+        ctx.config = config
+        ctx.n_params = len(params)
+        # saving x and the inputs lets autograd catch in-place changes made before backward
+        ctx.save_for_backward(output, lam, *params)
+        ctx.gcrf_operator = _take_pending(output)  # eager: the forward operator, else None
+
+    def backward_solve_op(ctx, grad_x):
+        saved = ctx.saved_tensors  # checks the version counters
+        x, lam, params = saved[0], saved[1], list(saved[2:])
+        need_b, need_params, need_lam = ctx.needs_input_grad[:3]
+        need_params = list(need_params) if isinstance(need_params, (list, tuple)) else [need_params] * len(params)
+        need_parameters = bool(need_lam or any(need_params))
+        op = getattr(ctx, "gcrf_operator", None)
+        if op is not None and not torch.is_grad_enabled():
+            # eager, first order: reuse the forward operator (and a direct factorisation)
+            cfg = with_labels(_config(ctx.config), x.shape)
+            gx = grad_x.to(dtype=x.dtype).contiguous()
+            with _stream(x.device):
+                g, grads = backward_solve(cfg, op, _view(x), _view(gx), need_parameters=need_parameters)
+                grad_b, grad_params, grad_lam = _gradient_tensors(cfg, g, grads, x, params, lam,
+                                                                  need_parameters)
+        else:
+            # traced, or create_graph=True: the opaque backward operator (whose own backward
+            # raises, so that second-order gradients are never silently zero)
+            grad_b, grad_params, grad_lam = torch.ops.gcrflinalg.solve_backward(
+                grad_x.contiguous(), x, params, lam, ctx.config, need_parameters)
+        grad_params = [gp if need else None for gp, need in zip(grad_params, need_params)] \
+            if need_parameters else [None] * len(params)
+        return (grad_b if need_b else None, grad_params, grad_lam if need_lam else None, None)
+
+    solve_op.register_autograd(backward_solve_op, setup_context=setup_solve)
+
+    def setup_backward(ctx, inputs, output):
+        pass
+
+    def no_second_order(ctx, *grads):
+        raise RuntimeError(SECOND_ORDER_MESSAGE)
+
+    solve_backward_op.register_autograd(no_second_order, setup_context=setup_backward)
+
+    def solve_vmap(info, in_dims, b, params, lam, config):
+        # the operator is batched already: move every mapped axis to the front as a batch axis
+        size = info.batch_size
+        b_dim, p_dims, lam_dim = in_dims[:3]
+        b = b.movedim(b_dim, 0) if b_dim is not None else b.expand(size, *b.shape)
+        params = [p.movedim(d, 0) if d is not None else p.expand(size, *p.shape)
+                  for p, d in zip(params, p_dims)]
+        if lam_dim is not None:
+            lam = lam.movedim(lam_dim, 0)
+            n_batch = b.ndim - 1 - _config(config).form.vector_ndim
+            lam = lam.reshape((size,) + (1,) * (n_batch - (lam.ndim - 1)) + tuple(lam.shape[1:]))
+        return solve_op(b, params, lam, config), 0
+
+    torch.library.register_vmap(solve_op, solve_vmap)
+    # torch.compile: validated in Python (a graph break); the solve operator itself is in the graph
+    return solve_op, solve_backward_op, torch.compiler.disable(_prepare, reason="G-CRF options are validated in Python")
+
+
+def _operators():
+    global _OPS
+    if _OPS is None:
+        _OPS = _register_operators()
+    return _OPS
 
 
 def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxiter=None,
@@ -146,9 +326,10 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
 
     Parameters
     ----------
-    form : {"grid", "grid_potts", "lowrank", "lowrank_potts", "video"}
+    form : {"grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video"}
         The precision-matrix form (DESIGN.md section 3).
-    b : torch.Tensor, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``)
+    b : torch.Tensor, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``,
+        ``(*batch, N)`` for ``"multires"``, the levels' flat ``(L, H_s, W_s)`` vectors, finest first)
         Unary scores, float32 or float64.
     *params : torch.Tensor
         The form's parameters, laid out as the operator constructors take them:
@@ -158,6 +339,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
         - ``"lowrank"``: ``embeddings`` ``(*batch, D, L, H, W)``
         - ``"lowrank_potts"``: ``embeddings`` ``(*batch, D, H, W)``
         - ``"video"``: ``spatial`` ``(*batch, V, Ds, L, H, W)``, ``temporal`` ``(*batch, V, Dt, L, H, W)``
+        - ``"multires"`` with ``level_forms`` of length ``S``: ``S`` level tensors (``"general"``:
+          ``(*batch, K, L, L, H_s, W_s)``, ``"potts"``: ``(*batch, K, H_s, W_s)``), then ``S - 1``
+          couplings ``cross[s]`` (general ``(*batch, L, L, H_s, W_s)``, Potts ``(*batch, H_s, W_s)``)
 
         Batch shapes broadcast against each other and ``b``'s: a parameter without batch axes is
         shared by all systems (its gradient is summed over them).  Same dtype and device as ``b``.
@@ -181,7 +365,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     **form_options
         The constructor keywords: ``neighbourhood`` (grid forms: 4, 8, 12; video: ``"fc"`` or a set
         of frame distances), ``num_labels`` (Potts forms; default ``b.shape[-3]``) and ``product``
-        (video: ``"cached"`` or ``"pairwise"``).
+        (video: ``"cached"`` or ``"pairwise"``); multires: ``level_forms`` (required),
+        ``neighbourhood`` (one or one per level), ``cross_forms`` and ``num_labels`` (required when
+        every level is Potts).
 
     Returns
     -------
@@ -196,39 +382,63 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
         An iterative solve missed its tolerance (unless ``on_nonconvergence="warn"``).
     """
     torch = _torch()
-    spec = get_form(form)
-    tensors = [b, *params]
-    for name, t in zip(("b",) + spec.parameter_names, tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if len(params) != len(spec.parameter_names):
-        raise TypeError(f"form {spec.name!r} takes {len(spec.parameter_names)} parameter tensor(s) "
-                        f"{spec.parameter_names}; got {len(params)}")
+    _, _, prepare = _operators()
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor; got {type(b).__name__}")
     if b.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"b must be float32 or float64; got {b.dtype}")
-    for name, p in zip(spec.parameter_names, params):
+    # the options, validated once per configuration (a constant for torch.compile)
+    spec = get_form(form)
+    if b.ndim < spec.vector_ndim:
+        raise ValueError(f"b must have at least {spec.vector_ndim} axes for form {spec.name!r}; "
+                         f"got shape {tuple(b.shape)}")
+    key, names, ndims, vector_ndim = prepare(
+        spec.name, b.dtype == torch.float64, method, rtol, atol, maxiter, on_nonconvergence,
+        check_pd, solver_options, form_options)
+    for name, t in zip(names, params):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if len(params) != len(names):
+        raise TypeError(f"form {form!r} takes {len(names)} parameter tensor(s) {names}; got {len(params)}")
+    for name, p, nd in zip(names, params, ndims):
         if p.dtype != b.dtype:
             raise TypeError(f"{name} has dtype {p.dtype} but b has {b.dtype}; use one dtype")
         if p.device != b.device:
             raise TypeError(f"{name} is on {p.device} but b is on {b.device}")
-    lam_tensor, lam_value = None, None
+        if p.ndim < nd:
+            raise ValueError(f"{name} must have at least {nd} axes for form {form!r}; got shape {tuple(p.shape)}")
     if isinstance(lam, torch.Tensor):
-        lam_tensor = lam if lam.device == b.device else lam.to(b.device)
-        lam_shape = tuple(lam.shape)
+        lam = lam if lam.device == b.device else lam.to(b.device)
     else:
         lam_value = float(lam)
         if not math.isfinite(lam_value) or lam_value <= 0:
             raise ValueError(f"lam must be > 0 (M = A + lam I); got {lam!r}")
-        lam_shape = ()
-    batch = broadcast_batch_shape(spec, tuple(b.shape), [tuple(p.shape) for p in params], lam_shape)
-    vector_shape = tuple(b.shape[b.ndim - spec.vector_ndim:])
-    config = make_config(spec.name, vector_shape, np.float64 if b.dtype == torch.float64 else np.float32,
+        lam = torch.tensor(lam_value, dtype=b.dtype, device=b.device)
+    batches = [b.shape[: b.ndim - vector_ndim]] + [p.shape[: p.ndim - nd] for p, nd in zip(params, ndims)]
+    try:
+        batch = tuple(torch.broadcast_shapes(*batches, lam.shape))
+    except RuntimeError:
+        raise ValueError("batch shapes do not broadcast: b " + str(tuple(batches[0])) + ", "
+                         + ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, batches[1:]))
+                         + f", lam {tuple(lam.shape)}") from None
+    b = b.expand(batch + tuple(b.shape[b.ndim - vector_ndim:]))
+    params = [p.expand(batch + tuple(p.shape[p.ndim - nd:])) for p, nd in zip(params, ndims)]
+    return torch.ops.gcrflinalg.solve(b, params, lam, key)
+
+
+def _prepare(form, float64, method, rtol, atol, maxiter, on_nonconvergence, check_pd,
+             solver_options, form_options):
+    """Validate the options of a solve: ``(config key, parameter names, their trailing ndims,
+    vector ndim)``.  Depends on the options only, not on shapes; ``torch.compile`` runs it outside
+    the graph (a graph break before the solve: the options are Python values); the default ``num_labels`` of a Potts form is
+    read from ``b``'s shape by the operator's kernel (:func:`~gcrflinalg.interop._forms.with_labels`)."""
+    spec = get_form(form)
+    vector_shape = (None,) * spec.vector_ndim  # sizes unknown here
+    config = make_config(spec.name, vector_shape, np.float64 if float64 else np.float32,
                          method=method, rtol=rtol, atol=atol, maxiter=maxiter,
                          on_nonconvergence=on_nonconvergence, check_pd=check_pd,
                          form_options=form_options, extra_solver_options=solver_options)
-    b = b.expand(batch + vector_shape)
-    params = [p.expand(batch + tuple(p.shape[p.ndim - nd:])) for p, nd in zip(params, spec.parameter_ndims)]
-    return _solve_function().apply(config, lam_value, lam_tensor, b, *params)
+    return config_key(config), config.parameter_names, config.parameter_ndims, spec.vector_ndim
 
 
 # ---------------------------------------------------------------------------- nn.Module layers
@@ -263,6 +473,7 @@ def _make_layer_classes():
                      maxiter=None, on_nonconvergence="raise", check_pd=True, solver_options=None,
                      **form_options):
             super().__init__()
+            _operators()  # registered before any torch.compile traces forward
             self.spec = get_form(form)
             if not (float(lam) > 0):
                 raise ValueError(f"lam must be > 0; got {lam!r}")
@@ -314,3 +525,9 @@ def __getattr__(name):
             _layer_cache.update(_make_layer_classes())
         return _layer_cache[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if sys.modules.get("torch") is not None:
+    # register the operators now, so that torch.compile never traces their registration (which
+    # imports); otherwise the first call of gcrf_solve or a layer's construction registers them
+    _operators()
