@@ -132,5 +132,11 @@ def _optional_toctree_entries(app, docname, source):
     source[0] = source[0].replace("<!-- optional design pages -->", "\n".join(present))
 
 
+def _reread_index(app, env, added, changed, removed):
+    # the index's toctree depends on which optional pages exist: read it again on every build
+    return [root_doc]
+
+
 def setup(app):
     app.connect("source-read", _optional_toctree_entries)
+    app.connect("env-get-outdated", _reread_index)
