@@ -224,7 +224,7 @@ def make_problem(form: str, index: int = 0, *, seed: int = 0, size: str = "small
 
 
 def problem_set(form: str, count: int = 25, *, seed: int = 0, quick: bool = False, **kwargs) -> list[Problem]:
-    """Problems ``0 .. count-1`` of ``form`` (``quick``: at most 3, size ``"small"``).
+    """Problems ``0`` to ``count - 1`` of ``form`` (``quick``: at most 3, size ``"small"``).
 
     Keyword arguments go to :func:`make_problem`.
     """
