@@ -10,8 +10,6 @@ import time
 
 import numpy as np
 
-from solvers import NotPositiveDefiniteError
-
 from ._validation import check_finite
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
@@ -103,6 +101,8 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
     if level > int(op._pd_checked):
         op.check_positive_definite(exact=level == 2)
         op._pd_checked = level
+    from solvers import NotPositiveDefiniteError
+
     try:
         result = op._solve(bflat, method, x0flat, dict(solver_options))
         if result is NotImplemented:
