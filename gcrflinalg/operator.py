@@ -237,10 +237,13 @@ class GCRFOperator(abc.ABC):
 
         return apply
 
-    def check_positive_definite(self) -> None:
+    def check_positive_definite(self, exact: bool = False) -> bool:
         """Raise :class:`NotPositiveDefiniteError` when a positive-definiteness bound of the form is
-        violated (DESIGN.md section 6).  The base operator knows no bound: a no-op."""
-        return None
+        violated (DESIGN.md section 6); return True when the form certifies ``M`` positive definite,
+        False when it leaves the question to CG's curvature test.  By default only cheap
+        certificates run (about one product); ``exact=True`` adds the form's costlier exact test or
+        estimate where the cheap one is inconclusive.  The base operator knows no bound: False."""
+        return False
 
     def _solve(self, b, method: str, x0, options: dict):
         """Form-specific solve of ``M x = b`` (``b`` of shape ``batch_shape + (N,)``), or

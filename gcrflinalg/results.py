@@ -23,7 +23,8 @@ from solvers import NotPositiveDefiniteError, SolveResult
 
 from .backend import get_array_module, to_host
 
-__all__ = ["make_result", "direct_result", "not_positive_definite", "raise_if_lam_below"]
+__all__ = ["make_result", "direct_result", "not_positive_definite", "raise_if_lam_below",
+           "curvature_not_positive_definite"]
 
 
 def make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm) -> SolveResult:
@@ -71,7 +72,7 @@ def _where(system) -> str:
 
 
 def not_positive_definite(form: str, *, value: float, bound=None, bound_name: str, reason: str = "",
-                          system=None) -> NotPositiveDefiniteError:
+                          system=None, relation: str = "=") -> NotPositiveDefiniteError:
     """The :class:`NotPositiveDefiniteError` of a violated condition ``lam > bound``.
 
     Parameters
@@ -88,9 +89,12 @@ def not_positive_definite(form: str, *, value: float, bound=None, bound_name: st
         How the violation was found, appended after a semicolon.
     system : tuple or None
         Batch index of the system (None or ``()`` for an unbatched operator).
+    relation : str
+        How ``bound_name`` relates to ``bound`` in the message: ``"="`` (the bound itself) or
+        ``">="`` (a proven lower bound of it).
     """
     system = tuple(int(i) for i in system) if system else None
-    limit = f"{bound_name} = {bound:.6g}" if bound is not None else bound_name
+    limit = f"{bound_name} {relation} {bound:.6g}" if bound is not None else bound_name
     message = f"{form} is not positive definite{_where(system)}: lam = {value:.6g} must exceed {limit}"
     if reason:
         message += f"; {reason}"
@@ -111,3 +115,22 @@ def raise_if_lam_below(lam, bound, *, bound_name: str, form: str, reason: str = 
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape))
     raise not_positive_definite(form, value=float(lam64[idx]), bound=float(bound[idx]),
                                 bound_name=bound_name, reason=reason, system=idx)
+
+
+def curvature_not_positive_definite(form: str, *, lam: float, rayleigh: float, system=None,
+                                    threshold_name: str = "-lambda_min(A)", bound=None,
+                                    matrix: str = "M", how: str = "CG") -> NotPositiveDefiniteError:
+    """The :class:`NotPositiveDefiniteError` of a failed curvature test (docs/design.md section 6).
+
+    A direction ``p`` with Rayleigh quotient ``rho = p^T M p / p^T p <= 0`` proves
+    ``lambda_min(M) <= rho``; for ``M = lam I + A`` the threshold ``-lambda_min(A)`` that ``lam``
+    must exceed is then at least ``lam - rho`` (``bound``, unless the caller derives another from
+    the matrix ``CG`` ran on).  ``value`` is ``lam``, ``bound`` that proven lower bound of the
+    threshold, and the message quotes ``rho``.
+    """
+    lam, rayleigh = float(lam), float(rayleigh)
+    bound = lam - rayleigh if bound is None else float(bound)
+    reason = (f"{how} met a direction p with Rayleigh quotient p^T {matrix} p / p^T p = {rayleigh:.6g} "
+              f"<= 0 (beyond rounding), so lambda_min({matrix}) <= {rayleigh:.6g}")
+    return not_positive_definite(form, value=lam, bound=bound, bound_name=threshold_name, reason=reason,
+                                 system=system, relation=">=")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from ._validation import check_finite
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
@@ -17,7 +19,7 @@ __all__ = ["solve", "adjoint_solve", "METHODS"]
 METHODS = ("cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "auto")
 
 
-def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver_options):
+def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options):
     """Solve the G-CRF system ``M x = (A + lam I) x = b`` for every system of the batch.
 
     Parameters
@@ -33,9 +35,36 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
         half the iterations on half-length vectors); ``"auto"`` lets the form choose.
     x0 : array, optional
         Initial guess, shape of ``b`` (iterative methods).
-    check_pd : bool
-        Check the form's positive-definiteness bound first (DESIGN.md section 6); a violation raises
-        :class:`NotPositiveDefiniteError` naming ``lam`` and the bound.
+    check_pd : {True, False, "exact"}
+        Positive definiteness (docs/design.md section 6).  ``True`` (default): the form's cheap
+        certificate runs once per operator, costing at most about one product (Gershgorin on the
+        grid and multi-resolution forms; ``lam > ||psi||_2^2`` from the ``D x D`` factor on
+        low-rank Potts; the sufficient bound on video); where it is inconclusive the solve goes
+        ahead and is guarded as listed below.  ``"exact"``: the same, then where it is
+        inconclusive the costlier test (``op.check_positive_definite(exact=True)``: a matrix-free
+        Lanczos estimate of ``lambda_min(M)`` on 3.1 and 3.3, at most about 2000 and typically
+        60-300 products at relative tolerance 1e-6; the extreme eigenvalues of ``W`` on 3.2; the
+        capacitance factorisation on 3.6).  ``False``: no upfront check.  In every case the
+        curvature test of CG stays on (it costs nothing).
+
+        What is guaranteed where no certificate decided, per method:
+
+        - ``cg``, ``pcg``, ``reduced_cg``, the Potts split (``cg``/``auto`` on 3.2), ``auto`` where
+          it picks one of these: CG's curvature test raises :class:`NotPositiveDefiniteError` on a
+          direction ``p`` with ``p^T M p / p^T p <= -c eps ||M||_est`` (clearly negative, not
+          rounding), quoting that Rayleigh quotient, which bounds ``lambda_min(M)`` from above.
+          CG only sees ``M`` along its Krylov directions: an indefinite ``M`` whose negative
+          eigenvectors ``b`` barely excites can converge unnoticed to the solution of the
+          indefinite system.  Use ``"exact"`` to rule that out.
+        - ``gmres``, ``jacobi``, ``gauss_seidel``: no guarantee.  On an indefinite ``M`` they may
+          diverge, stall or converge to the solution of the indefinite system; no error is raised
+          (non-convergence is reported in the result).
+        - ``direct``: on 3.1-3.3 the sparse LU factors an indefinite but nonsingular ``M`` without
+          complaint (LU does not test definiteness): no detection; a singular ``M`` fails in the
+          factorisation.  On 3.5 the Cholesky factor of ``lam I - psi psi^T`` (the default
+          certificate) detects exactly; on 3.4 ``M`` is always positive definite; on 3.6 the
+          Cholesky factorisation of the capacitance matrix ``lam I + B``, which the direct solve
+          builds anyway, detects exactly and raises.
     **solver_options
         ``rtol``, ``atol``, ``maxiter``, ``callback`` and the method's own options (``restart``,
         ``omega``), as in :mod:`solvers`.
@@ -50,10 +79,14 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
     ValueError
         NaN/Inf in ``b`` or ``x0``, wrong shapes, complex input, an unknown method.
     NotPositiveDefiniteError
-        ``check_pd`` found a violated bound, or CG met ``p^T M p <= 0``.
+        A certificate or exact test found a violated bound, or CG's curvature test failed; both
+        name ``lam`` (``value``) and the threshold it must exceed (``bound``; from CG a proven lower
+        bound of it, ``lam - p^T M p / p^T p``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if check_pd not in (True, False, "exact") or not isinstance(check_pd, (bool, str, int)):
+        raise ValueError(f"check_pd must be True, False or 'exact'; got {check_pd!r}")
     barr, flat = op.as_vectors(b, "b")
     check_finite(barr, "b")
     bflat = _flatten(op, barr)
@@ -64,12 +97,20 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
             raise ValueError(f"x0 must have the shape of b {tuple(barr.shape)}; got {tuple(x0arr.shape)}")
         check_finite(x0arr, "x0")
         x0flat = _flatten(op, x0arr)
-    if check_pd and not op._pd_checked:
-        op.check_positive_definite()
-        op._pd_checked = True
-    result = op._solve(bflat, method, x0flat, dict(solver_options))
-    if result is NotImplemented:
-        result = _generic_solve(op, bflat, method, x0flat, solver_options)
+    level = 2 if check_pd == "exact" else int(bool(check_pd))  # checks done: 0 none, 1 cheap, 2 exact
+    if level > int(op._pd_checked):
+        op.check_positive_definite(exact=level == 2)
+        op._pd_checked = level
+    from solvers import NotPositiveDefiniteError
+
+    try:
+        result = op._solve(bflat, method, x0flat, dict(solver_options))
+        if result is NotImplemented:
+            result = _generic_solve(op, bflat, method, x0flat, solver_options)
+    except NotPositiveDefiniteError as err:
+        if err.quantity == "p^T A p / p^T p":  # CG's curvature test on M itself: name lam
+            raise _curvature_error(op, err) from err
+        raise
     x = result.x
     result.x = x if flat else x.reshape(barr.shape)
     return result
@@ -83,6 +124,17 @@ def adjoint_solve(op, grad_x, **options):
     forward ``method="direct"`` solve is reused.
     """
     return solve(op, grad_x, **options)
+
+
+def _curvature_error(op, err):
+    from .backend import to_host
+    from .results import curvature_not_positive_definite
+
+    nb = len(op.batch_shape)
+    system = tuple(err.system[len(err.system) - nb:]) if (err.system and nb) else ()
+    lam = np.broadcast_to(to_host(op.lam), op.batch_shape)[system]
+    return curvature_not_positive_definite(type(op).__name__, lam=float(lam), rayleigh=err.value,
+                                           system=system)
 
 
 def _flatten(op, arr):

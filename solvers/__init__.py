@@ -18,6 +18,7 @@ import importlib
 # ``solvers.backend`` (the array-backend helpers gcrflinalg builds on) loads no solver
 _EXPORTS = {
     "cg": "_cg",
+    "CURVATURE_TOLERANCE": "_cg",
     "gmres": "_gmres",
     "jacobi": "_jacobi",
     "gauss_seidel": "_gauss_seidel",

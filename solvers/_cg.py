@@ -9,10 +9,18 @@ from ._errors import NotPositiveDefiniteError
 from ._operator import dots, finish, norms, prepare
 from ._preconditioners import as_preconditioner
 
-__all__ = ["cg"]
+__all__ = ["cg", "CURVATURE_TOLERANCE"]
 
 #: every this many iterations the recursively updated residual is replaced by ``b - A x``
 TRUE_RESIDUAL_EVERY = 50
+
+#: The curvature test: a direction ``p`` proves ``A`` not positive definite when its Rayleigh
+#: quotient ``p^T A p / p^T p <= -CURVATURE_TOLERANCE * eps * ||A||_est``, with ``eps`` the machine
+#: epsilon of the computational dtype and ``||A||_est = max_k ||A p_k|| / ||p_k||`` over the
+#: directions met so far (a lower bound of ``||A||_2``, free from the product CG makes anyway).
+#: The rounding error of a computed ``p^T A p`` is of order ``eps |p|^T |A| |p|``; a smaller
+#: non-positive quotient is rounding, not a proof, and stops that system without raising.
+CURVATURE_TOLERANCE = 128.0
 
 try:  # fused vector updates on the CPU; the array-module code below is the fallback (and CuPy's path)
     import numba as _numba
@@ -48,6 +56,24 @@ if _numba is not None:
                 ps, zs = p[s], z[s]
                 for i in range(p.shape[1]):
                     ps[i] = zs[i] + b * ps[i]
+
+    @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _curvature_nb(p, q, pq, pp, qq):  # pragma: no cover - compiled
+        # Per system s: p^T q, p^T p and q^T q (accumulated in float64), one pass.
+        for s in range(p.shape[0]):
+            ps, qs = p[s], q[s]
+            a = 0.0
+            b = 0.0
+            c = 0.0
+            for i in range(p.shape[1]):
+                pi = float(ps[i])
+                qi = float(qs[i])
+                a += pi * qi
+                b += pi * pi
+                c += qi * qi
+            pq[s] = a
+            pp[s] = b
+            qq[s] = c
 
     @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def _dots_nb(u, v, out):  # pragma: no cover - compiled
@@ -109,8 +135,9 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     callback : callable, optional
         Called as ``callback(x)`` after every iteration with the current ``(*batch, n)`` iterate.
     check_pd : bool
-        If True (default) raise :class:`NotPositiveDefiniteError` on ``p^T A p <= 0``; if False
-        that system stops with ``info = -1``.
+        If True (default) raise :class:`NotPositiveDefiniteError` when a direction proves ``A``
+        not positive definite (the curvature test below); if False that system stops with
+        ``info = -1``.
     true_residual : bool
         If True (default) the final test uses the true residual ``b - A x`` (one more product) and
         restarts the systems it fails.  False skips that product: ``converged`` and the last
@@ -118,18 +145,35 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         residual of a larger system themselves (e.g. a reduced system whose solution is
         back-substituted).
 
+    Notes
+    -----
+    The curvature test.  Every iteration computes ``rho = p^T A p / p^T p``, the Rayleigh quotient
+    of the direction (``lambda_min(A) <= rho``), and ``||A p|| / ||p|| <= ||A||_2``; the running
+    maximum of the latter is ``||A||_est``.  ``rho <= -c eps ||A||_est`` (``c =``
+    :data:`CURVATURE_TOLERANCE`, ``eps`` of the dtype) proves ``A`` not positive definite up to
+    rounding.  A non-positive ``rho`` above that threshold is within the rounding error of the
+    computed ``p^T A p`` (e.g. at tolerances the dtype cannot resolve): the system stops there, as
+    if converged, and the final true-residual test decides (restarting it while iterations
+    remain).  The recursively updated residual of a system is never driven below
+    ``eps^2 ||b||`` (far below what the dtype resolves; this keeps the directions out of the
+    subnormal range, where the test would judge noise).  CG sees ``A`` only along its Krylov
+    directions: an indefinite ``A`` whose negative eigenvectors ``b`` barely excites may converge
+    without meeting a negative curvature.
+
     Returns
     -------
     SolveResult
         ``residual_norms`` holds the recursively updated residual norms (true residual norms at
         every 50th iteration and in the last row).  ``info``: 0 converged, ``> 0`` iteration limit,
-        ``-1`` breakdown (``r^T z <= 0``: preconditioner not positive definite, or ``p^T A p <= 0``
-        with ``check_pd=False``).
+        ``-1`` breakdown (``r^T z <= 0``: preconditioner not positive definite, or a failed
+        curvature test with ``check_pd=False``).
 
     Raises
     ------
     NotPositiveDefiniteError
-        When ``p^T A p <= 0`` for a system still iterating and ``check_pd`` is True.
+        When the curvature test fails for a system still iterating and ``check_pd`` is True:
+        ``quantity = "p^T A p / p^T p"``, ``value`` the Rayleigh quotient, ``bound`` the threshold
+        ``-c eps ||A||_est`` it did not exceed.
     ValueError
         Invalid shapes, NaN/Inf in ``b`` or ``x0``, negative tolerances, complex input.
     """
@@ -160,6 +204,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     pb.history.append(rnorm)
     broken = xp.zeros(pb.batch, dtype=bool)
     iterations = xp.zeros(pb.batch, dtype=np.int64)
+    eps = float(np.finfo(dt).eps)
+    # the recursive residual is not driven below eps^2 ||b|| (see Notes): the working tolerance
+    floor = xp.maximum(tol, (eps * eps) * norms(xp, b)) if pb.n > 0 else tol
+    norm_est = xp.zeros(pb.batch, dtype=np.float64)  # max_k ||A p_k|| / ||p_k||
     active = rnorm > tol
     z = psolve(r)
     rho = rr if precond is None else dots(xp, r, z)
@@ -202,16 +250,30 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         step_fused = fused and _fusable(xp, dt, x, r, p) and isinstance(q, np.ndarray)
         if step_fused:
             q = np.ascontiguousarray(q, dtype=dt)
-            acc = np.empty(n_sys)
-            _dots_nb(p.reshape(n_sys, -1), q.reshape(n_sys, -1), acc)
+            acc, pp, qq = np.empty(n_sys), np.empty(n_sys), np.empty(n_sys)
+            _curvature_nb(p.reshape(n_sys, -1), q.reshape(n_sys, -1), acc, pp, qq)
             pAp = acc.astype(dt).reshape(pb.batch)
+            rq = (acc / np.where(pp > 0, pp, 1.0)).reshape(pb.batch)
+            gain = np.sqrt(qq / np.where(pp > 0, pp, 1.0)).reshape(pb.batch)
+            pp = pp.reshape(pb.batch)
         else:
             pAp = dots(xp, p, q)
-        bad = active & ~(pAp > 0)  # p^T A p <= 0 (or NaN): A is not positive definite
+            pp = dots(xp, p, p).astype(np.float64)
+            pp1 = xp.where(pp > 0, pp, 1.0)
+            rq = pAp.astype(np.float64) / pp1
+            gain = xp.sqrt(dots(xp, q, q).astype(np.float64) / pp1)
+        # the curvature test (Notes): rq <= -c eps ||A||_est proves A not positive definite;
+        # a non-positive rq above it (or NaN-free p = 0) is rounding: that system stops
+        norm_est = xp.where(active, xp.maximum(norm_est, gain), norm_est)
+        threshold = -CURVATURE_TOLERANCE * eps * norm_est
+        nonpos = active & ~(pAp > 0)
+        bad = nonpos & ~(rq > threshold) & ~(pp == 0)  # includes NaN; p = 0 is no direction
+        stall = nonpos & ~bad
+        active &= ~stall
         if not check_pd:
             broken |= bad
             active &= ~bad
-        alpha = xp.where(active, rho / xp.where(bad | (pAp == 0), one, pAp), zero)
+        alpha = xp.where(active, rho / xp.where(nonpos | (pAp == 0), one, pAp), zero)
         # Step 3: x += alpha p, r -= alpha A p (alpha = 0 freezes stopped systems)
         if step_fused:
             acc = np.empty(n_sys)
@@ -234,7 +296,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             rr = dots(xp, r, r)
         rnorm = xp.where(active, xp.sqrt(rr), rnorm)
         pb.history.append(rnorm)
-        active = active & (rnorm > tol)
+        active = active & (rnorm > floor)
         # Step 4: z = M r, beta = rho_new / rho, p = z + beta p
         z = psolve(r)
         rho_new = rr if precond is None else dots(xp, r, z)
@@ -253,18 +315,20 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         # one small device-to-host transfer per iteration: [any p^T A p <= 0, any still active]
         flags = to_host(xp.stack([xp.any(bad), xp.any(active)]))
         if check_pd and flags[0]:
-            _raise_not_pd(xp, bad, pAp, pb.batch, k)
+            _raise_not_pd(xp, bad, rq, threshold, pb.batch, k)
         if callback is not None:
             callback(x.copy() if fused else x)
         any_active = bool(flags[1])
     return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
 
 
-def _raise_not_pd(xp, bad, pAp, batch, k):
+def _raise_not_pd(xp, bad, rq, threshold, batch, k):
     bad_h = np.atleast_1d(to_host(bad))
-    vals = np.atleast_1d(to_host(pAp))
+    vals = np.atleast_1d(to_host(rq))
+    limits = np.atleast_1d(to_host(threshold))
     flat = int(np.flatnonzero(bad_h.ravel())[0])
     value = float(vals.ravel()[flat])
+    bound = float(limits.ravel()[flat])
     if batch == ():
         system = None
         where = ""
@@ -272,7 +336,8 @@ def _raise_not_pd(xp, bad, pAp, batch, k):
         system = tuple(int(i) for i in np.unravel_index(flat, batch))
         where = f" for system {system}"
     raise NotPositiveDefiniteError(
-        f"cg: p^T A p = {value:.6g} <= 0{where} at iteration {k}; A is not symmetric positive "
-        "definite (use gmres, or check the matrix)",
-        quantity="p^T A p", value=value, bound=0.0, system=system,
+        f"cg: the Rayleigh quotient p^T A p / p^T p = {value:.6g} <= {bound:.3g} (beyond rounding)"
+        f"{where} at iteration {k} proves lambda_min(A) <= {value:.6g}; A is not symmetric "
+        "positive definite (use gmres, or check the matrix)",
+        quantity="p^T A p / p^T p", value=value, bound=bound, system=system,
     )

@@ -338,13 +338,21 @@ def test_indefinite_potts_raises(rng):
     # lam between lambda_max(W) (< 2) and -(L-1) lambda_min(W) (> 3): indefinite
     assert hi < 2.0 < -(L - 1) * lo
     bad = GridPottsGCRF(wt, 2.0, L)
+    # by default (Gershgorin inconclusive) the split's CG raises, naming lam and a proven lower
+    # bound lam - rho of the threshold
     with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
         gcrflinalg.solve(bad, np.ones(bad.size))
+    assert err.value.quantity == "lam" and err.value.value == 2.0
+    assert 2.0 < err.value.bound <= -(L - 1) * lo + 1e-9 and "Rayleigh quotient" in str(err.value)
+    # the exact check names the exact bound
+    with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
+        gcrflinalg.solve(GridPottsGCRF(wt, 2.0, L), np.ones(bad.size), check_pd="exact")
     assert err.value.quantity == "lam" and np.isclose(err.value.bound, -(L - 1) * lo)
     assert np.linalg.eigvalsh(dense_potts(wt, 2.0, L, 4))[0] < 0  # the check was right
     # lam just above the exact bound is accepted although Gershgorin (L-1) * 2 = 6 fails
     good = GridPottsGCRF(wt, -(L - 1) * lo * 1.01, L)
-    good.check_positive_definite()
+    assert good.check_positive_definite() is False  # inconclusive: left to CG
+    assert good.check_positive_definite(exact=True) is True
     assert np.linalg.eigvalsh(dense_potts(wt, -(L - 1) * lo * 1.01, L, 4))[0] > 0
     # the Lanczos path on a larger image agrees with the dense one
     # (W = 0.5 x the grid's adjacency matrix, whose extreme eigenvalues are
@@ -356,7 +364,9 @@ def test_indefinite_potts_raises(rng):
     # batched: the offending item is named
     lam = np.array([10.0, 2.0])
     with pytest.raises(NotPositiveDefiniteError, match=r"batch item \(1,\)"):
-        GridPottsGCRF(np.stack([wt, wt]), lam, L).check_positive_definite()
+        GridPottsGCRF(np.stack([wt, wt]), lam, L).check_positive_definite(exact=True)
+    with pytest.raises(NotPositiveDefiniteError, match=r"batch item \(1,\)"):
+        gcrflinalg.solve(GridPottsGCRF(np.stack([wt, wt]), lam, L), np.ones((2, bad.size)))
     # opting out skips the check (CG then detects the indefinite system itself), in the generic
     # solver and in the Potts split
     for method in ("pcg", "cg"):
@@ -375,17 +385,25 @@ def test_general_positive_definiteness_check(rng):
     bound = float(op.gershgorin_bound())
     M0 = dense_general(pw, 0.0, 4)
     assert bound >= np.abs(np.linalg.eigvalsh(M0)).max() - 1e-12
-    op.check_positive_definite()  # Gershgorin proves it
+    assert op.check_positive_definite() is True  # Gershgorin proves it
     ev = np.linalg.eigvalsh(M0)
     # below the Gershgorin bound but PD: no error
     lam_ok = -ev[0] + 0.05
     assert lam_ok < bound
-    GridGCRF(pw, lam_ok).check_positive_definite()
-    # indefinite: raises naming lam and the bound
+    assert GridGCRF(pw, lam_ok).check_positive_definite() is False  # inconclusive, left to CG
+    GridGCRF(pw, lam_ok).check_positive_definite(exact=True)
+    x = gcrflinalg.solve(GridGCRF(pw, lam_ok), np.ones(L * H * W), rtol=1e-10).x
+    np.testing.assert_allclose(x, np.linalg.solve(M0 + lam_ok * np.eye(L * H * W), np.ones(L * H * W)),
+                               rtol=1e-6, atol=1e-8)
+    # indefinite: the exact check raises naming lam and -lambda_min(A) (Lanczos, tolerance 1e-6)
     lam_bad = -ev[0] - 0.05
     with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
-        gcrflinalg.solve(GridGCRF(pw, lam_bad), np.ones(L * H * W))
-    assert np.isclose(err.value.bound, bound) and np.isclose(err.value.value, lam_bad)
+        gcrflinalg.solve(GridGCRF(pw, lam_bad), np.ones(L * H * W), check_pd="exact")
+    assert np.isclose(err.value.bound, -ev[0], rtol=1e-4) and np.isclose(err.value.value, lam_bad)
+    # by default CG raises on it (random b excites the negative eigenvector)
+    with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
+        gcrflinalg.solve(GridGCRF(pw, lam_bad), rng.standard_normal(L * H * W), rtol=1e-10)
+    assert lam_bad < err.value.bound <= -ev[0] + 1e-9 and np.isclose(err.value.value, lam_bad)
 
 
 def test_timing_entry_quick():

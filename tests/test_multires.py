@@ -214,8 +214,20 @@ def test_positive_definiteness(rng):
     op = build(params, 1.0, levels, forms, L)
     bound = float(op.gershgorin_bound())
     assert bound >= np.abs(ev).max() - 1e-12
-    build(params, bound + 0.1, levels, forms, L).check_positive_definite()
-    build(params, -ev[0] + 0.05, levels, forms, L).check_positive_definite()  # PD below Gershgorin
+    assert build(params, bound + 0.1, levels, forms, L).check_positive_definite() is True
+    # PD below Gershgorin: inconclusive by default, no error from the exact check, and it solves
+    ok = build(params, -ev[0] + 0.05, levels, forms, L)
+    assert ok.check_positive_definite() is False
+    ok.check_positive_definite(exact=True)
+    b = rng.standard_normal(M0.shape[0])
+    x = gcrflinalg.solve(ok, b, rtol=1e-10).x
+    np.testing.assert_allclose(x, np.linalg.solve(M0 + (-ev[0] + 0.05) * np.eye(len(b)), b), rtol=1e-6, atol=1e-8)
+    # indefinite: CG raises by default with a proven lower bound of -lambda_min(A) ...
+    lam_bad = -ev[0] - 0.05
     with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
-        gcrflinalg.solve(build(params, -ev[0] - 0.05, levels, forms, L), np.ones(M0.shape[0]))
-    assert np.isclose(err.value.bound, bound)
+        gcrflinalg.solve(build(params, lam_bad, levels, forms, L), b)
+    assert np.isclose(err.value.value, lam_bad) and lam_bad < err.value.bound <= -ev[0] + 1e-9
+    # ... and the exact check (matrix-free Lanczos) estimates it
+    with pytest.raises(NotPositiveDefiniteError, match="lam") as err:
+        gcrflinalg.solve(build(params, lam_bad, levels, forms, L), np.ones(M0.shape[0]), check_pd="exact")
+    assert np.isclose(err.value.bound, -ev[0], rtol=1e-4)

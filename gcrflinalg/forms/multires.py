@@ -19,7 +19,7 @@ from ..backend import sparse_module, to_host
 from ..operator import GCRFOperator
 from .._validation import as_parameter
 from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
-from .grid.solves import gershgorin_lanczos_check, sparse_direct_solve
+from .grid.solves import gershgorin_check, sparse_direct_solve
 from .registry import ParameterLayout
 
 __all__ = ["MultiResGCRF", "GeneralLevel", "PottsLevel", "layer_layout"]
@@ -308,11 +308,13 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         lead = self.batch_shape + (-1,)
         return xp.concatenate([r.reshape(lead) for r in radii], axis=-1).max(axis=-1)
 
-    def check_positive_definite(self) -> None:
-        """``lam`` above :meth:`gershgorin_bound` proves ``M`` positive definite; otherwise a
-        Lanczos estimate of ``lambda_min(M) <= 0`` raises :class:`NotPositiveDefiniteError` naming
-        ``lam`` and the bound (DESIGN.md section 6; CG detects the remaining cases)."""
-        gershgorin_lanczos_check(self)
+    def check_positive_definite(self, exact: bool = False) -> bool:
+        """``lam`` above :meth:`gershgorin_bound` certifies ``M`` positive definite (returns True).
+        Otherwise, by default, the solve goes ahead guarded by CG's curvature test (returns False);
+        with ``exact=True`` a matrix-free Lanczos estimate of ``lambda_min(M) <= 0`` raises
+        :class:`NotPositiveDefiniteError` naming ``lam`` (DESIGN.md section 6; as
+        :meth:`GridGCRF.check_positive_definite`)."""
+        return gershgorin_check(self, exact=exact)
 
     # ------------------------------------------------------------------ gradients
     def _parameter_gradients(self, x, g):

@@ -24,6 +24,8 @@ import os
 import numba
 import numpy as np
 
+from solvers import CURVATURE_TOLERANCE
+
 __all__ = [
     "pairwise_product",
     "weight_product",
@@ -509,12 +511,15 @@ def potts_colour_sweep(wt, x, b, lam, offsets, neighbourhood, omega):
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations):  # pragma: no cover
+def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations, eps, ctol, found):  # pragma: no cover
     # For every (e, b, r): CG on (lam[b] I + W_b) x = rhs with W_b from the (pre-scaled) weights
     # wt[b]; x holds the initial guess and is overwritten.  Stops when the recursively updated
     # residual satisfies ||r|| <= rtol ||rhs|| or after maxiter steps.  Inner products accumulate in
     # float64.  Returns -1 if all systems were positive definite along their Krylov directions,
-    # else the flat index (e, b, r) of a system with p^T A p <= 0.
+    # else the flat index (e, b, r) of a system whose direction p failed the curvature test of
+    # solvers.cg: p^T A p / p^T p <= -ctol eps max_k ||A p_k|| / ||p_k||; found[0], found[1] then
+    # hold that Rayleigh quotient and the threshold.  A non-positive quotient above the threshold is
+    # rounding and stops the system; the recursive residual is not driven below eps^2 ||rhs||.
     E, B, R, H, W = x.shape
     P = H * W
     K = wt.shape[1]
@@ -539,18 +544,33 @@ def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations):  
                     p[t] = res[t]
                     bnorm2 += float(bs[t]) * float(bs[t])
                     rr += float(res[t]) * float(res[t])
-                tol2 = rtol * rtol * bnorm2
+                tol2 = max(rtol * rtol, eps ** 4) * bnorm2
                 it = 0
+                norm_est = 0.0
                 while rr > tol2 and it < maxiter:
                     for t in range(P):
                         q[t] = lam_b * p[t]
                     for k in range(K):
                         _edge_segments(wt[b, k].reshape(P), q, p, q, p, di[k], dj[k], H, W)
                     pq = 0.0
+                    pp = 0.0
+                    qq = 0.0
                     for t in range(P):
                         pq += float(p[t]) * float(q[t])
-                    if pq <= 0.0:  # not positive definite
-                        return (e * B + b) * R + r
+                        pp += float(p[t]) * float(p[t])
+                        qq += float(q[t]) * float(q[t])
+                    if pp > 0.0:
+                        norm_est = max(norm_est, np.sqrt(qq / pp))
+                    if not pq > 0.0:  # the curvature test
+                        if pp == 0.0:
+                            break
+                        rq = pq / pp
+                        threshold = -ctol * eps * norm_est
+                        if not rq > threshold:  # not positive definite (or NaN)
+                            found[0] = rq
+                            found[1] = threshold
+                            return (e * B + b) * R + r
+                        break  # rounding: stop here
                     alpha = rr / pq
                     rr_new = 0.0
                     for t in range(P):
@@ -583,9 +603,21 @@ def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
     -------
     iterations : int ndarray ``(E, B, R)``
     failed : int
-        ``-1``, or the flat index of a system that met ``p^T A p <= 0``.
+        ``-1``, or the flat index of a system whose direction ``p`` failed the curvature test of
+        :func:`solvers.cg` (``p^T A p / p^T p <= -c eps ||A||_est``, ``c`` =
+        ``solvers.CURVATURE_TOLERANCE``, ``||A||_est = max_k ||A p_k|| / ||p_k||``).
+    rayleigh : float
+        That system's Rayleigh quotient ``p^T A p / p^T p`` (an upper bound of its
+        ``lambda_min``), NaN when ``failed == -1``.
+
+    A non-positive quotient above the threshold is rounding: that system stops there (the
+    caller's refinement measures the true residual).  The recursive residual is not driven below
+    ``eps^2 ||rhs||``.
     """
     di, dj = _offset_arrays(offsets)
     iterations = np.zeros(x.shape[:3], dtype=np.int64)
-    failed = _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, float(rtol), int(maxiter), iterations)
-    return iterations, int(failed)
+    found = np.full(2, np.nan)
+    eps = float(np.finfo(x.dtype).eps)
+    failed = _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, float(rtol), int(maxiter), iterations,
+                                   eps, float(CURVATURE_TOLERANCE), found)
+    return iterations, int(failed), float(found[0])

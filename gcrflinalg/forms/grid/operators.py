@@ -27,7 +27,7 @@ from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
 from .redblack import red_black_blocks, red_black_cg
-from .solves import gershgorin_lanczos_check, potts_split_solve, sparse_direct_solve
+from .solves import gershgorin_check, potts_split_solve, sparse_direct_solve
 
 __all__ = ["GridGCRF", "GridPottsGCRF"]
 
@@ -173,20 +173,29 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         R = self._gershgorin_radii()
         return R.reshape(self.batch_shape + (-1,)).max(axis=-1)
 
-    def check_positive_definite(self) -> None:
+    def check_positive_definite(self, exact: bool = False) -> bool:
         """Check ``M = lam I + A`` for positive definiteness (DESIGN.md section 6).
 
-        ``lam`` above the Gershgorin bound (:meth:`gershgorin_bound`) proves it.  Otherwise the
-        system's smallest eigenvalue is estimated by Lanczos; an estimate ``<= 0`` proves ``M``
-        indefinite and raises.  (A Gershgorin failure alone proves nothing: such systems are left to
-        CG, which raises on ``p^T M p <= 0``.)
+        ``lam`` above the Gershgorin bound (:meth:`gershgorin_bound`, about one product's work)
+        certifies it.  Otherwise, by default, nothing more runs: the solve goes ahead and CG's
+        curvature test guards it.  With ``exact=True`` such systems get a matrix-free Lanczos
+        estimate of ``lambda_min(M)`` (:func:`gcrflinalg.forms.grid.solves.lanczos_lambda_min`:
+        products with ``M`` through :meth:`aslinearoperator`, relative tolerance ``1e-6``, at most
+        about 2000 products, typically 60-300); an estimate ``<= 0`` proves ``M`` indefinite.
+
+        Returns
+        -------
+        bool
+            True when every system is certified positive definite; False when some system was
+            left undecided (by default) or only estimated (``exact=True``).
 
         Raises
         ------
         NotPositiveDefiniteError
-            Naming ``lam``, the Gershgorin bound and the eigenvalue estimate.
+            ``exact=True`` and Lanczos proved a system indefinite: names ``lam`` and
+            ``-lambda_min(A) >= lam - estimate``.
         """
-        gershgorin_lanczos_check(self)
+        return gershgorin_check(self, exact=exact)
 
 
 class GridGCRF(_GridOperator):
@@ -407,29 +416,41 @@ class GridPottsGCRF(_GridOperator):
         hi = float(to_host(eigsh(Wm, k=1, which="LA", tol=1e-8, return_eigenvectors=False))[0])
         return lo, hi
 
-    def check_positive_definite(self) -> None:
-        """Check the exact condition ``lam > lambda_max(W)`` and ``lam > -(L-1) lambda_min(W)``
+    def check_positive_definite(self, exact: bool = False) -> bool:
+        """Check the condition ``lam > lambda_max(W)`` and ``lam > -(L-1) lambda_min(W)``
         (DESIGN.md section 6) for every system.
 
-        A Gershgorin bound ``r = max_p sum_q |w_pq|`` settles most systems at once
-        (``lam > (L-1) r`` and ``lam > r`` prove it); the others get the extreme eigenvalues of
-        ``W`` (:meth:`weight_extreme_eigenvalues`).
+        The Gershgorin radius ``r = max_p sum_q |w_pq|`` (one pass over the weights) certifies a
+        system when ``lam > max(1, L-1) r``.  Otherwise, by default, nothing more runs: the split's
+        CG runs on exactly ``lam I + (L-1) W`` and ``lam I - W``, whose definiteness is the
+        condition, and its curvature test guards the solve.  With ``exact=True`` such systems get
+        the extreme eigenvalues of ``W`` (:meth:`weight_extreme_eigenvalues`: dense for at most
+        :data:`DENSE_EIG_MAX_PIXELS` pixels, Lanczos on ``W`` otherwise) and the exact test.
+
+        Returns
+        -------
+        bool
+            True when every system is certified positive definite (by Gershgorin, or exactly with
+            ``exact=True``); False when some system was left to CG.
 
         Raises
         ------
         NotPositiveDefiniteError
-            Naming ``lam`` and the violated bound.
+            ``exact=True`` and a violated condition: names ``lam`` and the violated bound.
         """
         L = self.num_labels
         if L == 1:  # M = lam I
-            return
+            return True
         xp = self.xp
         ones = xp.ones((1, self._n_systems, 1, self.height, self.width), dtype=self.dtype)
         r = xp.zeros_like(ones)
         weight_product(xp.abs(self._params), ones, r, self.offsets)
         radius = to_host(r.reshape(self._n_systems, -1).max(axis=1))
         lam = to_host(self._lam_flat)
-        for b in np.nonzero(lam <= max(L - 1, 1) * radius)[0]:
+        undecided = np.nonzero(lam <= max(L - 1, 1) * radius)[0]
+        if not exact:
+            return undecided.size == 0
+        for b in undecided:
             idx = tuple(int(i) for i in np.unravel_index(int(b), self.batch_shape)) if self.batch_shape else ()
             lo, hi = self.weight_extreme_eigenvalues(idx)
             bound = max(hi, -(L - 1) * lo)
@@ -439,6 +460,7 @@ class GridPottsGCRF(_GridOperator):
                 raise not_positive_definite(
                     "GridPottsGCRF", value=float(lam[b]), bound=bound, system=idx,
                     bound_name="max(lambda_max(W), -(L-1) lambda_min(W))", reason=f"set by {which}")
+        return True
 
     # ------------------------------------------------------------------ the L + 1 split
     def _solve(self, b, method, x0, options):

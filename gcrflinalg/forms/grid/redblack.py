@@ -38,7 +38,7 @@ import numpy as np
 from solvers import NotPositiveDefiniteError, cg
 
 from ...backend import get_array_module, to_host
-from ...results import make_result, not_positive_definite
+from ...results import curvature_not_positive_definite, make_result
 from . import kernels
 
 __all__ = [
@@ -518,10 +518,14 @@ def red_black_cg(op, b, x0, options):
             sys_b = int(err.system[1]) if err.system else 0
             idx = np.unravel_index(int(sys_b), op.batch_shape) if op.batch_shape else ()
             idx = tuple(int(i) for i in idx)
-            raise not_positive_definite(
-                "GridGCRF", value=float(to_host(lam)[sys_b]), system=idx,
-                bound_name="the largest singular value of the red-black coupling C",
-                reason="CG on the red-black reduced system lam^2 I - C C^T met p^T S p <= 0") from err
+            lam_s = float(to_host(lam)[sys_b])
+            # S = lam^2 I - C C^T has lambda_min <= rho, so sigma_max(C) = -lambda_min(A) is at
+            # least sqrt(lam^2 - rho)
+            raise curvature_not_positive_definite(
+                "GridGCRF", lam=lam_s, rayleigh=float(err.value), system=idx,
+                bound=float(np.sqrt(lam_s * lam_s - float(err.value))),
+                threshold_name="-lambda_min(A) = sigma_max(C), the red-black coupling,",
+                matrix="S", how="CG on the red-black reduced system S = lam^2 I - C C^T") from err
         d_r = res.x.reshape(x_r.shape) / scale5
         y = black_product(G, d_r, cls=cls, shift=shift)  # C^T d_r
         x_r, x_b, Y = x_r + d_r, x_b + (r_b - y) / lam5, Y + y

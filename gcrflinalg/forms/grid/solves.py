@@ -3,7 +3,8 @@
 - :func:`potts_split_solve`: the Potts ``L + 1`` split, ``(lam I + (L-1) W) s = sum_l b_l`` then
   ``(lam I - W) x_l = b_l - W s``, in refinement rounds;
 - :func:`sparse_direct_solve`: sparse LU of every system's CSR matrix, cached for the adjoint solve;
-- :func:`gershgorin_lanczos_check`: Gershgorin, then a Lanczos estimate of ``lambda_min(M)``.
+- :func:`gershgorin_check`: the Gershgorin certificate, and on request (``exact=True``) a
+  matrix-free Lanczos estimate of ``lambda_min(M)`` where it is inconclusive.
 
 The multi-resolution form uses the last two as well.
 """
@@ -14,14 +15,23 @@ import time
 
 import numpy as np
 
-from solvers import cg
+from solvers import NotPositiveDefiniteError, cg
 
 from ...backend import sparse_linalg_module, to_host
-from ...results import direct_result, make_result, not_positive_definite
+from ...results import curvature_not_positive_definite, direct_result, make_result, not_positive_definite
 from . import kernels
 from .kernels import shifted_weight_cg, weight_product
 
-__all__ = ["potts_split_solve", "sparse_direct_solve", "gershgorin_lanczos_check", "lanczos_lambda_min"]
+__all__ = ["potts_split_solve", "sparse_direct_solve", "gershgorin_check", "lanczos_lambda_min",
+           "LANCZOS_TOL", "LANCZOS_NCV", "LANCZOS_MAXITER"]
+
+#: Lanczos (ARPACK ``eigsh``, ``which="SA"``) of :func:`lanczos_lambda_min`: relative tolerance of
+#: the Ritz value, Lanczos basis size and number of restarts.  Each restart costs about
+#: ``LANCZOS_NCV - 1`` products with ``M``, so one estimate costs at most about
+#: ``LANCZOS_NCV * LANCZOS_MAXITER`` products (typically 60-300 on the grids).
+LANCZOS_TOL = 1e-6
+LANCZOS_NCV = 20
+LANCZOS_MAXITER = 100
 
 
 class _ShiftedWeightSystem:
@@ -33,6 +43,7 @@ class _ShiftedWeightSystem:
 
     def __init__(self, op, alpha: float):
         self.op = op
+        self.alpha = float(alpha)
         self._scaled_weights = op.xp.ascontiguousarray(op._params * op.dtype.type(alpha))
         self._lam = op._lam_flat.reshape(1, -1, 1, 1, 1)
         P = op.height * op.width
@@ -127,22 +138,31 @@ def potts_split_solve(op, b, x0, options):
     return result
 
 
-def gershgorin_lanczos_check(op):
-    """Raise :class:`NotPositiveDefiniteError` if a system of ``op`` is provably indefinite.
+def gershgorin_check(op, exact=False) -> bool:
+    """The positive-definiteness check of the general grid and multi-resolution forms
+    (docs/design.md section 6).  Returns True when every system is certified positive definite.
 
-    ``lam`` above ``op.gershgorin_bound()`` proves a system positive definite; for the others a
-    Lanczos estimate of ``lambda_min(M)`` (:func:`lanczos_lambda_min`) ``<= 0`` proves it indefinite.
+    ``lam`` above ``op.gershgorin_bound()`` certifies a system (about one product's work for all of
+    them).  A system below it is undecided: by default it is left to CG's curvature test
+    (returns False).  With ``exact=True`` each undecided system gets a matrix-free Lanczos estimate
+    of ``lambda_min(M)`` (:func:`lanczos_lambda_min`); an estimate ``<= 0`` proves it indefinite and
+    raises :class:`NotPositiveDefiniteError` naming ``lam`` and ``-lambda_min(A) >= lam - estimate``.
     """
     bound = to_host(op.gershgorin_bound()).reshape(op.batch_shape)
-    lam = to_host(op.lam).reshape(op.batch_shape)
-    for idx in np.argwhere(lam <= bound):
+    lam = to_host(op.lam).reshape(op.batch_shape).astype(np.float64)
+    undecided = np.argwhere(lam <= bound)  # (count, ndim) rows, also for an unbatched operator
+    if not exact or len(undecided) == 0:
+        return len(undecided) == 0
+    for idx in undecided:
         idx = tuple(int(i) for i in idx)
-        lmin = lanczos_lambda_min(op, idx)
+        lmin, products = lanczos_lambda_min(op, idx)
         if lmin is not None and lmin <= 0:
             raise not_positive_definite(
-                type(op).__name__, value=float(lam[idx]), bound=float(bound[idx]),
-                bound_name="the Gershgorin bound", system=idx,
-                reason=f"Lanczos finds lambda_min(M) = {lmin:.6g} <= 0")
+                type(op).__name__, value=float(lam[idx]), bound=float(lam[idx] - lmin),
+                bound_name="-lambda_min(A)", relation=">=", system=idx,
+                reason=(f"Lanczos ({products} products with M) finds lambda_min(M) <= {lmin:.6g} <= 0 "
+                        f"(lam is below the Gershgorin bound {float(bound[idx]):.6g})"))
+    return False
 
 
 def sparse_direct_solve(op, b, options):
@@ -182,26 +202,54 @@ def _sparse_factor(op, index):
 
 
 def lanczos_lambda_min(op, index):
-    """A Lanczos (ARPACK / cupyx ``eigsh``) estimate of ``lambda_min(M)`` of one system of ``op``
-    (from its CSR matrix), or None without one.  A Ritz value is never below ``lambda_min``, so an
-    estimate ``<= 0`` proves ``M`` indefinite."""
-    mat = op.to_sparse(index)
-    try:
-        if op.xp is np:
-            from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+    """A Lanczos estimate of ``lambda_min(M)`` of one system of ``op``, matrix-free.
 
+    ARPACK (``scipy.sparse.linalg.eigsh``, ``which="SA"``; ``cupyx`` on CuPy) on the operator's own
+    product ``op.aslinearoperator(index)`` (no CSR assembly), in float64 arithmetic around
+    products in the operator's dtype, from a fixed start vector: tolerance :data:`LANCZOS_TOL`
+    (relative), basis :data:`LANCZOS_NCV`, at most :data:`LANCZOS_MAXITER` restarts, i.e. at most
+    about ``LANCZOS_NCV * LANCZOS_MAXITER`` products.  Systems of at most ``LANCZOS_NCV + 1``
+    unknowns are done densely from ``n`` products.  A Ritz value is never below ``lambda_min`` (up
+    to the rounding of the products), so an estimate ``<= 0`` proves ``M`` indefinite.
+
+    Returns
+    -------
+    (estimate or None, products)
+        None when no Ritz value was obtained.
+    """
+    lin = op.aslinearoperator(index)
+    n = lin.shape[0]
+    xp = op.xp
+    count = [0]
+
+    def mv(v):
+        count[0] += 1
+        return lin.matvec(xp.asarray(v).astype(op.dtype)).astype(np.float64).reshape(-1)
+
+    if n <= LANCZOS_NCV + 1:
+        cols = xp.stack([mv(e) for e in xp.eye(n)], axis=1)
+        vals = to_host(xp.linalg.eigvalsh(0.5 * (cols + cols.T)))
+        return float(vals[0]), count[0]
+    v0 = np.random.default_rng(0).standard_normal(n)
+    try:
+        if xp is np:
+            from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+            A64 = LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64)
             try:
-                vals = eigsh(mat.astype(np.float64), k=1, which="SA", tol=1e-6, maxiter=2000,
-                             return_eigenvectors=False)
+                vals = eigsh(A64, k=1, which="SA", tol=LANCZOS_TOL, ncv=LANCZOS_NCV,
+                             maxiter=LANCZOS_MAXITER, v0=v0, return_eigenvectors=False)
             except ArpackNoConvergence as err:
                 vals = err.eigenvalues
         else:
-            from cupyx.scipy.sparse.linalg import eigsh
+            from cupyx.scipy.sparse.linalg import LinearOperator, eigsh
 
-            vals = to_host(eigsh(mat, k=1, which="SA", return_eigenvectors=False))
-    except Exception:  # no estimate: CG still detects an indefinite system
-        return None
-    return float(np.min(vals)) if len(vals) else None
+            A64 = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+            vals = to_host(eigsh(A64, k=1, which="SA", tol=LANCZOS_TOL, ncv=LANCZOS_NCV,
+                                 maxiter=LANCZOS_MAXITER, return_eigenvectors=False))
+    except Exception:  # no estimate: CG still guards the solve
+        return None, count[0]
+    return (float(np.min(vals)) if len(vals) else None), count[0]
 
 
 def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
@@ -216,25 +264,38 @@ def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
     if kernels._use_numba(op._params):
         rhs5 = np.ascontiguousarray(rhs.reshape(E, B, R, op.height, op.width))
         x = np.zeros_like(rhs5)
-        iters, failed = shifted_weight_cg(system._scaled_weights, op._lam_flat, rhs5, x, op.offsets,
-                                          rtol, maxiter)
+        iters, failed, rayleigh = shifted_weight_cg(system._scaled_weights, op._lam_flat, rhs5, x,
+                                                    op.offsets, rtol, maxiter)
         if failed >= 0:
             if not check_pd:
                 return None, None, 0
             e, b, r = np.unravel_index(failed, (E, B, R))
-            idx = np.unravel_index(int(b), op.batch_shape) if op.batch_shape else ()
-            raise not_positive_definite(
-                "GridPottsGCRF", value=float(op._lam_flat[b]), system=idx,
-                bound_name="max(lambda_max(W), -(L-1) lambda_min(W))",
-                reason="CG on the split met p^T A p <= 0 (see check_positive_definite)")
+            raise _split_not_pd(op, system, int(b), rayleigh)
         return x.reshape(rhs.shape), iters, int(iters.max(initial=0)) + 1
 
     rtol = max(rtol, 64 * float(np.finfo(op.dtype).eps))
-    res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
+    try:
+        res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
+    except NotPositiveDefiniteError as err:
+        b = int(err.system[1]) if err.system else 0
+        raise _split_not_pd(op, system, b, err.value) from err
     iters = np.broadcast_to(np.asarray(res.iterations), (E, B, R))
     if not check_pd and np.any(np.asarray(res.info) < 0):
         return None, None, 0
     return res.x, iters, res.matvecs
+
+
+def _split_not_pd(op, system, b, rayleigh):
+    """The error of a failed curvature test on ``lam I + alpha W`` of system ``b`` of the split:
+    ``lam I + alpha W`` has ``lambda_min <= rho``, so ``max(lambda_max(W), -(L-1) lambda_min(W))``
+    (``alpha = -1``: ``lambda_max(W)``; ``alpha = L - 1``: ``-(L-1) lambda_min(W)``) is at least
+    ``lam - rho``."""
+    idx = tuple(int(i) for i in np.unravel_index(b, op.batch_shape)) if op.batch_shape else ()
+    which = "lam I - W" if system.alpha < 0 else f"lam I + {system.alpha:g} W"
+    return curvature_not_positive_definite(
+        "GridPottsGCRF", lam=float(op._lam_flat[b]), rayleigh=float(rayleigh), system=idx,
+        threshold_name="max(lambda_max(W), -(L-1) lambda_min(W))", matrix="S",
+        how=f"CG on the split system S = {which}")
 
 
 def _round_history(rounds, used):

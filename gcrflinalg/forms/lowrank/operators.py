@@ -386,18 +386,20 @@ class LowRankPottsGCRF(_LowRankOperator):
         """``||psi||_2^2 = lambda_max(psi psi^T)`` per system (float64, shape ``batch_shape``)."""
         return self.factorize()[1].gram_eigenvalues[..., -1]
 
-    def check_positive_definite(self) -> None:
+    def check_positive_definite(self, exact: bool = False) -> bool:
         """Raise :class:`NotPositiveDefiniteError` unless ``lam > ||psi||_2^2`` in every system
-        (``L >= 2``; DESIGN.md section 6).
+        (``L >= 2``; DESIGN.md section 6); return True.  The test is exact and cheap, so it runs
+        the same with or without ``exact``.
 
         The test is the Cholesky factorisation of the ``D x D`` capacitance matrix
         ``lam I - psi psi^T``, which exists iff ``lam > ||psi||_2^2`` (exact up to its round-off,
         ``O(eps D ||psi||_2^2)``); the factorisation is cached and reused by the direct solve.  On
         failure the eigenvalues of ``psi psi^T`` name the bound."""
         if self.num_labels < 2 or self.factorize()[1].is_positive_definite():
-            return
+            return True
         raise_if_lam_below(self.lam, self.squared_spectral_norm(), bound_name="||psi||_2^2",
                            form=type(self).__name__)
+        return True
 
     def _direct_flat(self, bflat):
         lam = self.lam[..., None, None]

@@ -335,22 +335,27 @@ class VideoGCRF(GCRFOperator):
         theta_min = to_host(self.xp.linalg.eigvalsh(B)[..., 0])
         return np.maximum(0.0, -theta_min)
 
-    def check_positive_definite(self) -> None:
-        """Raise :class:`NotPositiveDefiniteError` unless ``M`` is positive definite.
+    def check_positive_definite(self, exact: bool = False) -> bool:
+        """Check ``M`` for positive definiteness (DESIGN.md section 6).
 
-        First the sufficient bound of :meth:`sufficient_lam`; where it does not certify a system,
-        the exact test: ``M`` is positive definite iff the Cholesky factorisation of the
-        capacitance matrix ``lam I + B`` exists (``B`` as in :meth:`positive_definite_threshold`).
-        The error names ``lam``, the threshold ``-lambda_min(U^T C U)`` it must exceed and the
-        smallest eigenvalue of ``M``.
+        By default only the sufficient bound of :meth:`sufficient_lam` (``O(V Dt n)``): True when it
+        certifies every system, else False, and the solve goes ahead: the direct method's
+        capacitance factorisation is the exact test (it runs anyway), CG's curvature test guards
+        the iterative methods.  With ``exact=True`` the exact test runs here: ``M`` is positive
+        definite iff the Cholesky factorisation of the capacitance matrix ``lam I + B`` exists
+        (``B`` as in :meth:`positive_definite_threshold`; cached for the direct solve).  The error
+        names ``lam``, the threshold ``-lambda_min(U^T C U)`` it must exceed and the smallest
+        eigenvalue of ``M``.
         """
         if not self.coupled:
-            return None  # M = lam I + PSD
+            return True  # M = lam I + PSD
         lam = to_host(self.lam).astype(np.float64)
         if bool(np.all(lam > self.sufficient_lam())):
-            return None
+            return True
+        if not exact:
+            return False
         self._capacitance()  # raises when the factorisation fails
-        return None
+        return True
 
     # ------------------------------------------------------------------ capacitance / direct solve
     def _frame_grams_host(self):
