@@ -357,8 +357,10 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     on_nonconvergence : {"raise", "warn"}
         A forward or adjoint solve that misses its tolerance raises :class:`NotConvergedError`
         (default) or warns with :class:`NotConvergedWarning`.
-    check_pd : bool
-        Check the form's positive-definiteness bound in the forward pass.
+    check_pd : bool or "exact"
+        Positive-definiteness policy of the forward solve, as in :func:`gcrflinalg.solve`: cheap
+        certificates and CG's curvature guard (True), nothing upfront (False), or the costlier exact
+        test where the cheap certificate is inconclusive ("exact").
     solver_options : dict, optional
         Further solver keywords (``restart`` for GMRES, ``omega`` for Jacobi/Gauss–Seidel,
         ``refine`` for the low-rank direct solve).
