@@ -207,7 +207,11 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             pAp = acc.astype(dt).reshape(pb.batch)
         else:
             pAp = dots(xp, p, q)
-        bad = active & ~(pAp > 0)  # p^T A p <= 0 (or NaN): A is not positive definite
+        # a product that returned NaN or Inf is a breakdown (info = -1), not indefiniteness
+        nonfinite = active & ~xp.isfinite(pAp)
+        broken |= nonfinite
+        active &= ~nonfinite
+        bad = active & ~(pAp > 0)  # p^T A p <= 0: A is not positive definite
         if not check_pd:
             broken |= bad
             active &= ~bad
