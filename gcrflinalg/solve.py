@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 
-from ._validation import check_finite
+import numpy as np
+
+from ._validation import check_finite, check_solver_options
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
 
@@ -52,8 +54,10 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
     NotPositiveDefiniteError
         ``check_pd`` found a violated bound, or CG met ``p^T M p <= 0``.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    # rtol, atol and maxiter are checked here once, for every method path (solvers' own check)
+    solver_options = check_solver_options(solver_options)
     barr, flat = op.as_vectors(b, "b")
     check_finite(barr, "b")
     bflat = _flatten(op, barr)
@@ -64,6 +68,8 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
             raise ValueError(f"x0 must have the shape of b {tuple(barr.shape)}; got {tuple(x0arr.shape)}")
         check_finite(x0arr, "x0")
         x0flat = _flatten(op, x0arr)
+    if bflat.size == 0:  # an empty batch (or no right-hand side): an empty result, nothing to solve
+        return _empty_result(op, bflat, barr, flat, method)
     if check_pd and not op._pd_checked:
         op.check_positive_definite()
         op._pd_checked = True
@@ -83,6 +89,17 @@ def adjoint_solve(op, grad_x, **options):
     forward ``method="direct"`` solve is reused.
     """
     return solve(op, grad_x, **options)
+
+
+def _empty_result(op, bflat, barr, flat, method):
+    from solvers import SolveResult
+
+    systems = tuple(bflat.shape[:-1])
+    x = op.xp.zeros(bflat.shape, dtype=op.dtype)
+    return SolveResult(x=x if flat else x.reshape(barr.shape), info=np.zeros(systems, np.int64),
+                       converged=np.ones(systems, bool), iterations=np.zeros(systems, np.int64),
+                       residual_norms=np.zeros((1,) + systems), matvecs=0, time_s=0.0, method=method,
+                       b_norm=np.zeros(systems))
 
 
 def _flatten(op, arr):
