@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backend import sparse_module, to_host
 from ..operator import GCRFOperator
-from .._validation import as_parameter
+from .._validation import as_parameter, readonly
 from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
 from .grid.solves import gershgorin_lanczos_check, sparse_direct_solve
 
@@ -118,7 +118,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             if tuple(arr.shape) != batch + tail:
                 raise ValueError(f"cross[{s}] ({form} coupling of levels {s} and {s + 1}) must have shape "
                                  f"{batch + tail}; got {tuple(arr.shape)}")
-            self.cross.append(arr.astype(dtype, copy=False))
+            self.cross.append(readonly(arr.astype(dtype, copy=False)))
         self.level_operators = ops
         self.num_labels = L
         self.level_shapes = [o.vector_shape for o in ops]
@@ -176,7 +176,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
     def join_levels(self, parts):
         """The inverse of :meth:`split_levels`: concatenate ``(..., L, H_s, W_s)`` arrays."""
         lead = parts[0].shape[:-3]
-        return self.xp.concatenate([p.reshape(lead + (-1,)) for p in parts], axis=-1)
+        return self.xp.concatenate([p.reshape(lead + (math.prod(p.shape[-3:]),)) for p in parts], axis=-1)
 
     # ------------------------------------------------------------------ couplings
     def _gather_parents(self, s, v_coarse):

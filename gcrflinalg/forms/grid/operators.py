@@ -22,7 +22,7 @@ from ...backend import get_array_module, to_host
 from ...neighbourhoods import neighbourhood_offsets
 from ...operator import GCRFOperator
 from ...results import not_positive_definite
-from ..._validation import as_lam, as_parameter
+from ..._validation import as_lam, as_parameter, readonly
 from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
@@ -60,8 +60,13 @@ class _GridOperator(SparseAssembled, GCRFOperator):
     _potts = False
 
     def _setup_grid(self, *, xp, dtype, batch_shape, num_labels, height, width, neighbourhood, lam):
-        self.neighbourhood = int(neighbourhood)
         self.offsets = neighbourhood_offsets(neighbourhood)
+        self.neighbourhood = int(neighbourhood)
+        param = "weights" if self._potts else "pairwise"
+        for axis, size in (("L (labels)", num_labels), ("H (image height)", height), ("W (image width)", width)):
+            if int(size) < 1:
+                raise ValueError(f"{param}: the axis {axis} is empty; every image axis needs at least one "
+                                 f"entry (batch axes may be empty)")
         self.num_labels, self.height, self.width = int(num_labels), int(height), int(width)
         lam_arr, lam_shape = as_lam(lam, tuple(batch_shape), dtype, xp)
         super().__init__(xp=xp, dtype=dtype, batch_shape=batch_shape,
@@ -96,6 +101,8 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         xp = self.xp
         shape = v.shape
         B, L, H, W = self._n_systems, self.num_labels, self.height, self.width
+        if v.size == 0:  # an empty batch (or no vectors): nothing to multiply
+            return xp.zeros(shape, dtype=self.dtype)
         vv = xp.ascontiguousarray(v.reshape((-1, B, L, H, W)))
         return self._shifted_product(vv).reshape(shape)
 
@@ -219,7 +226,7 @@ class GridGCRF(_GridOperator):
                 f"pairwise must have shape (..., K, L, L, H, W) with K = {len(offsets)} for the "
                 f"{int(neighbourhood)}-neighbourhood; got {tuple(pw.shape)}")
         xp = get_array_module(pw)
-        self.pairwise = pw
+        self.pairwise = readonly(pw)
         self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
                          width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
@@ -331,7 +338,7 @@ class GridPottsGCRF(_GridOperator):
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
             raise ValueError(f"num_labels must be an integer >= 1; got {num_labels!r}")
         xp = get_array_module(wt)
-        self.weights = wt
+        self.weights = readonly(wt)
         self._setup_grid(xp=xp, dtype=wt.dtype, batch_shape=wt.shape[:-3], num_labels=int(num_labels),
                          height=H, width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(wt.reshape((self._n_systems, K, H, W)))
