@@ -46,6 +46,8 @@ class SparseAssembled:
     def _to_dense(self):
         xp = self.xp
         mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
+        if not mats:  # an empty batch
+            return xp.zeros(self.batch_shape + self.shape, dtype=self.dtype)
         return xp.stack(mats).reshape(self.batch_shape + self.shape)
 
 
