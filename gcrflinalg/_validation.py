@@ -8,7 +8,7 @@ import numpy as np
 
 from .backend import asarray, get_array_module
 
-__all__ = ["as_parameter", "as_lam", "floating_dtype", "check_finite", "check_shape_tail"]
+__all__ = ["as_parameter", "readonly", "as_lam", "check_solver_options", "floating_dtype", "check_finite", "check_shape_tail"]
 
 
 def floating_dtype(dtype) -> np.dtype:
@@ -31,8 +31,42 @@ def check_finite(arr, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def _frozen(arr) -> bool:
+    """True when nobody can write ``arr``'s memory through NumPy: ``arr`` and every array it views
+    are read-only, and the memory at the bottom is not an array (e.g. ``bytes``).  A read-only
+    input is taken as the caller's promise not to make it writeable again."""
+    if not isinstance(arr, np.ndarray):
+        return False  # CuPy arrays have no read-only flag
+    while isinstance(arr, np.ndarray):
+        if arr.flags.writeable:
+            return False
+        arr = arr.base
+    return arr is None or isinstance(arr, bytes)
+
+
+def readonly(arr):
+    """A read-only view of ``arr`` (NumPy); ``arr`` itself (and its flags) are left alone."""
+    if isinstance(arr, np.ndarray) and arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
 def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
-    """A parameter array, viewed without copying when possible (DLPack inputs included).
+    """A parameter array that the operator owns: nobody else can change it afterwards.
+
+    The operator's products and cached factorisations must describe one matrix for its whole life,
+    so a parameter is never a view of memory the caller can still write:
+
+    - an input that needs a cast (or is not an array: lists, scalars) becomes a new array, which
+      the operator owns without a further copy;
+    - a read-only NumPy input (``flags.writeable`` False down to the memory it views) is viewed
+      without copying;
+    - any other input (a writeable NumPy array, a CuPy array, a DLPack view of a framework's
+      tensor) is copied once, C-contiguous.
+
+    The caller's array and its flags are never modified.  Store the result behind
+    :func:`readonly` when it is exposed as a public attribute.
 
     Parameters
     ----------
@@ -47,16 +81,23 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
     xp : module, optional
         Required array namespace (raises when the parameter lives elsewhere).
     """
+    fresh = not (isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"))
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a real numeric array; got {type(x).__name__}")
     arr = asarray(x)
     if xp is not None and get_array_module(arr) is not xp:
         raise TypeError(f"{name} lives on another device than the other parameters")
-    target = floating_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
     if arr.dtype.kind == "c":
         raise ValueError(f"{name}: G-CRF systems are real; complex input is not supported")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    target = floating_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
     if arr.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} axes; got shape {tuple(arr.shape)}")
     if arr.dtype != target:
-        arr = arr.astype(target)
+        arr = arr.astype(target, order="C")  # a new array: the operator's own
+    elif not fresh and not _frozen(arr):
+        arr = get_array_module(arr).array(arr, copy=True, order="C")  # the caller may still write it
     check_finite(arr, name)
     return arr
 
@@ -67,15 +108,22 @@ def as_lam(lam, batch_shape: tuple, dtype, xp):
     Returns ``(lam_array, lam_shape)`` where ``lam_shape`` is the shape the caller gave, so that the
     gradient of ``lam`` can be returned in that shape.
     """
-    if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
+    if lam is None or isinstance(lam, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"lam must be a real number or a real array; got {type(lam).__name__} {lam!r}")
+    if isinstance(lam, numbers.Complex) and not isinstance(lam, numbers.Real):
+        # complex input is a ValueError everywhere (docs/design.md 3.8)
+        raise ValueError(f"lam must be real (G-CRF systems are real); got {type(lam).__name__} {lam!r}")
+    if isinstance(lam, numbers.Real):
         lam_arr = xp.asarray(float(lam), dtype=dtype)
     else:
         lam_arr = asarray(lam)
         if lam_arr.dtype.kind == "c":
-            raise ValueError("lam must be real")
+            raise ValueError(f"lam must be real (G-CRF systems are real); got dtype {lam_arr.dtype}")
+        if lam_arr.dtype.kind not in "iuf":
+            raise TypeError(f"lam must be a real number or a real array; got an array of dtype {lam_arr.dtype}")
         if get_array_module(lam_arr) is not xp:
             lam_arr = xp.asarray(lam_arr)
-        lam_arr = lam_arr.astype(dtype, copy=False)
+        lam_arr = lam_arr.astype(dtype, copy=True)  # one value per system: always the operator's own
     lam_shape = tuple(lam_arr.shape)
     try:
         full = xp.broadcast_to(lam_arr, batch_shape)
@@ -96,3 +144,20 @@ def check_shape_tail(arr, tail: tuple, name: str, what: str = "") -> tuple:
         extra = f" ({what})" if what else ""
         raise ValueError(f"{name} must have shape (..., {', '.join(map(str, tail))}){extra}; got {shape}")
     return shape[: len(shape) - len(tail)]
+
+
+def check_solver_options(options: dict) -> dict:
+    """``options`` with ``rtol``, ``atol`` and ``maxiter`` checked and normalised (floats, an int)
+    by :func:`solvers.check_options`, the check every solver runs; the other entries unchanged.
+
+    Raises ``TypeError`` (wrong type) or ``ValueError`` (bad value) naming the option.
+    """
+    from solvers import check_options
+
+    options = dict(options)
+    rtol, atol, maxiter = check_options(options.get("rtol", 1e-5), options.get("atol", 0.0),
+                                        options.get("maxiter"))
+    for key, value in (("rtol", rtol), ("atol", atol), ("maxiter", maxiter)):
+        if key in options:
+            options[key] = value
+    return options

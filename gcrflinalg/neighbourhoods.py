@@ -18,10 +18,12 @@ NEIGHBOURHOODS = {
 
 def neighbourhood_offsets(neighbourhood) -> tuple[tuple[int, int], ...]:
     """The offsets ``((di, dj), ...)`` of a neighbourhood name 4, 8 or 12 (``K`` = 2, 4, 6)."""
-    try:
-        return NEIGHBOURHOODS[int(neighbourhood)]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"neighbourhood must be one of 4, 8, 12; got {neighbourhood!r}") from None
+    # an integer only: 4.5, "4" or True are not silently read as a neighbourhood
+    if isinstance(neighbourhood, (bool, np.bool_)) or not isinstance(neighbourhood, (int, np.integer)) \
+            or int(neighbourhood) not in NEIGHBOURHOODS:
+        raise ValueError(f"neighbourhood must be one of the integers 4, 8, 12; got "
+                         f"{type(neighbourhood).__name__} {neighbourhood!r}")
+    return NEIGHBOURHOODS[int(neighbourhood)]
 
 
 def edge_mask(neighbourhood, height: int, width: int) -> np.ndarray:

@@ -17,8 +17,9 @@ from ._validation import floating_dtype
 
 __all__ = ["GCRFOperator", "DENSE_MAX_SIZE"]
 
-#: ``to_dense()`` refuses systems with more unknowns than this unless called with ``force=True``
-#: (an ``N x N`` float64 matrix of this size is 512 MiB).
+#: ``to_dense()`` refuses to form more than ``DENSE_MAX_SIZE**2`` entries in all (the whole batch
+#: counted) unless called with ``force=True``: one float64 ``N x N`` matrix with ``N = DENSE_MAX_SIZE``
+#: is 512 MiB.
 DENSE_MAX_SIZE = 8192
 
 
@@ -128,6 +129,8 @@ class GCRFOperator(abc.ABC):
         array of the same shape as ``v``
         """
         arr, flat = self.as_vectors(v)
+        if arr.size == 0:  # an empty batch (or no vectors): nothing to multiply
+            return self._restore(self.xp.zeros(arr.shape, dtype=self.dtype), flat)
         return self._restore(self._over_extra_axes(self._matvec, arr), flat)
 
     __matmul__ = matvec
@@ -160,12 +163,18 @@ class GCRFOperator(abc.ABC):
     def to_dense(self, *, force: bool = False):
         """The dense matrix ``M``, shape ``batch_shape + (N, N)``: for tests and small problems.
 
-        Refuses (``MemoryError``) when ``N > DENSE_MAX_SIZE`` unless ``force=True``.
+        Refuses (``MemoryError``) when the result, every system of the batch counted
+        (``prod(batch_shape) * N * N`` entries), would exceed ``DENSE_MAX_SIZE**2`` entries, unless
+        ``force=True``.
         """
-        if self.size > DENSE_MAX_SIZE and not force:
+        n_sys = math.prod(self.batch_shape)
+        entries = n_sys * self.size * self.size
+        if entries > DENSE_MAX_SIZE ** 2 and not force:
+            nbytes = entries * self.dtype.itemsize
             raise MemoryError(
-                f"to_dense() would form a {self.size} x {self.size} matrix per system "
-                f"(N > DENSE_MAX_SIZE = {DENSE_MAX_SIZE}); pass force=True if you mean it"
+                f"to_dense() would allocate {n_sys} x {self.size} x {self.size} = {entries} entries "
+                f"({nbytes / 2**30:.3g} GiB of {self.dtype}), more than DENSE_MAX_SIZE**2 = "
+                f"{DENSE_MAX_SIZE}**2; pass force=True if you mean it"
             )
         return self._to_dense()
 

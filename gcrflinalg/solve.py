@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ._validation import check_finite
+from ._validation import check_finite, check_solver_options
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
 
@@ -83,10 +83,12 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
         name ``lam`` (``value``) and the threshold it must exceed (``bound``; from CG a proven lower
         bound of it, ``lam - p^T M p / p^T p``).
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if check_pd not in (True, False, "exact") or not isinstance(check_pd, (bool, str, int)):
         raise ValueError(f"check_pd must be True, False or 'exact'; got {check_pd!r}")
+    # rtol, atol and maxiter are checked here once, for every method path (solvers' own check)
+    solver_options = check_solver_options(solver_options)
     barr, flat = op.as_vectors(b, "b")
     check_finite(barr, "b")
     bflat = _flatten(op, barr)
@@ -97,6 +99,8 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
             raise ValueError(f"x0 must have the shape of b {tuple(barr.shape)}; got {tuple(x0arr.shape)}")
         check_finite(x0arr, "x0")
         x0flat = _flatten(op, x0arr)
+    if bflat.size == 0:  # an empty batch (or no right-hand side): an empty result, nothing to solve
+        return _empty_result(op, bflat, barr, flat, method)
     level = 2 if check_pd == "exact" else int(bool(check_pd))  # checks done: 0 none, 1 cheap, 2 exact
     if level > int(op._pd_checked):
         op.check_positive_definite(exact=level == 2)
@@ -135,6 +139,17 @@ def _curvature_error(op, err):
     lam = np.broadcast_to(to_host(op.lam), op.batch_shape)[system]
     return curvature_not_positive_definite(type(op).__name__, lam=float(lam), rayleigh=err.value,
                                            system=system)
+
+
+def _empty_result(op, bflat, barr, flat, method):
+    from solvers import SolveResult
+
+    systems = tuple(bflat.shape[:-1])
+    x = op.xp.zeros(bflat.shape, dtype=op.dtype)
+    return SolveResult(x=x if flat else x.reshape(barr.shape), info=np.zeros(systems, np.int64),
+                       converged=np.ones(systems, bool), iterations=np.zeros(systems, np.int64),
+                       residual_norms=np.zeros((1,) + systems), matvecs=0, time_s=0.0, method=method,
+                       b_norm=np.zeros(systems))
 
 
 def _flatten(op, arr):

@@ -27,6 +27,7 @@ _EXPORTS = {
     "SolveResult": "_result",
     "NotPositiveDefiniteError": "_errors",
     "block_jacobi_preconditioner": "_preconditioners",
+    "check_options": "_options",
 }
 
 __all__ = list(_EXPORTS)

@@ -262,12 +262,16 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             pp1 = xp.where(pp > 0, pp, 1.0)
             rq = pAp.astype(np.float64) / pp1
             gain = xp.sqrt(dots(xp, q, q).astype(np.float64) / pp1)
+        # a product that returned NaN or Inf is a breakdown (info = -1), not indefiniteness
+        nonfinite = active & ~xp.isfinite(pAp)
+        broken |= nonfinite
+        active &= ~nonfinite
         # the curvature test (Notes): rq <= -c eps ||A||_est proves A not positive definite;
-        # a non-positive rq above it (or NaN-free p = 0) is rounding: that system stops
+        # a non-positive rq above it (or p = 0) is rounding: that system stops
         norm_est = xp.where(active, xp.maximum(norm_est, gain), norm_est)
         threshold = -CURVATURE_TOLERANCE * eps * norm_est
         nonpos = active & ~(pAp > 0)
-        bad = nonpos & ~(rq > threshold) & ~(pp == 0)  # includes NaN; p = 0 is no direction
+        bad = nonpos & ~(rq > threshold) & ~(pp == 0)  # p = 0 is no direction
         stall = nonpos & ~bad
         active &= ~stall
         if not check_pd:

@@ -149,6 +149,8 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
     maxiter = 10 * pb.n if pb.maxiter is None else pb.maxiter
     n = pb.n
     w = dt.type(omega)
+    if b.size == 0:  # an empty batch: nothing to solve, an empty result like the other solvers
+        return stationary_loop(pb, x, lambda x, r, active: x, maxiter, callback)
 
     custom_sweep = getattr(op.A, "gauss_seidel_sweep", None) if op.kind == "custom" else None
     if custom_sweep is not None:

@@ -17,7 +17,6 @@ different matrix per batch item.
 """
 from __future__ import annotations
 
-import numbers
 import time
 from types import SimpleNamespace
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from .backend import asarray, get_array_module, is_cupy_array, sparse_module, synchronize, to_host
 
+from ._options import check_options
 from ._result import SolveResult, _History
 
 __all__ = ["Operator", "as_operator", "prepare", "finish"]
@@ -235,6 +235,11 @@ def as_operator(A, xp=None, dtype=None, *, name="A") -> Operator:
         compute_dtype(a_dtype)  # rejects complex
     if kind in ("dense", "sparse") and A.dtype != dtype:
         A = A.astype(dtype)
+    if kind == "dense":
+        _check_finite(get_array_module(A), A, f"{name} (its entries)")
+    elif kind == "sparse":
+        data = A.data if hasattr(A, "data") and hasattr(A.data, "dtype") else A.tocsr().data
+        _check_finite(get_array_module(data), data, f"{name} (its stored entries)")
     op = Operator(A, kind, xp, n, dtype)
     op.declared_dtype = None if a_dtype is None else np.dtype(a_dtype)
     return op
@@ -254,14 +259,7 @@ def prepare(A, b, x0, *, rtol, atol, maxiter, method):
     ``maxiter`` (None when not given), ``zero_b``, ``t0`` and a fresh residual ``history``.
     """
     t0 = time.perf_counter()
-    if not isinstance(rtol, numbers.Real) or not rtol >= 0:
-        raise ValueError(f"{method}: rtol must be a real number >= 0, got {rtol!r}")
-    if not isinstance(atol, numbers.Real) or not atol >= 0:
-        raise ValueError(f"{method}: atol must be a real number >= 0, got {atol!r}")
-    if maxiter is not None:
-        if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral) or maxiter < 0:
-            raise ValueError(f"{method}: maxiter must be an integer >= 0 or None, got {maxiter!r}")
-        maxiter = int(maxiter)
+    rtol, atol, maxiter = check_options(rtol, atol, maxiter, method=method)
     b = asarray(b)
     if b.ndim == 0:
         raise ValueError(f"{method}: b must have shape (n,) or (*batch, n), got a scalar")
@@ -317,6 +315,8 @@ def finish(pb, x, *, final_norm, iterations, broken, matvecs):
     """Assemble a :class:`SolveResult` (one device-to-host copy of the history and the flags)."""
     xp = pb.xp
     pb.history.set_last(final_norm)
+    # a non-finite residual (a product returned NaN or Inf) is a breakdown, not an iteration limit
+    broken = broken | ~xp.isfinite(final_norm)
     conv = (final_norm <= pb.tol) & ~broken
     iters = iterations
     info = xp.where(conv, 0, xp.where(broken, -1, xp.maximum(iters, 1)))

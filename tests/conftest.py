@@ -12,6 +12,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from gcrflinalg.backend import cupy_available  # noqa: E402
 
+try:  # Hypothesis profiles of tests/test_properties.py: HYPOTHESIS_PROFILE=ci (default) or long
+    from hypothesis import HealthCheck, settings
+
+    _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("ci", max_examples=12, deadline=None, suppress_health_check=_SLOW)
+    settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=_SLOW)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+
 BACKENDS = [
     pytest.param("numpy", id="numpy"),
     pytest.param("cupy", id="cupy",

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backend import sparse_module, to_host
 from ..operator import GCRFOperator
-from .._validation import as_parameter
+from .._validation import as_parameter, readonly
 from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
 from .grid.solves import gershgorin_check, sparse_direct_solve
 from .registry import ParameterLayout
@@ -54,7 +54,9 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
     cross : sequence of ``S - 1`` arrays
         ``cross[s]`` couples level ``s`` to level ``s + 1``: shape ``(*batch, L, L, H_s, W_s)`` for
         a general coupling (block ``cross[s][:, :, i, j]`` at rows of fine pixel ``(i, j)``, columns
-        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.
+        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
+        copied once at construction, a read-only or cast input is not; the public attribute is a
+        read-only view, so products and cached factors always describe one matrix.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     num_labels : int, optional
@@ -119,7 +121,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             if tuple(arr.shape) != batch + tail:
                 raise ValueError(f"cross[{s}] ({form} coupling of levels {s} and {s + 1}) must have shape "
                                  f"{batch + tail}; got {tuple(arr.shape)}")
-            self.cross.append(arr.astype(dtype, copy=False))
+            self.cross.append(readonly(arr.astype(dtype, copy=False)))
         self.level_operators = ops
         self.num_labels = L
         self.level_shapes = [o.vector_shape for o in ops]
@@ -177,7 +179,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
     def join_levels(self, parts):
         """The inverse of :meth:`split_levels`: concatenate ``(..., L, H_s, W_s)`` arrays."""
         lead = parts[0].shape[:-3]
-        return self.xp.concatenate([p.reshape(lead + (-1,)) for p in parts], axis=-1)
+        return self.xp.concatenate([p.reshape(lead + (math.prod(p.shape[-3:]),)) for p in parts], axis=-1)
 
     # ------------------------------------------------------------------ couplings
     def _gather_parents(self, s, v_coarse):

@@ -22,7 +22,7 @@ from ...backend import get_array_module, to_host
 from ...neighbourhoods import neighbourhood_offsets
 from ...operator import GCRFOperator
 from ...results import not_positive_definite
-from ..._validation import as_lam, as_parameter
+from ..._validation import as_lam, as_parameter, readonly
 from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
@@ -46,6 +46,8 @@ class SparseAssembled:
     def _to_dense(self):
         xp = self.xp
         mats = [self.to_sparse(idx).toarray() for idx in np.ndindex(*self.batch_shape)]
+        if not mats:  # an empty batch
+            return xp.zeros(self.batch_shape + self.shape, dtype=self.dtype)
         return xp.stack(mats).reshape(self.batch_shape + self.shape)
 
 
@@ -60,8 +62,13 @@ class _GridOperator(SparseAssembled, GCRFOperator):
     _potts = False
 
     def _setup_grid(self, *, xp, dtype, batch_shape, num_labels, height, width, neighbourhood, lam):
-        self.neighbourhood = int(neighbourhood)
         self.offsets = neighbourhood_offsets(neighbourhood)
+        self.neighbourhood = int(neighbourhood)
+        param = "weights" if self._potts else "pairwise"
+        for axis, size in (("L (labels)", num_labels), ("H (image height)", height), ("W (image width)", width)):
+            if int(size) < 1:
+                raise ValueError(f"{param}: the axis {axis} is empty; every image axis needs at least one "
+                                 f"entry (batch axes may be empty)")
         self.num_labels, self.height, self.width = int(num_labels), int(height), int(width)
         lam_arr, lam_shape = as_lam(lam, tuple(batch_shape), dtype, xp)
         super().__init__(xp=xp, dtype=dtype, batch_shape=batch_shape,
@@ -96,6 +103,8 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         xp = self.xp
         shape = v.shape
         B, L, H, W = self._n_systems, self.num_labels, self.height, self.width
+        if v.size == 0:  # an empty batch (or no vectors): nothing to multiply
+            return xp.zeros(shape, dtype=self.dtype)
         vv = xp.ascontiguousarray(v.reshape((-1, B, L, H, W)))
         return self._shifted_product(vv).reshape(shape)
 
@@ -208,14 +217,16 @@ class GridGCRF(_GridOperator):
     ----------
     pairwise : array, shape ``(*batch, K, L, L, H, W)``
         Pairwise blocks; ``K`` = 2, 4, 6 for the 4, 8, 12 neighbourhoods.  Entries of edges leaving
-        the image are ignored.  Never modified; float32 or float64 (other reals become float64).
+        the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
+        copied once at construction, a read-only or cast input is not; the public attribute is a
+        read-only view, so products and cached factors always describe one matrix.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     neighbourhood : {4, 8, 12}
 
     Attributes
     ----------
-    pairwise : the validated parameter (a view of the input when no cast was needed)
+    pairwise : the operator's own parameter, a read-only array (a copy of a writeable input)
     num_labels, height, width, neighbourhood, offsets
     """
 
@@ -228,7 +239,7 @@ class GridGCRF(_GridOperator):
                 f"pairwise must have shape (..., K, L, L, H, W) with K = {len(offsets)} for the "
                 f"{int(neighbourhood)}-neighbourhood; got {tuple(pw.shape)}")
         xp = get_array_module(pw)
-        self.pairwise = pw
+        self.pairwise = readonly(pw)
         self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
                          width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
@@ -318,7 +329,9 @@ class GridPottsGCRF(_GridOperator):
     Parameters
     ----------
     weights : array, shape ``(*batch, K, H, W)``
-        Edge weights; entries of edges leaving the image are ignored.  Never modified.
+        Edge weights; entries of edges leaving the image are ignored.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
+        copied once at construction, a read-only or cast input is not; the public attribute is a
+        read-only view, so products and cached factors always describe one matrix.
     lam : float or array of shape ``batch``
         Diagonal shift; ``M`` is positive definite iff ``lam > lambda_max(W)`` and
         ``lam > -(L-1) lambda_min(W)`` (:meth:`check_positive_definite`).
@@ -340,7 +353,7 @@ class GridPottsGCRF(_GridOperator):
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
             raise ValueError(f"num_labels must be an integer >= 1; got {num_labels!r}")
         xp = get_array_module(wt)
-        self.weights = wt
+        self.weights = readonly(wt)
         self._setup_grid(xp=xp, dtype=wt.dtype, batch_shape=wt.shape[:-3], num_labels=int(num_labels),
                          height=H, width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(wt.reshape((self._n_systems, K, H, W)))

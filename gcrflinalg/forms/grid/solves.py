@@ -77,7 +77,7 @@ def potts_split_solve(op, b, x0, options):
     """
     t0 = time.perf_counter()
     xp = op.xp
-    rtol = float(options.pop("rtol", 1e-5))
+    rtol = float(options.pop("rtol", 1e-5))  # checked by gcrflinalg.solve
     atol = float(options.pop("atol", 0.0))
     maxiter = options.pop("maxiter", None)
     check_pd = options.pop("check_pd", True)
@@ -105,18 +105,23 @@ def potts_split_solve(op, b, x0, options):
     matvecs = 1
     for _ in range(10):
         todo = to_host(rnorm > tol)
-        if not todo.any() or used.max() >= budget:
+        remaining = budget - int(used.max())
+        if not todo.any() or remaining <= 0:
             break
         # relative inner tolerance: the tightest any unfinished system needs, with margins for the
         # coupling of the two phases (the sum's error reaches every label through W)
         need = float(to_host(tol / xp.where(rnorm > 0, rnorm, 1))[todo].min())
-        inner = dict(maxiter=max(1, budget - int(used.max())), check_pd=check_pd)
         r = xp.where(xp.asarray(todo)[..., None, None], r, 0)  # finished systems sit still
-        s, s_iters, s_mv = _shifted_solve(op, sum_sys, r.sum(axis=2)[:, :, None], 0.5 * need / L, **inner)
+        # the two phases share what is left of maxiter: the label sum at most remaining - 1 steps
+        # (none when one is left, s = 0), the labels the rest, so a round never exceeds the budget
+        s, s_iters, s_mv = _shifted_solve(op, sum_sys, r.sum(axis=2)[:, :, None], 0.5 * need / L,
+                                          maxiter=remaining - 1, check_pd=check_pd)
         if s is None:  # p^T M p <= 0 met with check_pd=False: stop, unconverged
             break
         Ws = op._weight_matvec(xp.ascontiguousarray(s.reshape(E, B, 1, op.height, op.width)))
-        d, d_iters, d_mv = _shifted_solve(op, label_sys, r - Ws.reshape(E, B, 1, P), 0.5 * need, **inner)
+        d, d_iters, d_mv = _shifted_solve(op, label_sys, r - Ws.reshape(E, B, 1, P), 0.5 * need,
+                                          maxiter=remaining - int(s_iters.max(initial=0)),
+                                          check_pd=check_pd)
         if d is None:
             break
         x = x + d

@@ -28,7 +28,7 @@ import numpy as np
 from ...backend import get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
 from ...results import direct_result, raise_if_lam_below
-from ..._validation import as_lam, as_parameter
+from ..._validation import as_lam, as_parameter, readonly
 from .woodbury import WoodburyFactor
 
 __all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper"]
@@ -165,7 +165,9 @@ class LowRankGCRF(_LowRankOperator):
     ----------
     embeddings : array, shape ``(..., D, L, H, W)``
         ``E``; leading axes are batch axes.  NumPy, CuPy or any DLPack-exporting array; float32 or
-        float64 (other real dtypes become float64).  Never modified.
+        float64 (other real dtypes become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
+        copied once at construction, a read-only or cast input is not; the public attribute is a
+        read-only view, so products and cached factors always describe one matrix.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
 
@@ -191,7 +193,7 @@ class LowRankGCRF(_LowRankOperator):
         lam_full, lam_shape = as_lam(lam, batch_shape, emb.dtype, xp)
         super().__init__(xp=xp, dtype=emb.dtype, batch_shape=batch_shape,
                          vector_shape=(n_labels, h, w), lam=lam_full, lam_shape=lam_shape)
-        self.embeddings = emb
+        self.embeddings = readonly(emb)
         self.rank = int(d)
         self._emb_flat = emb.reshape(batch_shape + (d, self.size))  # (*batch, D, N)
         self._rows = None
@@ -301,7 +303,9 @@ class LowRankPottsGCRF(_LowRankOperator):
     Parameters
     ----------
     embeddings : array, shape ``(..., D, H, W)``
-        ``psi``; leading axes are batch axes.  Never modified.
+        ``psi``; leading axes are batch axes.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
+        copied once at construction, a read-only or cast input is not; the public attribute is a
+        read-only view, so products and cached factors always describe one matrix.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
     num_labels : int
@@ -343,7 +347,7 @@ class LowRankPottsGCRF(_LowRankOperator):
         lam_full, lam_shape = as_lam(lam, batch_shape, psi.dtype, xp)
         super().__init__(xp=xp, dtype=psi.dtype, batch_shape=batch_shape,
                          vector_shape=(n_labels, h, w), lam=lam_full, lam_shape=lam_shape)
-        self.embeddings = psi
+        self.embeddings = readonly(psi)
         self.rank = int(d)
         self.num_labels = n_labels
         self.num_pixels = int(h * w)
@@ -394,11 +398,20 @@ class LowRankPottsGCRF(_LowRankOperator):
         The test is the Cholesky factorisation of the ``D x D`` capacitance matrix
         ``lam I - psi psi^T``, which exists iff ``lam > ||psi||_2^2`` (exact up to its round-off,
         ``O(eps D ||psi||_2^2)``); the factorisation is cached and reused by the direct solve.  On
-        failure the eigenvalues of ``psi psi^T`` name the bound."""
-        if self.num_labels < 2 or self.factorize()[1].is_positive_definite():
+        failure the eigenvalues of ``psi psi^T`` name the bound.  At the bound itself the
+        factorisation can succeed by rounding, so ``lam`` must also exceed ``||psi||_2^2`` by a
+        relative margin of 8 ulps of the dtype."""
+        if self.num_labels < 2:
             return True
-        raise_if_lam_below(self.lam, self.squared_spectral_norm(), bound_name="||psi||_2^2",
-                           form=type(self).__name__)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an exactly singular capacitance
+            chol_ok = bool(self.factorize()[1].is_positive_definite())
+        bound = self.squared_spectral_norm()
+        if chol_ok:
+            margin = 1.0 + 8.0 * float(np.finfo(self.dtype).eps)
+            raise_if_lam_below(self.lam, bound * margin, bound_name="||psi||_2^2 (1 + 8 eps)",
+                               form=type(self).__name__, reason="lam is within rounding of the bound")
+            return True
+        raise_if_lam_below(self.lam, bound, bound_name="||psi||_2^2", form=type(self).__name__)
         return True
 
     def _direct_flat(self, bflat):

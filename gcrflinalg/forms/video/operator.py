@@ -26,7 +26,7 @@ import numpy as np
 from ...backend import asarray, get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
 from ...results import direct_result, not_positive_definite
-from ..._validation import as_lam, as_parameter, check_finite
+from ..._validation import as_lam, as_parameter, check_finite, readonly
 from ..lowrank.operators import direct_is_cheaper
 from .kernels import gauss_seidel_video
 from .temporal import frame_coupling_matrix, normalise_neighbourhood
@@ -46,7 +46,11 @@ class VideoGCRF(GCRFOperator):
         Spatial embeddings ``S``: frame ``v`` couples its own pixels through ``S_v^T S_v``.
     temporal : array, shape ``(..., V, Dt, L, H, W)``
         Temporal embeddings ``T``: frames ``u != v`` at a distance in the neighbourhood are coupled
-        through the block ``T_u^T T_v``.  Same batch axes as ``spatial``.
+        through the block ``T_u^T T_v``.  Same batch axes as ``spatial``.  ``Dt = 0`` is allowed
+        (no temporal coupling: ``M`` is block-diagonal over the frames); ``Ds = 0``, ``V = 0`` and
+        empty image axes are a ``ValueError``.  Both embeddings are owned by the operator
+        (docs/guarantees.md): a writeable input is copied once, a read-only or cast one is not,
+        and the attributes ``spatial`` and ``temporal`` are read-only.
     lam : float or array of shape ``batch_shape``
         The diagonal shift, ``> 0``.
     neighbourhood : "fc" or iterable of int
@@ -83,14 +87,17 @@ class VideoGCRF(GCRFOperator):
         if n_frames < 1 or n_labels < 1 or height < 1 or width < 1:
             raise ValueError(f"spatial must have at least one frame, label and pixel; got shape "
                              f"{tuple(S.shape)}")
+        if ds < 1:
+            raise ValueError(f"spatial: the axis Ds (spatial rank) is empty; got shape {tuple(S.shape)} "
+                             "(Dt = 0 is allowed: no temporal coupling)")
         if product not in ("cached", "pairwise"):
             raise ValueError(f"product must be 'cached' or 'pairwise'; got {product!r}")
         lam_full, lam_shape = as_lam(lam, batch_shape, dtype, xp)
         super().__init__(xp=xp, dtype=dtype, batch_shape=batch_shape,
                          vector_shape=(n_frames, n_labels, height, width), lam=lam_full,
                          lam_shape=lam_shape)
-        self.spatial = S
-        self.temporal = T
+        self.spatial = readonly(S)
+        self.temporal = readonly(T)
         self.neighbourhood = normalise_neighbourhood(neighbourhood)
         self.product = product
         self.n_frames = int(n_frames)
