@@ -145,7 +145,7 @@ def _opcheck_case(form):
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_opcheck_every_form(form):
-    solve_op, backward_op, _ = gtorch._operators()
+    solve_op, backward_op, *_ = gtorch._operators()
     b, params, lam, key = _opcheck_case(form)
     inputs = (b.requires_grad_(), [p.requires_grad_() for p in params], lam.requires_grad_(), key)
     torch.library.opcheck(solve_op, inputs)
@@ -156,18 +156,82 @@ def test_opcheck_every_form(form):
 
 
 # ---------------------------------------------------------------------------- torch.func
-def test_func_vmap_matches_batch_and_func_grad_raises_clearly():
+def test_func_vmap_matches_batch():
     b, params, lam, options = make_case("lowrank_potts", (3,), seed=4, L=3)
     psi = params[0]
     solve = lambda bb, p: gtorch.gcrf_solve("lowrank_potts", bb, p, lam=lam, **TIGHT)  # noqa: E731
     torch.testing.assert_close(torch.func.vmap(solve)(b, psi), solve(b, psi), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(torch.func.vmap(solve, in_dims=(0, None))(b, psi[0]), solve(b, psi[0]),
                                rtol=1e-10, atol=1e-12)
-    # torch.func.grad: PyTorch's custom operators with a Tensor[] argument have no functorch
-    # autograd rule; the transform raises (never a wrong gradient); use loss.backward() /
-    # torch.autograd.grad, which also work under torch.compile
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.grad(lambda p: solve(b, p).pow(2).sum())(psi)
+    # eager autograd through a vmapped solve
+    pp = psi.clone().requires_grad_()
+    (g,) = torch.autograd.grad(torch.func.vmap(solve)(b, pp).pow(2).sum(), pp)
+    pp2 = psi.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(solve(b, pp2).pow(2).sum(), pp2)
+    torch.testing.assert_close(g, g2, rtol=1e-10, atol=1e-12)
+
+
+def _func_case(form):
+    if form == "multires":
+        b, params, lam, options = multires_case(("general", "potts"), batch=(2,), H=4, W=4, seed=5)
+    else:
+        b, params, lam, options = make_case(form, (2,), seed=5)
+    return b, params, torch.tensor(lam, dtype=torch.float64), options
+
+
+@pytest.mark.parametrize("form", ["grid_potts", "lowrank_potts", "grid", "lowrank", "video", "multires"])
+def test_func_grad_matches_autograd(form):
+    b, params, lam, options = _func_case(form)
+    weights = torch.linspace(-1, 1, b.numel(), dtype=torch.float64).reshape(b.shape)
+
+    def loss(bb, lm, *ps):
+        x = gtorch.gcrf_solve(form, bb, *ps, lam=lm, **TIGHT, **options)
+        return (weights * x).sum() + x.pow(2).sum()
+
+    argnums = tuple(range(2 + len(params)))  # b, lam and every parameter
+    got = torch.func.grad(loss, argnums=argnums)(b, lam, *params)
+    inputs = [t.clone().requires_grad_() for t in (b, lam, *params)]
+    want = torch.autograd.grad(loss(*inputs), inputs)
+    assert len(got) == len(want) == 2 + len(params)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+    # one argument at a time (the other inputs need no gradient)
+    (g_b,) = torch.func.grad(lambda bb: loss(bb, lam, *params), argnums=(0,))(b)
+    torch.testing.assert_close(g_b, want[0], rtol=1e-9, atol=1e-11)
+    g_last = torch.func.grad(lambda p: loss(b, lam, *params[:-1], p))(params[-1])
+    torch.testing.assert_close(g_last, want[-1], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("form", ["grid_potts", "lowrank_potts"])
+def test_func_per_sample_gradients_and_jacrev(form):
+    b, params, lam, options = _func_case(form)
+    (p,) = params
+    solve = lambda bb, pp, lm: gtorch.gcrf_solve(form, bb, pp, lam=lm, **TIGHT, **options)  # noqa: E731
+    inputs = [b.clone().requires_grad_(), p.clone().requires_grad_(), lam.expand(2).clone().requires_grad_()]
+    want = torch.autograd.grad(solve(*inputs).pow(2).sum(), inputs)
+    # per-sample gradients: vmap(grad), lam shared by the samples (one dL/dlam per sample)
+    per_sample = torch.func.vmap(torch.func.grad(lambda bb, pp, lm: solve(bb, pp, lm).pow(2).sum(),
+                                                 argnums=(0, 1, 2)), in_dims=(0, 0, None))(b, p, lam)
+    for g, w in zip(per_sample, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+    # grad of a vmapped solve
+    g = torch.func.grad(lambda pp: torch.func.vmap(solve, in_dims=(0, 0, None))(b, pp, lam).pow(2).sum())(p)
+    torch.testing.assert_close(g, want[1], rtol=1e-9, atol=1e-11)
+    # jacrev of one system's solution w.r.t. its unaries: the inverse of M (symmetric)
+    jac = torch.func.jacrev(lambda bb: solve(bb, p[0], lam))(b[0])
+    n = b[0].numel()
+    m_inv = jac.reshape(n, n)
+    torch.testing.assert_close(m_inv, m_inv.T, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(m_inv @ b[0].reshape(n), solve(b[0], p[0], lam).reshape(n), rtol=1e-9, atol=1e-11)
+
+
+def test_func_second_order_raises():
+    b, params, lam, options = make_case("grid_potts", (), seed=2, L=2, H=3, W=3)
+    solve = lambda w: gtorch.gcrf_solve("grid_potts", b, w, lam=lam, **TIGHT, **options)  # noqa: E731
+    inner = torch.func.grad(lambda w: solve(w).pow(2).sum())
+    with pytest.raises(RuntimeError, match="second-order gradients through the G-CRF solve are not supported"):
+        torch.func.grad(lambda w: inner(w).pow(2).sum())(params[0])
 
 
 # ---------------------------------------------------------------------------- second order

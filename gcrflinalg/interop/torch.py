@@ -16,11 +16,16 @@ back the same way.
 
 ``torch.compile``: the options are validated in Python (one graph break before the solve); the
 solve and its backward are single opaque nodes whose output shapes come from the fake
-implementation, so tracing, including with dynamic shapes, runs no solve.  ``torch.func.vmap``
-works (the mapped axis becomes a batch axis); ``torch.func.grad`` is refused by PyTorch for this
-operator (use ``backward`` / ``torch.autograd.grad``).  Second-order gradients are not supported:
-differentiating a gradient that went through the solve (``create_graph=True``) raises
-``RuntimeError`` instead of returning zero.
+implementation, so tracing, including with dynamic shapes, runs no solve.  ``torch.func``: the
+autograd kernel PyTorch generates for a custom operator is an ``autograd.Function`` without
+``setup_context``, which ``torch.func.grad`` / ``vjp`` / ``jacrev`` refuse; so while a
+``torch.func`` transform is active :func:`gcrf_solve` applies an ``autograd.Function`` of its own
+(``setup_context`` and a vmap rule) around the same two operators.  ``torch.func.grad``, ``vjp``,
+``jacrev`` and ``vmap``, also nested (per-sample gradients ``vmap(grad(f))``), give the gradients of
+``torch.autograd.grad``; ``jvp`` / ``jacfwd`` (forward mode) are not supported.  Second-order
+gradients are not supported: differentiating a gradient that went through the solve
+(``create_graph=True``, nested ``torch.func.grad``) raises ``RuntimeError`` instead of returning
+zero.
 
 The layer modules (:class:`GridGCRFLayer`, :class:`GridPottsGCRFLayer`, :class:`LowRankGCRFLayer`,
 :class:`LowRankPottsGCRFLayer`, :class:`VideoGCRFLayer`, :class:`MultiResGCRFLayer`) wrap :func:`gcrf_solve` for use inside a
@@ -226,6 +231,122 @@ def _take_pending(output):
     return pending[1] if same else None
 
 
+def _backward(ctx, grad_x, x, params, lam, need_params, need_lam, traced):
+    """``(dL/db, [dL/dparam or None], dL/dlam)`` of a solve's autograd backward.
+
+    Eager and first order (grad mode off, the forward operator handed over by :func:`_take_pending`):
+    reuses the forward operator and its factorisation.  Otherwise (traced, ``create_graph=True``,
+    functorch transforms) calls ``traced(grad_x, x, params, lam, config, need_parameters)``, the
+    opaque ``solve_backward`` operator, whose own backward raises (second-order gradients are
+    never silently zero).
+    """
+    torch = _torch()
+    need_parameters = bool(need_lam or any(need_params))
+    op = getattr(ctx, "gcrf_operator", None)
+    if op is not None and not torch.is_grad_enabled():
+        cfg = with_labels(_config(ctx.config), x.shape)
+        gx = grad_x.to(dtype=x.dtype).contiguous()
+        with _stream(x.device):
+            g, grads = backward_solve(cfg, op, _view(x), _view(gx), need_parameters=need_parameters)
+            grad_b, grad_params, grad_lam = _gradient_tensors(cfg, g, grads, x, params, lam, need_parameters)
+    else:
+        grad_b, grad_params, grad_lam = traced(grad_x.contiguous(), x, list(params), lam, ctx.config,
+                                               need_parameters)
+    grad_params = [gp if need else None for gp, need in zip(grad_params, need_params)] \
+        if need_parameters else [None] * len(params)
+    return grad_b, grad_params, grad_lam
+
+
+def _batch_front(size, vectors, vector_dims, params, param_dims, lam, lam_dim, config, batch_lam=False):
+    """A vmap rule's inputs with every mapped axis moved to the front as a leading batch axis
+    (unmapped vectors and parameters expanded to it; ``lam`` aligned with the batch axes, and
+    expanded to the leading axis when unmapped if ``batch_lam``, so that a backward pass returns
+    one ``dL/dlam`` per mapped system instead of their sum)."""
+    vectors = [v.movedim(d, 0) if d is not None else v.expand(size, *v.shape)
+               for v, d in zip(vectors, vector_dims)]
+    params = [p.movedim(d, 0) if d is not None else p.expand(size, *p.shape)
+              for p, d in zip(params, param_dims)]
+    n_batch = vectors[0].ndim - 1 - _config(config).form.vector_ndim
+    if lam_dim is not None:
+        lam = lam.movedim(lam_dim, 0)
+    elif batch_lam:
+        lam = lam.expand(size, *lam.shape)
+    else:
+        return vectors, list(params), lam
+    lam = lam.reshape((size,) + (1,) * (n_batch - (lam.ndim - 1)) + tuple(lam.shape[1:]))
+    return vectors, list(params), lam
+
+
+def _make_functorch_function():
+    """The ``torch.autograd.Function`` that :func:`gcrf_solve` applies while a ``torch.func``
+    transform is active.
+
+    The autograd kernel PyTorch generates for a custom operator with ``register_autograd`` is an
+    ``autograd.Function`` whose ``forward`` takes ``ctx`` (no ``setup_context``), which functorch's
+    ``grad``/``vjp``/``jacrev`` refuse, whatever the operator's schema.  This function has a
+    ``setup_context`` and a ``vmap`` rule and calls the same two custom operators: its forward
+    ``torch.ops.gcrflinalg.solve``, its backward ``torch.ops.gcrflinalg.solve_backward`` (through a
+    second function whose backward raises, so second-order gradients are refused here as well).
+    Parameters travel as separate positional tensors: ``apply(b, lam, config, *params)``.
+    """
+    torch = _torch()
+
+    class SolveBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(grad_x, x, lam, config, need_parameters, *params):
+            grad_b, grad_params, grad_lam = torch.ops.gcrflinalg.solve_backward(
+                grad_x, x, list(params), lam, config, need_parameters)
+            return (grad_b, grad_lam, *grad_params)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, *grads):
+            raise RuntimeError(SECOND_ORDER_MESSAGE)
+
+        @staticmethod
+        def vmap(info, in_dims, grad_x, x, lam, config, need_parameters, *params):
+            (grad_x, x), params, lam = _batch_front(info.batch_size, (grad_x, x), in_dims[:2], params,
+                                                    in_dims[5:], lam, in_dims[2], config, batch_lam=True)
+            out = SolveBackward.apply(grad_x.contiguous(), x, lam, config, need_parameters, *params)
+            return out, (0,) * len(out)
+
+    def traced(grad_x, x, params, lam, config, need_parameters):
+        grad_b, grad_lam, *grad_params = SolveBackward.apply(grad_x, x, lam, config, need_parameters,
+                                                              *params)
+        return grad_b, grad_params, grad_lam
+
+    class Solve(torch.autograd.Function):
+        @staticmethod
+        def forward(b, lam, config, *params):
+            return torch.ops.gcrflinalg.solve(b, list(params), lam, config)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            b, lam, config, *params = inputs
+            ctx.config = config
+            ctx.save_for_backward(output, lam, *params)
+            ctx.gcrf_operator = _take_pending(output)  # plain tensors (a vmap rule's apply): reuse
+
+        @staticmethod
+        def backward(ctx, grad_x):
+            x, lam, *params = ctx.saved_tensors
+            need_b, need_lam, _, *need_params = ctx.needs_input_grad
+            grad_b, grad_params, grad_lam = _backward(ctx, grad_x, x, params, lam, need_params,
+                                                      need_lam, traced)
+            return (grad_b if need_b else None, grad_lam if need_lam else None, None, *grad_params)
+
+        @staticmethod
+        def vmap(info, in_dims, b, lam, config, *params):
+            (b,), params, lam = _batch_front(info.batch_size, (b,), in_dims[:1], params, in_dims[3:],
+                                             lam, in_dims[1], config)
+            return Solve.apply(b, lam, config, *params), 0
+
+    return Solve
+
+
 def _register_operators():
     """Register ``gcrflinalg::solve`` and ``gcrflinalg::solve_backward`` with torch.library."""
     torch = _torch()
@@ -266,23 +387,8 @@ def _register_operators():
         x, lam, params = saved[0], saved[1], list(saved[2:])
         need_b, need_params, need_lam = ctx.needs_input_grad[:3]
         need_params = list(need_params) if isinstance(need_params, (list, tuple)) else [need_params] * len(params)
-        need_parameters = bool(need_lam or any(need_params))
-        op = getattr(ctx, "gcrf_operator", None)
-        if op is not None and not torch.is_grad_enabled():
-            # eager, first order: reuse the forward operator (and a direct factorisation)
-            cfg = with_labels(_config(ctx.config), x.shape)
-            gx = grad_x.to(dtype=x.dtype).contiguous()
-            with _stream(x.device):
-                g, grads = backward_solve(cfg, op, _view(x), _view(gx), need_parameters=need_parameters)
-                grad_b, grad_params, grad_lam = _gradient_tensors(cfg, g, grads, x, params, lam,
-                                                                  need_parameters)
-        else:
-            # traced, or create_graph=True: the opaque backward operator (whose own backward
-            # raises, so that second-order gradients are never silently zero)
-            grad_b, grad_params, grad_lam = torch.ops.gcrflinalg.solve_backward(
-                grad_x.contiguous(), x, params, lam, ctx.config, need_parameters)
-        grad_params = [gp if need else None for gp, need in zip(grad_params, need_params)] \
-            if need_parameters else [None] * len(params)
+        grad_b, grad_params, grad_lam = _backward(ctx, grad_x, x, params, lam, need_params, need_lam,
+                                                  torch.ops.gcrflinalg.solve_backward)
         return (grad_b if need_b else None, grad_params, grad_lam if need_lam else None, None)
 
     solve_op.register_autograd(backward_solve_op, setup_context=setup_solve)
@@ -297,20 +403,15 @@ def _register_operators():
 
     def solve_vmap(info, in_dims, b, params, lam, config):
         # the operator is batched already: move every mapped axis to the front as a batch axis
-        size = info.batch_size
-        b_dim, p_dims, lam_dim = in_dims[:3]
-        b = b.movedim(b_dim, 0) if b_dim is not None else b.expand(size, *b.shape)
-        params = [p.movedim(d, 0) if d is not None else p.expand(size, *p.shape)
-                  for p, d in zip(params, p_dims)]
-        if lam_dim is not None:
-            lam = lam.movedim(lam_dim, 0)
-            n_batch = b.ndim - 1 - _config(config).form.vector_ndim
-            lam = lam.reshape((size,) + (1,) * (n_batch - (lam.ndim - 1)) + tuple(lam.shape[1:]))
+        (b,), params, lam = _batch_front(info.batch_size, (b,), in_dims[:1], params, in_dims[1],
+                                         lam, in_dims[2], config)
         return solve_op(b, params, lam, config), 0
 
     torch.library.register_vmap(solve_op, solve_vmap)
     # torch.compile: validated in Python (a graph break); the solve operator itself is in the graph
-    return solve_op, solve_backward_op, torch.compiler.disable(_prepare, reason="G-CRF options are validated in Python")
+    return (solve_op, solve_backward_op,
+            torch.compiler.disable(_prepare, reason="G-CRF options are validated in Python"),
+            _make_functorch_function())
 
 
 def _operators():
@@ -374,7 +475,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     Returns
     -------
     torch.Tensor, shape ``(*batch, *vector_shape)``
-        The solution ``x``, dtype and device of ``b``; differentiable.
+        The solution ``x``, dtype and device of ``b``; differentiable (first order) by
+        ``backward`` / ``torch.autograd.grad``, under ``torch.compile``, and by ``torch.func.grad``,
+        ``vjp``, ``jacrev`` and ``vmap`` (composable, e.g. ``vmap(grad(loss))``).
 
     Raises
     ------
@@ -384,7 +487,7 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
         An iterative solve missed its tolerance (unless ``on_nonconvergence="warn"``).
     """
     torch = _torch()
-    _, _, prepare = _operators()
+    _, _, prepare, functorch_solve = _operators()
     if not isinstance(b, torch.Tensor):
         raise TypeError(f"b must be a torch.Tensor; got {type(b).__name__}")
     if b.dtype not in (torch.float32, torch.float64):
@@ -425,6 +528,9 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
                          + f", lam {tuple(lam.shape)}") from None
     b = b.expand(batch + tuple(b.shape[b.ndim - vector_ndim:]))
     params = [p.expand(batch + tuple(p.shape[p.ndim - nd:])) for p, nd in zip(params, ndims)]
+    if torch._C._are_functorch_transforms_active():
+        # torch.func.grad / vjp / jacrev refuse the custom operator's generated autograd function
+        return functorch_solve.apply(b, lam, key, *params)
     return torch.ops.gcrflinalg.solve(b, params, lam, key)
 
 
