@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from .. import threads as _threads
 from ..backend import from_dlpack
 from ._forms import (FORMS, NotConvergedError, NotConvergedWarning, backward_solve,
                      broadcast_batch_shape, build_operator, forward_solve, get_form, make_config)
@@ -100,7 +101,8 @@ def _function_class():
             arrays = [to_array(p) for p in params]
             lam = to_array(lam_tensor) if lam_tensor is not None else lam_value
             op = build_operator(config, arrays, lam)
-            x_array = forward_solve(config, op, to_array(b))
+            with _threads.follow(torch.get_num_threads()):  # gcrflinalg.threads: PyTorch's count
+                x_array = forward_solve(config, op, to_array(b))
             x = to_tensor(x_array, like=b)
             ctx.config = config
             ctx.op = op  # holds a direct factorisation, if the solve made one, for backward
@@ -118,8 +120,9 @@ def _function_class():
             need_lam, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
             need_params = ctx.needs_input_grad[4:]
             gx = to_array(grad_x.to(dtype=x.dtype).contiguous())
-            g, grads = backward_solve(ctx.config, ctx.op, to_array(x), gx,
-                                      need_parameters=need_lam or any(need_params))
+            with _threads.follow(torch.get_num_threads()):
+                g, grads = backward_solve(ctx.config, ctx.op, to_array(x), gx,
+                                          need_parameters=need_lam or any(need_params))
             names = ctx.config.form.parameter_names
             grad_b = to_tensor(g, like=x) if need_b else None
             grad_params = [to_tensor(grads[n], like=p) if need else None
