@@ -29,6 +29,10 @@ _EXPORTS = {
     # operators: the base class, then every registered form's exports
     "GCRFOperator": "operator",
     "neighbourhood_offsets": "neighbourhoods",
+    # threads of the compiled CPU kernels
+    "get_num_threads": "threads",
+    "set_num_threads": "threads",
+    "num_threads": "threads",
     # problems, mean-field, layers
     "forms": None,
     "problems": None,

@@ -2,7 +2,7 @@
 
 Run ``python -m studies.timing`` (``--quick`` for small sizes, ``--help`` for every option).  It
 gathers the rows of the per-family modules ``studies.timing_grid``, ``studies.timing_lowrank`` and
-``studies.timing_video`` (each row a measurement, most a ratio against a peer timed in the same
+``studies.timing_video`` and ``studies.timing_training`` (training steps of the torch layers; each row a measurement, most a ratio against a peer timed in the same
 run), and adds one comparison on the full-resolution photograph (600 x 512 pixels, 21 labels):
 
     this toolkit's *exact* low-rank Potts G-CRF solve (``method="direct"``, random Fourier features of
@@ -33,7 +33,7 @@ from studies._common import (Outputs, Progress, array_module, best_time, study_p
 __all__ = ["FAMILIES", "run_family", "photo_peer_comparison", "run", "count_steps", "main"]
 
 #: Operator families with a ``studies.timing_<family>`` module.
-FAMILIES = ("grid", "lowrank", "video")
+FAMILIES = ("grid", "lowrank", "video", "training")
 
 PHOTO_ENTRY = "photo-peer"
 PEER_NAME = "pydensecrf2, 10 mean-field iterations"
@@ -210,7 +210,7 @@ def format_table(rows) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = study_parser(
         "timing",
-        "Timing entries of every operator family (grid, low-rank, video), each against a peer timed in the "
+        "Timing entries of every operator family (grid, low-rank, video) and of the torch layers' training steps, each against a peer timed in the "
         "same run, and this toolkit's exact low-rank Potts G-CRF against pydensecrf2's fully-connected CRF "
         "(10 mean-field iterations) on the full-resolution photograph.  Prints a short summary; writes "
         "timing.md (the full table), timing.json, timing.csv and one timing_<family>.png per family.",

@@ -44,6 +44,7 @@ import threading
 
 import numpy as np
 
+from .. import threads as _threads
 from ..backend import from_dlpack
 from ._forms import (FORMS, NotConvergedError, NotConvergedWarning, backward_solve,
                      build_operator, forward_solve, get_form, make_config,
@@ -157,15 +158,17 @@ def _config(key):
 
 
 def _stream(device):
-    """Context in which CuPy work is queued on PyTorch's current stream of ``device`` (a no-op on
-    the CPU): inputs written by PyTorch are ready for it and its outputs are ready for PyTorch's
-    later work on that stream, without a device-wide synchronisation."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
+    """Context of a solve: compiled CPU kernels use at most PyTorch's thread count
+    (:func:`gcrflinalg.threads.follow`), and CuPy work is queued on PyTorch's current stream of
+    ``device``, so inputs written by PyTorch are ready for it and its outputs are ready for
+    PyTorch's later work on that stream, without a device-wide synchronisation."""
     torch = _torch()
+    stack = contextlib.ExitStack()
+    stack.enter_context(_threads.follow(torch.get_num_threads()))
+    if device.type != "cuda":
+        return stack
     cupy = importlib.import_module("cupy")
     stream = torch.cuda.current_stream(device)
-    stack = contextlib.ExitStack()
     stack.enter_context(cupy.cuda.Device(device.index))
     stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, device.index))
     return stack

@@ -19,12 +19,12 @@ Also here: the multicolour Gauss–Seidel sweeps (:func:`pairwise_colour_sweep`,
 """
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 
 from solvers import CURVATURE_TOLERANCE
+
+from ... import threads as threads_policy
 
 __all__ = [
     "pairwise_product",
@@ -70,19 +70,10 @@ PARALLEL_MIN_ENTRIES = 1 << 20
 
 
 def product_threads() -> int:
-    """Threads used by large general products: ``numba.get_num_threads()``, or fewer when the
-    environment variable ``GCRFLINALG_NUM_THREADS`` says so.
-
-    On a shared or oversubscribed machine set ``GCRFLINALG_NUM_THREADS=1`` (or let OpenMP threads
-    sleep with ``OMP_WAIT_POLICY=passive``): spinning threads that lose their core make a
-    parallel product slower than a serial one.
-    """
-    n = numba.get_num_threads()
-    try:
-        n = min(n, int(os.environ.get("GCRFLINALG_NUM_THREADS", n)))
-    except ValueError:
-        pass
-    return max(1, n)
+    """Threads used by large general products: :func:`gcrflinalg.threads.get_num_threads` (an
+    explicit :func:`gcrflinalg.set_num_threads`, else ``GCRFLINALG_NUM_THREADS``, else Numba's
+    count, lowered to a followed framework's)."""
+    return threads_policy.get_num_threads()
 
 
 @numba.njit(inline="always")
@@ -273,8 +264,10 @@ def pairwise_product(pw, v, out, offsets, lam=None):
     ``(A v)[m, p] = sum_k sum_n pairwise[k, m, n, p] v[n, p + d_k]
                   + sum_k sum_n pairwise[k, n, m, p - d_k] v[n, p - d_k]``
 
-    On the CPU large products (:data:`PARALLEL_MIN_ENTRIES`) run on :func:`product_threads`
-    threads, each accumulating into its own copy of ``out`` (zeroed and summed by the threads).
+    On the CPU large products (:data:`PARALLEL_MIN_ENTRIES`) are split into :func:`product_threads`
+    parts, each accumulating into its own copy of ``out`` (zeroed and summed by the threads),
+    scheduled dynamically (:mod:`gcrflinalg.threads`): a thread that has lost its core leaves its
+    part to the others.
 
     Parameters
     ----------
@@ -291,7 +284,8 @@ def pairwise_product(pw, v, out, offsets, lam=None):
         threads = min(product_threads(), pw.shape[0] * pw.shape[1] * pw.shape[2])
         if pw.size >= PARALLEL_MIN_ENTRIES and threads > 1:
             acc = np.empty((threads - 1,) + out.shape, dtype=out.dtype)
-            _pairwise_product_parallel_nb(pw, v, out, acc, lam_arr, init, di, dj)
+            with threads_policy.parallel_kernel(threads):
+                _pairwise_product_parallel_nb(pw, v, out, acc, lam_arr, init, di, dj)
         else:
             _pairwise_product_serial_nb(pw, v, out, lam_arr, init, di, dj)
     else:

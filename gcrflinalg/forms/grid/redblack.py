@@ -37,6 +37,7 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError, cg
 
+from ... import threads as threads_policy
 from ...backend import get_array_module, to_host
 from ...results import curvature_not_positive_definite, make_result
 from . import kernels
@@ -196,7 +197,8 @@ def red_black_blocks(pw):
     ha, wp, F = colour_dims(H, W)
     if kernels._use_numba(pw):
         G = np.zeros((B, 2, 4, L, L, F), dtype=pw.dtype)  # calloc: zero pages for free
-        _red_black_blocks_nb(np.ascontiguousarray(pw), G, ha, wp)
+        with threads_policy.parallel_kernel():
+            _red_black_blocks_nb(np.ascontiguousarray(pw), G, ha, wp)
         return G
     G = xp.zeros((B, 2, 4, L, L, F), dtype=pw.dtype)
     _red_black_blocks_xp(xp, pw, G, ha, wp)
@@ -329,7 +331,8 @@ def black_product(G, x, *, cls, shift, scale=1.0, base=None, base_scale=0.0):
         base = x  # never read: a0 is zero
     if kernels._use_numba(x):
         y = np.empty_like(x)
-        _black_product_nb(G, np.ascontiguousarray(x), y, a1, np.ascontiguousarray(base), a0, cls, shift)
+        with threads_policy.parallel_kernel():
+            _black_product_nb(G, np.ascontiguousarray(x), y, a1, np.ascontiguousarray(base), a0, cls, shift)
         return y
     return _black_product_xp(xp, G, x, a1, base, a0, cls, shift)
 
@@ -364,8 +367,9 @@ def red_product(G, y, *, cls, shift, x=None, x_scale=0.0, scale=1.0, base=None, 
     base = y if base is None else base
     if kernels._use_numba(y):
         out = np.empty_like(y)
-        _red_product_nb(G, np.ascontiguousarray(y), out, ax, np.ascontiguousarray(x), az, ab,
-                        np.ascontiguousarray(base), cls, shift)
+        with threads_policy.parallel_kernel():
+            _red_product_nb(G, np.ascontiguousarray(y), out, ax, np.ascontiguousarray(x), az, ab,
+                            np.ascontiguousarray(base), cls, shift)
         return out
     return _red_product_xp(xp, G, y, ax, x, az, ab, base, cls, shift)
 

@@ -1,0 +1,155 @@
+"""Threads of the compiled CPU kernels: how many run, and how they share the work.
+
+gcrflinalg's parallel Numba kernels (the general grid product, the red-black reduction's blocks and
+products) follow one policy, chosen by measurement on a 2-core machine with another process keeping
+one core busy (docs/design.md, section 4, "Threads"):
+
+1. **Dynamic scheduling.**  Every parallel kernel runs its loop with Numba's chunk size 1
+   (:func:`numba.set_parallel_chunksize`): a thread that has lost its core to another process
+   (a data loader, PyTorch's own threads, another job) holds up at most the one chunk it is
+   working on, and the threads that still run take the rest.  With Numba's default static
+   schedule every thread owns a fixed share and the whole product waits for the slowest one;
+   that is what made a contended grid solve several times slower than a serial one.
+2. **How many threads** (:func:`get_num_threads`), the first that applies of:
+
+   - a count given to :func:`num_threads` (a context manager) or :func:`set_num_threads`;
+   - the environment variable ``GCRFLINALG_NUM_THREADS`` (read at every call);
+   - Numba's count, :func:`numba.get_num_threads` (``NUMBA_NUM_THREADS`` or the CPU count),
+
+   lowered to a framework's count where one is followed (:func:`follow`): the PyTorch layer
+   follows :func:`torch.get_num_threads`, so a training process that limits PyTorch's threads
+   limits these too.  The result is never above Numba's pool size, and never below 1.
+3. **Small problems run on one thread**: a kernel splits its work only when it is large enough
+   (e.g. ``PARALLEL_MIN_ENTRIES`` of :mod:`gcrflinalg.forms.grid.kernels`) and never into more
+   parts than it has work items.
+
+The settings are thread-local in Numba and restored after every kernel, so user code that calls
+Numba itself is not affected.  BLAS calls (low-rank and video forms) keep the BLAS library's own
+threads; limit them with ``threadpoolctl`` or ``OPENBLAS_NUM_THREADS`` if needed.
+
+Examples
+--------
+>>> import gcrflinalg
+>>> gcrflinalg.set_num_threads(1)          # every later solve runs the kernels serially
+>>> gcrflinalg.set_num_threads(None)       # back to the automatic count
+>>> with gcrflinalg.num_threads(1):        # only inside the block
+...     pass
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+__all__ = ["get_num_threads", "set_num_threads", "num_threads", "follow", "parallel_kernel",
+           "ENV_VARIABLE", "CHUNK_SIZE"]
+
+#: environment variable giving the default thread count of the kernels
+ENV_VARIABLE = "GCRFLINALG_NUM_THREADS"
+
+#: Numba chunk size of the parallel kernels (1: dynamic scheduling, one work item at a time)
+CHUNK_SIZE = 1
+
+_AUTO = "auto"  # a context's "automatic" (num_threads(None)): ignores set_num_threads
+_global_count: int | None = None
+_context_count: contextvars.ContextVar = contextvars.ContextVar("gcrflinalg_num_threads", default=None)
+_framework_cap: contextvars.ContextVar = contextvars.ContextVar("gcrflinalg_thread_cap", default=None)
+
+
+def _pool_size() -> int:
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _check(n) -> int | None:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"the thread count must be an integer or None; got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"the thread count must be >= 1; got {n}")
+    return n
+
+
+def _env_count() -> int | None:
+    value = os.environ.get(ENV_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def get_num_threads() -> int:
+    """The number of threads the parallel kernels use now (see the module docstring)."""
+    explicit = _context_count.get()
+    if explicit is None:
+        explicit = _global_count
+    elif explicit == _AUTO:
+        explicit = None
+    if explicit is None:
+        explicit = _env_count()
+    if explicit is None:
+        import numba
+
+        n = numba.get_num_threads()
+        cap = _framework_cap.get()
+        if cap is not None:
+            n = min(n, cap)
+    else:
+        n = explicit
+    return max(1, min(n, _pool_size()))
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the thread count of gcrflinalg's kernels for the whole process; ``None`` restores the
+    automatic choice (``GCRFLINALG_NUM_THREADS``, else Numba's count, lowered to a followed
+    framework's).  Counts above Numba's pool size are lowered to it."""
+    global _global_count
+    _global_count = _check(n)
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Context manager: the kernels use ``n`` threads inside the block (``None``: automatic), and
+    the previous setting afterwards.  Local to the calling thread (and asyncio task)."""
+    n = _check(n)
+    token = _context_count.set(_AUTO if n is None else n)
+    try:
+        yield
+    finally:
+        _context_count.reset(token)
+
+
+@contextlib.contextmanager
+def follow(n: int | None):
+    """Context manager for framework layers: within the block the *automatic* thread count is at
+    most ``n`` (e.g. ``torch.get_num_threads()``); an explicit count still wins."""
+    token = _framework_cap.set(None if n is None else max(1, int(n)))
+    try:
+        yield
+    finally:
+        _framework_cap.reset(token)
+
+
+@contextlib.contextmanager
+def parallel_kernel(threads: int | None = None):
+    """Run a parallel Numba kernel inside the block with ``threads`` threads (default
+    :func:`get_num_threads`) and dynamic scheduling (:data:`CHUNK_SIZE`); Numba's thread-local
+    settings are restored afterwards.  Yields the thread count."""
+    import numba
+
+    n = get_num_threads() if threads is None else max(1, min(int(threads), _pool_size()))
+    previous_n = numba.get_num_threads()
+    previous_chunk = numba.get_parallel_chunksize()
+    numba.set_num_threads(n)
+    numba.set_parallel_chunksize(CHUNK_SIZE)
+    try:
+        yield n
+    finally:
+        numba.set_parallel_chunksize(previous_chunk)
+        numba.set_num_threads(previous_n)
