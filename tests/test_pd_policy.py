@@ -223,3 +223,14 @@ def test_cg_relative_curvature_test_in_solvers():
     with pytest.raises(NotPositiveDefiniteError) as err:
         solvers.cg(A, np.ones(201), rtol=1e-12, maxiter=1000)
     assert err.value.quantity == "p^T A p / p^T p" and -1e-2 <= err.value.value <= err.value.bound < 0
+
+
+def test_potts_with_one_label_is_lam_times_identity(rng):
+    """With L = 1 there are no label pairs: M = lam I whatever W is, so no method may raise, even
+    when lam I - W (a system of the L + 1 split) is indefinite."""
+    weights = rng.uniform(-0.5, 0.5, size=(2, 2, 4))
+    op = gcrflinalg.GridPottsGCRF(weights, 0.1, num_labels=1)
+    b = rng.standard_normal(op.vector_shape)
+    for method in ("cg", "auto", "pcg", "gmres", "direct"):
+        res = gcrflinalg.solve(op, b, method=method, rtol=1e-12)
+        np.testing.assert_allclose(res.x, b / 0.1, rtol=1e-10)

@@ -477,7 +477,9 @@ class GridPottsGCRF(_GridOperator):
 
     # ------------------------------------------------------------------ the L + 1 split
     def _solve(self, b, method, x0, options):
-        if method in ("cg", "auto") and not ({"callback", "M"} & set(options)):
+        # (one label: M = lam I, and the split's label system lam I - W, which need not be
+        # definite, does not describe M; the generic CG solves it in one step)
+        if method in ("cg", "auto") and self.num_labels > 1 and not ({"callback", "M"} & set(options)):
             return potts_split_solve(self, b, x0, options)
         return super()._solve(b, method, x0, options)
 
