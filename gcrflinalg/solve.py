@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from ._validation import check_finite
+from .tolerances import default_rtol
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
 
@@ -38,7 +39,8 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
         :class:`NotPositiveDefiniteError` naming ``lam`` and the bound.
     **solver_options
         ``rtol``, ``atol``, ``maxiter``, ``callback`` and the method's own options (``restart``,
-        ``omega``), as in :mod:`solvers`.
+        ``omega``), as in :mod:`solvers`.  ``rtol`` defaults to
+        :func:`gcrflinalg.tolerances.default_rtol` of the operator's dtype.
 
     Returns
     -------
@@ -67,6 +69,7 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd: bool = True, **solver
     if check_pd and not op._pd_checked:
         op.check_positive_definite()
         op._pd_checked = True
+    solver_options.setdefault("rtol", default_rtol(op.dtype))  # one table: gcrflinalg.tolerances
     result = op._solve(bflat, method, x0flat, dict(solver_options))
     if result is NotImplemented:
         result = _generic_solve(op, bflat, method, x0flat, solver_options)

@@ -17,6 +17,7 @@ from ..backend import to_host
 from ..forms.registry import FORMS as REGISTRY
 from ..forms.registry import FormSpec
 from ..solve import adjoint_solve, solve
+from ..tolerances import default_rtol
 
 __all__ = [
     "FORMS",
@@ -81,11 +82,6 @@ class SolveConfig:
     constructor_options: dict
     solver_options: dict
     on_nonconvergence: str = "raise"
-
-
-def default_rtol(dtype) -> float:
-    """Default relative tolerance of the iterative methods: ``1e-8`` in float64, ``1e-5`` in float32."""
-    return 1e-8 if np.dtype(dtype) == np.float64 else 1e-5
 
 
 def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0, maxiter=None,
