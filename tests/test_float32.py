@@ -79,9 +79,10 @@ def make_problem(form, index, rng):
         params, options = [weights], {"neighbourhood": nb}
     elif form == "lowrank":
         D = int(rng.integers(2, 40))
-        E = _embeddings(rng, D, L * H * W, 10 ** rng.uniform(-1, 2), batch)
+        scale = 10 ** rng.uniform(-1, 2)
+        E = _embeddings(rng, D, L * H * W, scale, batch)
         params = [E.reshape(batch + (D, L, H, W))]
-        lam = 10 ** rng.uniform(-3, 0)
+        lam = scale * 10 ** rng.uniform(-3, 0)  # cond(M) up to ~1e3 (see gcrflinalg.tolerances)
     elif form == "lowrank_potts":
         D = int(rng.integers(2, 40))
         psi = _embeddings(rng, D, H * W, 10 ** rng.uniform(-1, 1), batch)
@@ -207,7 +208,7 @@ def test_other_direct_solves_refine_in_float32(make):
 def _auto_case(form, regime, dtype):
     rng = np.random.default_rng(7)
     if form == "lowrank":
-        D, L, H, W, n = 64, 8, 20, 20, 8 * 400
+        D, L, H, W, n = 128, 8, 30, 30, 8 * 900
         E = np.stack([rng.standard_normal((D, n)) * np.sqrt(10.0 / n) if regime == "flat"
                       else _decaying(rng, D, n, 10.0 * D) for _ in range(2)])
         return LowRankGCRF(E.reshape(2, D, L, H, W).astype(dtype), 1.0), \
@@ -216,9 +217,9 @@ def _auto_case(form, regime, dtype):
     n = L * H * W
     S = np.stack([[rng.standard_normal((D, n)) * np.sqrt(10.0 / n) if regime == "flat"
                    else _decaying(rng, D, n, 10.0 * D) for _ in range(V)] for _ in range(2)])
-    T = np.stack([[rng.standard_normal((D, n)) * np.sqrt(0.3 / n) for _ in range(V)] for _ in range(2)])
+    T = np.stack([[rng.standard_normal((D, n)) * np.sqrt(0.03 / n) for _ in range(V)] for _ in range(2)])
     return (VideoGCRF(S.reshape(2, V, D, L, H, W).astype(dtype), T.reshape(2, V, D, L, H, W).astype(dtype),
-                      1.0 + 1.5 * (V - 1) * 0.3 * 4),
+                      1.0 + 1.5 * 0.03 * D),  # above the cheap bound ||T_v||_F^2: nothing factored yet
             rng.standard_normal((2, V, L, H, W)).astype(dtype))
 
 
@@ -228,10 +229,12 @@ def test_auto_keeps_cg_on_a_flat_spectrum_and_switches_on_a_decaying_one(form, d
     op, b = _auto_case(form, "flat", dtype)
     cg = gcrflinalg.solve(op, b, method="cg")
     op, b = _auto_case(form, "flat", dtype)
+    break_even = op._break_even(1)
     auto = gcrflinalg.solve(op, b, method="auto")
     assert np.all(auto.converged)
-    assert auto.method == "auto(cg)"
-    assert auto.matvecs <= cg.matvecs + 2
+    assert auto.matvecs <= cg.matvecs + 3  # the probe's restart, its lost Krylov step, final check
+    if cg.matvecs + 1 < break_even:  # CG is the cheaper method: auto keeps it
+        assert auto.method == "auto(cg)"
     op, b = _auto_case(form, "decaying", dtype)
     auto = gcrflinalg.solve(op, b, method="auto")
     assert np.all(auto.converged)
