@@ -17,14 +17,19 @@ curvature test — and ``system``, the batch index or None for an unbatched oper
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from solvers import NotPositiveDefiniteError, SolveResult
 
-from .backend import get_array_module, to_host
+from .backend import get_array_module, synchronize, to_host
 
-__all__ = ["make_result", "direct_result", "not_positive_definite", "raise_if_lam_below",
-           "curvature_not_positive_definite"]
+__all__ = ["make_result", "direct_result", "refined_direct_solve", "not_positive_definite",
+           "raise_if_lam_below", "curvature_not_positive_definite"]
+
+#: cap on the automatic iterative-refinement rounds of the direct solves (docs/design.md 4)
+REFINE_MAX_ROUNDS = 5
 
 
 def make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm) -> SolveResult:
@@ -65,6 +70,71 @@ def direct_result(x, *, rnorm, bnorm, rtol, atol, matvecs, time_s, method="direc
     return make_result(x, converged=converged, iterations=np.ones(rnorm.shape, np.int64),
                        history=np.stack([bnorm, rnorm]), matvecs=matvecs, time_s=time_s,
                        method=method, bnorm=bnorm)
+
+
+def refined_direct_solve(solve, residual, b, *, rtol, atol, refine=None, xp=np, t0=None,
+                         method="direct") -> SolveResult:
+    """An exact solve with iterative refinement, as a :class:`SolveResult`.
+
+    ``x = solve(b)``, then rounds ``x += solve(r)`` with ``r = residual(x) = b - M x``.  ``residual``
+    should return the residual in float64 for a float32 operator (the product of the float32
+    matrix, evaluated in float64): refinement then reaches the accuracy of the float32 answer
+    itself instead of stalling at the rounding of a float32 residual.
+
+    Parameters
+    ----------
+    solve : callable
+        ``(*systems, N)`` array in the operator's dtype -> ``M^{-1}`` of it (same shape and dtype).
+    residual : callable
+        ``x -> b - M x`` (any float dtype; float64 where that is what float32 needs).
+    b : array, shape ``(*systems, N)``
+    rtol, atol : float
+        The tolerance ``max(rtol ||b||, atol)`` of the ``converged`` flag and of the automatic rounds.
+    refine : int or None
+        None (default): refine automatically until every system meets its tolerance, or a round no
+        longer halves the residual of any system that misses it, at most :data:`REFINE_MAX_ROUNDS`
+        rounds.  An int ``k``: exactly ``k`` rounds.
+    xp : module
+        Array namespace.
+
+    Returns
+    -------
+    SolveResult
+        ``matvecs`` counts the residual products (``1 +`` the rounds); history ``[||b||, ||r||]``.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    dtype = b.dtype
+    x = solve(b)
+    bnorm = xp.linalg.norm(b.astype(np.float64), axis=-1)
+    r = residual(x)
+    rnorm = xp.linalg.norm(r.astype(np.float64, copy=False), axis=-1)
+    tol = xp.maximum(float(rtol) * bnorm, float(atol))
+    products = 1
+    auto = refine is None
+    rounds = REFINE_MAX_ROUNDS if auto else int(refine)
+    for _ in range(rounds):
+        if auto:
+            todo = rnorm > tol
+            if not bool(to_host(todo.any())):
+                break
+        x_new = x + solve(r.astype(dtype, copy=False))
+        r_new = residual(x_new)
+        rnorm_new = xp.linalg.norm(r_new.astype(np.float64, copy=False), axis=-1)
+        products += 1
+        if not auto:
+            x, r, rnorm = x_new, r_new, rnorm_new
+            continue
+        better = rnorm_new < rnorm  # keep the better iterate of every system
+        x = xp.where(better[..., None], x_new, x)
+        r = xp.where(better[..., None], r_new, r)
+        halved = todo & (rnorm_new <= 0.5 * rnorm)
+        rnorm = xp.where(better, rnorm_new, rnorm)
+        if not bool(to_host(halved.any())):
+            break  # no system that misses its tolerance improves any more: the dtype's limit
+    res_h, bnorm_h = to_host(rnorm), to_host(bnorm)
+    synchronize(xp)
+    return direct_result(x, rnorm=res_h, bnorm=bnorm_h, rtol=rtol, atol=atol, matvecs=products,
+                         time_s=time.perf_counter() - t0, method=method)
 
 
 def _where(system) -> str:

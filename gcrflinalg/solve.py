@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ._validation import check_finite, check_solver_options
+from .tolerances import default_rtol
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
 
@@ -67,7 +68,8 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
           builds anyway, detects exactly and raises.
     **solver_options
         ``rtol``, ``atol``, ``maxiter``, ``callback`` and the method's own options (``restart``,
-        ``omega``), as in :mod:`solvers`.
+        ``omega``), as in :mod:`solvers`.  ``rtol`` defaults to
+        :func:`gcrflinalg.tolerances.default_rtol` of the operator's dtype.
 
     Returns
     -------
@@ -105,6 +107,7 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
     if level > int(op._pd_checked):
         op.check_positive_definite(exact=level == 2)
         op._pd_checked = level
+    solver_options.setdefault("rtol", default_rtol(op.dtype))  # one table: gcrflinalg.tolerances
     from solvers import NotPositiveDefiniteError
 
     try:

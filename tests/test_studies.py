@@ -30,6 +30,7 @@ QUICK_ARGS = {
     "timing_lowrank": [],
     "timing_video": [],
     "timing_training": [],
+    "timing_auto": [],
     "train": ["--steps", "4"],
 }
 #: the markdown summary each study writes
@@ -88,7 +89,7 @@ def test_every_study_quick_run_writes_and_names_its_outputs(name, quick_runs):
 
 
 def test_timing_studies_share_one_table_format(quick_runs):
-    for name in ("timing", "timing_grid", "timing_lowrank", "timing_video", "timing_training"):
+    for name in ("timing", "timing_grid", "timing_lowrank", "timing_video", "timing_training", "timing_auto"):
         out, proc = quick_runs(name)
         assert proc.returncode == 0, proc.stderr[-3000:]
         text = (out / "timing.md").read_text()

@@ -17,6 +17,7 @@ from ..backend import to_host
 from ..forms.registry import FORMS as REGISTRY
 from ..forms.registry import FormSpec, ParameterLayout
 from ..solve import adjoint_solve, solve
+from ..tolerances import default_rtol
 
 __all__ = [
     "FORMS",
@@ -98,11 +99,6 @@ class SolveConfig:
     @property
     def parameter_ndims(self) -> tuple:
         return self.layout.parameter_ndims
-
-
-def default_rtol(dtype) -> float:
-    """Default relative tolerance of the iterative methods: ``1e-8`` in float64, ``1e-5`` in float32."""
-    return 1e-8 if np.dtype(dtype) == np.float64 else 1e-5
 
 
 def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0, maxiter=None,

@@ -457,7 +457,8 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
         factors once in the forward pass and reuses the factor in the backward pass.
     rtol, atol, maxiter
         Stopping rule of the iterative methods, ``||b - M x|| <= max(rtol ||b||, atol)``; default
-        ``rtol`` is ``1e-8`` in float64 and ``1e-5`` in float32.
+        ``rtol`` is :func:`gcrflinalg.tolerances.default_rtol` (``1e-8`` in float64, ``1e-4`` in
+        float32).
     on_nonconvergence : {"raise", "warn"}
         A forward or adjoint solve that misses its tolerance raises :class:`NotConvergedError`
         (default) or warns with :class:`NotConvergedWarning`.

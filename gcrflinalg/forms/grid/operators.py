@@ -14,7 +14,6 @@ checks of DESIGN.md section 6.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from ...neighbourhoods import neighbourhood_offsets
 from ...operator import GCRFOperator
 from ...results import not_positive_definite
 from ..._validation import as_lam, as_parameter, readonly
-from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
 from .redblack import red_black_blocks, red_black_cg

@@ -27,11 +27,12 @@ import numpy as np
 
 from ...backend import get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
-from ...results import direct_result, raise_if_lam_below
+from ...results import direct_result, raise_if_lam_below, refined_direct_solve
+from ...tolerances import default_rtol
 from ..._validation import as_lam, as_parameter, readonly
 from .woodbury import WoodburyFactor
 
-__all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper"]
+__all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper", "break_even_products", "auto_solve"]
 
 #: A floating-point operation inside a matrix-matrix product (the Gram matrix) runs about this many
 #: times faster than one inside the memory-bound matrix-vector products of an iterative solver.
@@ -69,6 +70,90 @@ def direct_is_cheaper(*, factor_flops: float, matvec_flops: float, max_cg_iterat
     return direct <= cg
 
 
+#: CG iterations ``"auto"`` runs before it judges the convergence rate
+AUTO_PROBE_ITERATIONS = 3
+
+
+def break_even_products(*, factor_flops: float, matvec_flops: float, n_rhs: int) -> float:
+    """The direct solve's cost in products with ``M`` (every right-hand side at once): the
+    factorisation at :data:`GEMM_SPEEDUP` plus the solve and its residual check."""
+    return factor_flops / GEMM_SPEEDUP / (matvec_flops * max(n_rhs, 1)) + 2.0
+
+
+def _predicted_iterations(history, tol):
+    """CG iterations still needed per system, extrapolating the rate of the last two steps."""
+    h = np.asarray(history, dtype=np.float64)
+    last = h[-1]
+    prev = h[max(len(h) - 3, 0)]
+    steps = min(len(h) - 1, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(prev > 0, last / prev, 0.0) ** (1.0 / max(steps, 1))
+        need = np.where(last <= tol, 0.0,
+                        np.where(rate < 1.0, np.log(tol / last) / np.log(rate), np.inf))
+    return float(np.max(need, initial=0.0))
+
+
+def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct):
+    """``method="auto"`` on the factorising forms (3.4–3.6): CG, or the exact factorisation, per
+    problem.
+
+    The factorisation costs about ``break_even`` products (:func:`break_even_products`).  With the
+    factor cached, or a break-even of a few products, the direct solve runs at once
+    (``method="auto(direct)"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps; the rate of
+    its last steps predicts the iterations still needed, and when they cost more than the
+    factorisation the direct solve takes over from scratch (``"auto(cg->direct)"``; exact, so the CG
+    iterate is not needed).  Else CG goes on from its iterate for at most ``break_even`` more
+    steps, and hands over to the direct solve if that did not suffice (bounding the loss at about
+    twice the better method); a CG answer reports ``"auto(cg)"``.  ``matvecs`` counts every
+    product of both methods.  With a ``callback`` or a preconditioner ``M``, plain CG runs.
+    """
+    import solvers
+
+    if {"callback", "M", "restart", "omega"} & set(options):
+        return NotImplemented
+    direct_options = {k: v for k, v in options.items() if k in ("rtol", "atol", "refine", "check_residual")}
+    if factored or break_even <= AUTO_PROBE_ITERATIONS + 1:
+        result = direct(b, direct_options)
+        result.method = "auto(direct)"
+        return result
+    t0 = time.perf_counter()
+    cg_options = {k: options[k] for k in ("rtol", "atol") if k in options}
+    cg_options.setdefault("rtol", default_rtol(op.dtype))
+    maxiter = options.get("maxiter")
+    probe_steps = AUTO_PROBE_ITERATIONS if maxiter is None else min(AUTO_PROBE_ITERATIONS, int(maxiter))
+    probe = solvers.cg(op, b, x0, maxiter=probe_steps, true_residual=False, **cg_options)
+    tol = np.maximum(cg_options["rtol"] * np.asarray(probe.b_norm, dtype=np.float64),
+                     float(cg_options.get("atol", 0.0)))
+
+    def handover(spent, iterations):
+        result = direct(b, direct_options)
+        result.matvecs += spent
+        result.iterations = np.asarray(result.iterations) + np.asarray(iterations)
+        if np.ndim(result.iterations) == 0:
+            result.iterations = int(result.iterations)
+        result.method = "auto(cg->direct)"
+        result.time_s = time.perf_counter() - t0
+        return result
+
+    if _predicted_iterations(probe.residual_norms, tol) > break_even:
+        return handover(probe.matvecs, probe.iterations)
+    budget = int(math.ceil(break_even))
+    if maxiter is not None:
+        budget = max(1, min(budget, int(maxiter) - probe_steps))
+    rest = solvers.cg(op, b, probe.x, maxiter=budget, **cg_options)
+    spent = probe.matvecs + rest.matvecs
+    iterations = np.asarray(probe.iterations) + np.asarray(rest.iterations)
+    if not bool(np.all(rest.converged)) and (maxiter is None or int(maxiter) > probe_steps + budget):
+        return handover(spent, iterations)
+    history = np.concatenate([np.asarray(probe.residual_norms)[:-1], np.asarray(rest.residual_norms)])
+    rest.residual_norms = history
+    rest.iterations = iterations if np.ndim(iterations) else int(iterations)
+    rest.matvecs = spent
+    rest.method = "auto(cg)"
+    rest.time_s = time.perf_counter() - t0
+    return rest
+
+
 class _LowRankOperator(GCRFOperator):
     """Shared machinery: flat products over any leading axes, the direct-solve driver, Gauss–Seidel
     dispatch.  Subclasses define ``_apply_flat``, ``_direct_flat``, the factor and the cost model."""
@@ -103,39 +188,60 @@ class _LowRankOperator(GCRFOperator):
         return self._factor_cache
 
     def _solve(self, b, method: str, x0, options: dict):
-        """``"direct"``: the exact Woodbury solve.  ``x0`` is not needed and ignored; ``rtol`` and
-        ``atol`` only set the ``converged`` flag; ``refine=k`` adds ``k`` steps of iterative
-        refinement; ``check_residual=False`` skips the true-residual check (one product with ``M``,
-        about half the cost of a solve with a cached factor), leaving ``NaN`` as the final residual
-        norm and ``converged=True``.  ``"auto"``: the cost model of :func:`direct_is_cheaper`.
-        Every other method runs the generic iterative solver on this operator."""
+        """``"direct"``: the exact Woodbury solve with iterative refinement (see
+        :meth:`_direct_solve`).  ``"auto"``: CG, switched to the direct solve when its convergence
+        rate says the factorisation is cheaper (:func:`auto_solve`).  Every other method runs the
+        generic iterative solver on this operator."""
         if method == "auto":
             n_rhs = math.prod(b.shape[: b.ndim - len(self.batch_shape) - 1])
-            if not self._prefer_direct(n_rhs):
-                return NotImplemented
-            method = "direct"
+            return auto_solve(self, b, x0, options, break_even=self._break_even(n_rhs),
+                              factored=self._factor_cache is not None, direct=self._direct_solve)
         if method != "direct":
             return NotImplemented
+        return self._direct_solve(b, options)
+
+    def _direct_solve(self, b, options: dict):
+        """The exact solve.  ``x0`` is not needed; ``rtol`` and ``atol`` set the tolerance of the
+        ``converged`` flag and of the automatic refinement: rounds ``x += M^{-1} (b - M x)`` on
+        the true residual (evaluated in float64 for a float32 operator) until the tolerance is
+        met or a round stops halving the residual (:func:`gcrflinalg.results.refined_direct_solve`).
+        ``refine=k`` runs exactly ``k`` rounds instead; ``check_residual=False`` (with no
+        ``refine``) skips the residual (one product with ``M``), leaving ``NaN`` as the final
+        residual norm and ``converged=True``."""
         unknown = set(options) - _DIRECT_IGNORED - {"rtol", "atol", "refine", "check_residual"}
         if unknown:
             raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
-        rtol = float(options.get("rtol", 1e-5))
+        rtol = float(options.get("rtol", default_rtol(self.dtype)))
         atol = float(options.get("atol", 0.0))
-        refine = operator.index(options.get("refine", 0))
-        if refine < 0:
-            raise ValueError(f"refine must be >= 0; got {refine}")
-        check = bool(options.get("check_residual", True)) or refine > 0
+        refine = options.get("refine")
+        if refine is not None:
+            refine = operator.index(refine)
+            if refine < 0:
+                raise ValueError(f"refine must be >= 0; got {refine}")
         xp = self.xp
         t0 = time.perf_counter()
-        x = self._direct_flat(b)
-        for _ in range(refine):
-            x = x + self._direct_flat(b - self._apply_flat(x))
-        bnorm = xp.linalg.norm(b, axis=-1)
-        res = xp.linalg.norm(b - self._apply_flat(x), axis=-1) if check else xp.full(bnorm.shape, np.nan)
-        res_h, bnorm_h = to_host(res), to_host(bnorm)
-        synchronize(xp)
-        return direct_result(x, rnorm=res_h, bnorm=bnorm_h, rtol=rtol, atol=atol,
-                             matvecs=refine + int(check), time_s=time.perf_counter() - t0)
+        if refine is None and not bool(options.get("check_residual", True)):
+            x = self._direct_flat(b)
+            bnorm = to_host(xp.linalg.norm(b, axis=-1))
+            synchronize(xp)
+            return direct_result(x, rnorm=np.full(np.shape(bnorm), np.nan), bnorm=bnorm, rtol=rtol,
+                                 atol=atol, matvecs=0, time_s=time.perf_counter() - t0)
+        return refined_direct_solve(self._direct_flat, self._residual_function(b), b, rtol=rtol,
+                                    atol=atol, refine=refine, xp=xp, t0=t0)
+
+    def _residual_function(self, b):
+        """``x -> b - M x``; in float64 (a float64 copy of the parameters) for a float32 operator."""
+        if self.dtype == np.float64:
+            return lambda x: b - self._apply_flat(x)
+        twin = self._float64_twin()
+        b64 = b.astype(np.float64)
+        return lambda x: b64 - twin._apply_flat(x.astype(np.float64))
+
+    def _float64_twin(self):
+        """The same matrix with float64 parameters (cached): residuals of float32 solves."""
+        if getattr(self, "_twin64", None) is None:
+            self._twin64 = self._make_float64_twin()
+        return self._twin64
 
     # ------------------------------------------------------------------ Gauss–Seidel
     def _gauss_seidel_sweep(self, x, b, omega):
@@ -249,6 +355,14 @@ class LowRankGCRF(_LowRankOperator):
         return direct_is_cheaper(factor_flops=2.0 * n * d * d + 4.0 * d ** 3,
                                  matvec_flops=4.0 * n * d, max_cg_iterations=d + 1,
                                  n_rhs=n_rhs, factored=self._factor_cache is not None)
+
+    def _break_even(self, n_rhs):
+        n, d = self.size, self.rank
+        return break_even_products(factor_flops=2.0 * n * d * d + 4.0 * d ** 3,
+                                   matvec_flops=4.0 * n * d, n_rhs=n_rhs)
+
+    def _make_float64_twin(self):
+        return LowRankGCRF(self.embeddings.astype(np.float64), self.lam.astype(np.float64))
 
     # ------------------------------------------------------------------ solver hooks
     def _sweep_shape(self):
@@ -434,6 +548,15 @@ class LowRankPottsGCRF(_LowRankOperator):
         return direct_is_cheaper(factor_flops=2.0 * p * d * d + 8.0 * d ** 3,
                                  matvec_flops=4.0 * p * d * n_labels, max_cg_iterations=2 * d + 1,
                                  n_rhs=n_rhs, factored=self._factor_cache is not None)
+
+    def _break_even(self, n_rhs):
+        p, d, n_labels = self.num_pixels, self.rank, self.num_labels
+        return break_even_products(factor_flops=2.0 * p * d * d + 8.0 * d ** 3,
+                                   matvec_flops=4.0 * p * d * n_labels, n_rhs=n_rhs)
+
+    def _make_float64_twin(self):
+        return LowRankPottsGCRF(self.embeddings.astype(np.float64), self.lam.astype(np.float64),
+                                self.num_labels)
 
     # ------------------------------------------------------------------ solver hooks
     def _sweep_shape(self):

@@ -23,11 +23,12 @@ import time
 
 import numpy as np
 
-from ...backend import asarray, get_array_module, synchronize, to_host
+from ...backend import get_array_module, to_host
 from ...operator import GCRFOperator
-from ...results import direct_result, not_positive_definite
+from ...results import not_positive_definite, refined_direct_solve
+from ...tolerances import default_rtol
 from ..._validation import as_lam, as_parameter, check_finite, readonly
-from ..lowrank.operators import direct_is_cheaper
+from ..lowrank.operators import auto_solve, break_even_products, direct_is_cheaper
 from .kernels import gauss_seidel_video
 from .temporal import frame_coupling_matrix, normalise_neighbourhood
 
@@ -614,33 +615,53 @@ class VideoGCRF(GCRFOperator):
         """
         return self._capacitance()
 
+    def _break_even(self, n_rhs: int) -> float:
+        """The capacitance solve's cost in products with ``M`` (see :func:`break_even_products`)."""
+        V, n = self.n_frames, self.frame_size
+        D = self.spatial_dim + (self.temporal_dim if self.coupled else 0)
+        factor_flops = 2.0 * V * D * D * n + 9.0 * V * D ** 3 + 2.0 * (V * D) ** 3
+        return break_even_products(factor_flops=factor_flops, matvec_flops=4.0 * V * D * n, n_rhs=n_rhs)
+
     def _solve(self, b, method, x0, options):
-        """``"direct"``: the exact capacitance solve (``x0`` ignored; ``rtol``/``atol`` only set the
-        ``converged`` flag; ``refine=k`` adds ``k`` steps of iterative refinement).  ``"auto"``:
-        direct when the cost model of the low-rank forms expects it to beat CG (always once the
-        factor is cached).
+        """``"direct"``: the exact capacitance solve (``x0`` ignored) with iterative refinement:
+        ``rtol``/``atol`` set the tolerance of the ``converged`` flag and of the automatic rounds
+        ``x += M^{-1} (b - M x)`` on the true residual (float64 for a float32 operator; see
+        :func:`gcrflinalg.results.refined_direct_solve`); ``refine=k`` runs exactly ``k`` rounds.
+        ``"auto"``: CG, switched to the direct solve when its convergence rate says the
+        factorisation is cheaper (:func:`gcrflinalg.forms.lowrank.operators.auto_solve`).
         Every other method runs the generic iterative solver on this operator."""
         if method == "auto":
             n_rhs = int(np.prod(b.shape[: b.ndim - len(self.batch_shape) - 1]))
-            if not self._prefer_direct(n_rhs):
-                return NotImplemented
-            method = "direct"
+            return auto_solve(self, b, x0, options, break_even=self._break_even(n_rhs),
+                              factored=self._capacitance_cache is not None, direct=self._direct_solve)
         if method != "direct":
             return NotImplemented
+        return self._direct_solve(b, options)
+
+    def _direct_solve(self, b, options):
         unknown = set(options) - {"rtol", "atol", "refine"} - _ITERATIVE_ONLY_OPTIONS
         if unknown:
             raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
-        rtol, atol = float(options.get("rtol", 1e-5)), float(options.get("atol", 0.0))
-        refine = int(options.get("refine", 0))
-        xp = self.xp
+        rtol = float(options.get("rtol", default_rtol(self.dtype)))
+        atol = float(options.get("atol", 0.0))
+        refine = options.get("refine")
+        if refine is not None:
+            refine = int(refine)
+            if refine < 0:
+                raise ValueError(f"refine must be >= 0; got {refine}")
         t0 = time.perf_counter()
-        x = self._solve_direct_flat(b)  # factors (once); raises when M is not positive definite
-        residual = b - self.matvec(x)
-        for _ in range(refine):  # iterative refinement: x += M^{-1} (b - M x)
-            x = x + self._solve_direct_flat(residual)
-            residual = b - self.matvec(x)
-        r_norm = to_host(xp.linalg.norm(residual.astype(np.float64), axis=-1))
-        b_norm = to_host(xp.linalg.norm(b.astype(np.float64), axis=-1))
-        synchronize(xp)
-        return direct_result(x, rnorm=r_norm, bnorm=b_norm, rtol=rtol, atol=atol, matvecs=1 + refine,
-                             time_s=time.perf_counter() - t0)
+        self._capacitance()  # factors (once); raises when M is not positive definite
+        if self.dtype == np.float64:
+            def residual(x):
+                return b - self.matvec(x)
+        else:
+            if getattr(self, "_twin64", None) is None:
+                self._twin64 = VideoGCRF(self.spatial.astype(np.float64), self.temporal.astype(np.float64),
+                                         self.lam.astype(np.float64), self.neighbourhood,
+                                         product=self.product)
+            twin, b64 = self._twin64, b.astype(np.float64)
+
+            def residual(x):
+                return b64 - twin.matvec(x.astype(np.float64))
+        return refined_direct_solve(self._solve_direct_flat, residual, b, rtol=rtol, atol=atol,
+                                    refine=refine, xp=self.xp, t0=t0)

@@ -1,0 +1,132 @@
+"""Timing of ``method="auto"`` against ``"cg"`` and ``"direct"`` on the factorising forms.
+
+``python -m studies.timing_auto`` (also a family of ``python -m studies.timing``).  Two embedding
+spectra per form at the seed sizes (low-rank 41 x 41, L = 21, D = 128; video 4 frames 41 x 41,
+L = 12, Ds = Dt = 64), batch 2, float32 and float64:
+
+* ``flat``: random Gaussian embeddings (clustered spectrum; CG converges in a few steps);
+* ``decaying``: embeddings with singular values decaying like ``1/k`` (CG needs many steps).
+
+Every repeat builds fresh operators (no cached factor, as in training) and runs the three methods
+interleaved; a row gives the best wall time of ``auto``, what it ran and the products it spent,
+against the better of ``cg`` and ``direct`` in the same run.  Target: ``auto`` within 1.2x of the
+better method.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+import gcrflinalg
+from gcrflinalg import LowRankGCRF, LowRankPottsGCRF, VideoGCRF
+from studies._common import array_module, family_main
+
+ENTRY = "auto"
+FORMS = ("lowrank", "lowrank_potts", "video")
+REGIMES = ("flat", "decaying")
+DTYPES = (np.float32, np.float64)
+TARGET = 1.2
+
+
+def _decaying(rng, rows, cols, top, kind="inverse"):
+    """A ``rows x cols`` matrix with singular values ``sqrt(top) / k`` (or ``exp(-k/10)``)."""
+    k = np.arange(1, rows + 1)
+    sv = np.sqrt(top) * (1.0 / k if kind == "inverse" else np.exp(-(k - 1) / 10.0))
+    u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
+    v = rng.standard_normal((rows, cols))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)  # nearly orthonormal rows for cols >> rows
+    return (u * sv) @ v
+
+
+def _embeddings(rng, batch, rows, cols, regime, scale):
+    if regime == "flat":
+        return rng.standard_normal((batch, rows, cols)) * np.sqrt(scale / cols)
+    return np.stack([_decaying(rng, rows, cols, scale * rows) for _ in range(batch)])
+
+
+def make_case(form, regime, dtype, seed=0, batch=2, quick=False, xp=np):
+    """``(operator, b)`` of one case, built fresh (``quick``: 15 x 15 pixels, 4 labels, D = 16)."""
+    rng = np.random.default_rng(seed)
+    if form == "lowrank":
+        D, L, H, W = (16, 4, 15, 15) if quick else (128, 21, 41, 41)
+        E = _embeddings(rng, batch, D, L * H * W, regime, 10.0).reshape(batch, D, L, H, W)
+        op = LowRankGCRF(xp.asarray(E.astype(dtype)), 1.0)
+        b = xp.asarray(rng.standard_normal((batch, L, H, W)).astype(dtype))
+    elif form == "lowrank_potts":
+        D, L, H, W = (16, 4, 15, 15) if quick else (128, 21, 41, 41)
+        psi = _embeddings(rng, batch, D, H * W, regime, 1.0).reshape(batch, D, H, W)
+        smax = max(np.linalg.norm(p.reshape(D, -1), 2) ** 2 for p in psi)
+        op = LowRankPottsGCRF(xp.asarray(psi.astype(dtype)), 1.2 * smax, L)
+        b = xp.asarray(rng.standard_normal((batch, L, H, W)).astype(dtype))
+    elif form == "video":
+        V, D, L, H, W = (2, 16, 4, 15, 15) if quick else (4, 64, 12, 41, 41)
+        n = L * H * W
+        S = np.stack([_embeddings(rng, V, D, n, regime, 10.0) for _ in range(batch)])
+        T = np.stack([_embeddings(rng, V, D, n, regime, 1.0) for _ in range(batch)])
+        tmax = max(np.sum(t ** 2) for tb in T for t in tb)  # the cheap bound: nothing factored
+        op = VideoGCRF(xp.asarray(S.reshape(batch, V, D, L, H, W).astype(dtype)),
+                       xp.asarray(T.reshape(batch, V, D, L, H, W).astype(dtype)), 1.0 + 1.5 * tmax)
+        b = xp.asarray(rng.standard_normal((batch, V, L, H, W)).astype(dtype))
+    else:
+        raise ValueError(form)
+    return op, b
+
+
+def count_steps(*, quick: bool = False, **_) -> int:
+    """How many steps :func:`run` announces to its ``progress`` callback (one per case)."""
+    return len(FORMS) * len(REGIMES) * len(DTYPES)
+
+
+def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int = 0) -> list[dict]:
+    """One row per (form, spectrum, dtype): ``auto`` against the better of ``cg`` and ``direct``.
+
+    ``quick``: small sizes and one repeat; the target is then not judged.
+    """
+    xp = array_module(backend)
+    repeats = 1 if quick else 3
+    rows = []
+    for form in FORMS:
+        for regime in REGIMES:
+            for dtype in DTYPES:
+                best = {m: np.inf for m in ("auto", "cg", "direct")}
+                info = {}
+                for rep in range(repeats):
+                    for method in best:  # interleaved, each on a fresh operator
+                        op, b = make_case(form, regime, dtype, seed=seed + rep, quick=quick, xp=xp)
+                        t0 = time.perf_counter()
+                        res = gcrflinalg.solve(op, b, method=method)
+                        gcrflinalg.backend.synchronize(xp)
+                        best[method] = min(best[method], time.perf_counter() - t0)
+                        info[method] = (res.method, int(res.matvecs), bool(np.all(res.converged)))
+                peer = min(("cg", "direct"), key=best.get)
+                ratio = best["auto"] / best[peer]
+                rows.append({
+                    "entry": ENTRY, "case": f"{form}, {regime} spectrum, {np.dtype(dtype).name}",
+                    "what": f"auto ran {info['auto'][0]} ({info['auto'][1]} products; cg took "
+                            f"{info['cg'][1]})", "time_s": best["auto"], "peer": f"{peer} (the better)",
+                    "peer_time_s": best[peer], "ratio": ratio, "target": f"within {TARGET}x",
+                    "met": None if quick else bool(ratio <= TARGET),
+                    "converged": all(v[2] for v in info.values()),
+                    "cg_time_s": best["cg"], "direct_time_s": best["direct"]})
+                if progress is not None:
+                    progress(f"auto: {form}, {regime}, {np.dtype(dtype).name}")
+    return rows
+
+
+def main(argv=None) -> int:
+    """``python -m studies.timing_auto``: the rows above, the timing files and a short summary."""
+    import studies.timing_auto as module
+
+    return family_main(
+        "timing_auto", module, argv,
+        description="Timing of method='auto' against 'cg' and 'direct' on the low-rank and video forms, "
+                    "flat and decaying embedding spectra, float32 and float64, fresh operators.  Writes "
+                    "timing.md (the table), timing.json, timing.csv and timing_auto.png.",
+        quick_help="15 x 15 pixels, 4 labels, D = 16, one repeat: seconds; the target is then not judged",
+        run_kwargs=lambda args: dict(seed=args.seed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
