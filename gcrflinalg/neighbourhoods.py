@@ -1,4 +1,4 @@
-"""Pixel neighbourhoods of the grid G-CRFs (DESIGN.md section 3).
+"""Pixel neighbourhoods of the grid G-CRFs (docs/design.md section 3).
 
 Each neighbourhood is a half-set of offsets ``(di, dj)``: edge ``k`` at pixel ``p = (i, j)`` joins
 ``p`` and ``q = (i + di, j + dj)``, every undirected edge stored once.

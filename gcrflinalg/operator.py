@@ -1,6 +1,6 @@
 """The base class of every G-CRF precision-matrix operator ``M = lam I + A``.
 
-Conventions (DESIGN.md section 3): a vector has shape ``vector_shape`` (``(L, H, W)`` for one image),
+Conventions (docs/design.md section 3): a vector has shape ``vector_shape`` (``(L, H, W)`` for one image),
 flattened in C order to ``N`` entries; leading *batch axes* index independent systems with their own
 parameters.  Subclasses implement the structured product and the gradient contractions; this class
 provides shape handling, the flat view, dense/LinearOperator views and the pieces the solvers use.
@@ -248,7 +248,7 @@ class GCRFOperator(abc.ABC):
 
     def check_positive_definite(self, exact: bool = False) -> bool:
         """Raise :class:`NotPositiveDefiniteError` when a positive-definiteness bound of the form is
-        violated (DESIGN.md section 6); return True when the form certifies ``M`` positive definite,
+        violated (docs/design.md section 6); return True when the form certifies ``M`` positive definite,
         False when it leaves the question to CG's curvature test.  By default only cheap
         certificates run (about one product); ``exact=True`` adds the form's costlier exact test or
         estimate where the cheap one is inconclusive.  The base operator knows no bound: False."""
@@ -263,7 +263,7 @@ class GCRFOperator(abc.ABC):
     def parameter_gradients(self, x, g) -> dict:
         """Gradients of a loss ``L`` w.r.t. the parameters, given the solution ``x = M^{-1} b`` and
         the adjoint ``g = M^{-1} dL/dx``: ``dL/dM = -g x^T`` contracted with the structure
-        (DESIGN.md section 5).
+        (docs/design.md section 5).
 
         Parameters
         ----------

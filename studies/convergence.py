@@ -28,17 +28,18 @@ import time
 
 import numpy as np
 
+from gcrflinalg.forms import FORMS
 from studies._common import Outputs, Progress, array_module, markdown_table, study_parser
 
 __all__ = ["METHODS", "DIRECT_FORMS", "methods_for", "run_problem", "run_study", "summarise", "main"]
 
 #: Every method of the study, in table order.
 METHODS = ("jacobi", "gauss_seidel", "gmres", "cg", "pcg", "reduced_cg", "direct")
-#: Forms with an exact direct solver: all of them (sparse factorisation for the grid and
-#: multi-resolution forms, Woodbury identities for the low-rank and video forms).
-DIRECT_FORMS = ("grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video")
+#: Forms with an exact direct solver (the form registry says: all of them, sparse factorisation for
+#: the grid and multi-resolution forms, Woodbury identities for the low-rank and video forms).
+DIRECT_FORMS = tuple(name for name, spec in FORMS.items() if "direct" in spec.methods)
 #: Forms with the red-black reduction (on their 4-neighbourhood problems only).
-REDUCED_FORMS = ("grid",)
+REDUCED_FORMS = tuple(name for name, spec in FORMS.items() if "reduced_cg" in spec.methods)
 
 METHOD_LABELS = {
     "jacobi": "Jacobi",
@@ -49,14 +50,7 @@ METHOD_LABELS = {
     "reduced_cg": "CG, red-black reduced",
     "direct": "direct",
 }
-FORM_LABELS = {
-    "grid": "grid, general (3.1)",
-    "grid_potts": "grid, Potts (3.2)",
-    "multires": "multi-resolution (3.3)",
-    "lowrank": "low-rank, general (3.4)",
-    "lowrank_potts": "low-rank, Potts (3.5)",
-    "video": "video (3.6)",
-}
+FORM_LABELS = {name: spec.title for name, spec in FORMS.items()}
 _STYLE = {
     "jacobi": dict(color="#1f77b4", ls="-"),
     "gauss_seidel": dict(color="#ff7f0e", ls="-"),

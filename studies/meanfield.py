@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from gcrflinalg.forms import FORMS
 from studies._common import Outputs, Progress, array_module, study_parser
 
 #: equality of the iterates is asserted to this tolerance (relative to max(1, max |mu|)), float64
 EQUALITY_TOL = 1e-12
 
-DEFAULT_FORMS = ("grid_potts", "grid", "multires", "lowrank_potts", "lowrank", "video")
+DEFAULT_FORMS = tuple(FORMS)  # every registered form
 QUICK_FORMS = ("grid_potts", "grid", "lowrank_potts")
 
 

@@ -1,4 +1,4 @@
-"""Timing of the dense low-rank G-CRFs (DESIGN.md 3.4 general, 3.5 Potts).
+"""Timing of the dense low-rank G-CRFs (docs/design.md 3.4 general, 3.5 Potts).
 
 For ``H x W = 41 x 41`` (a 321 x 321 image at stride 8), ``L = 21`` and ``D`` in
 {32, 64, 128, 256, 512}, and for the image-size sweep 256..2048 (stride 8) at ``D = 128``, it times

@@ -11,7 +11,7 @@ labels on the held-out pixels of a fixed noisy test image.
 Two models are trained the same way (same unary network, seed, optimiser and steps):
 
 - **unary-only**: a small CNN ``f`` gives the label scores ``b = f(image)``;
-- **G-CRF**: the same CNN for ``b``, plus a low-rank Potts G-CRF layer (DESIGN.md 3.5) whose
+- **G-CRF**: the same CNN for ``b``, plus a low-rank Potts G-CRF layer (docs/design.md 3.5) whose
   embeddings come from a small conv head: ``x = (lam I + A)^{-1} b`` with
   ``A[(m,p),(n,q)] = <psi_p, psi_q>`` for ``m != n``.  The embedding of pixel ``p`` is
   ``psi_p = c * vec(t(p) (x) a(p))``: ``a(p)`` is a learnt soft assignment (softmax over ``C``
@@ -20,7 +20,7 @@ Two models are trained the same way (same unary network, seed, optimiser and ste
   non-negative coupling; a positive ``A`` entry between different labels penalises disagreeing
   neighbours, so the layer smooths the scores: ``x_l - mean_m x_m = (lam I - W)^{-1} (b_l - mean_m b_m)``
   with ``W = psi^T psi``).  ``c`` scales ``psi`` so that ``||psi||_2^2 <= rho lam`` with a learnt
-  ``rho < 1``: the system stays positive definite (DESIGN.md section 6) whatever the head outputs.
+  ``rho < 1``: the system stays positive definite (docs/design.md section 6) whatever the head outputs.
   The layer solves exactly (``method="direct"``, Woodbury) and its backward pass reuses the forward
   factorisation.
 

@@ -2,7 +2,7 @@
 
 Each :class:`Case` names a form, builds a small operator from random parameters through the
 package's public API only, and assembles the same matrix densely with the reference builders below.
-Those builders are written straight from DESIGN.md section 3 with plain loops and share no code with
+Those builders are written straight from docs/design.md section 3 with plain loops and share no code with
 the package: they are the independent reference of every check.  The per-form test modules import
 them from here.
 
@@ -18,7 +18,7 @@ import numpy as np
 import gcrflinalg
 
 # ============================================================================= dense references
-# DESIGN.md section 3, flat index n = l*P + i*W + j (label-major); video: frame-major on top.
+# docs/design.md section 3, flat index n = l*P + i*W + j (label-major); video: frame-major on top.
 
 #: Neighbourhood half-sets of offsets (di, dj), in the order of the parameters' K axis.
 OFFSETS = {

@@ -1,7 +1,7 @@
 """Checks every G-CRF operator must pass, shared by the per-form test modules.
 
 Each check compares the operator against an independent reference supplied by the test (a dense
-matrix assembled straight from DESIGN.md) or against mathematics (symmetry, finite differences).
+matrix assembled straight from docs/design.md) or against mathematics (symmetry, finite differences).
 """
 from __future__ import annotations
 

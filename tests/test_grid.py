@@ -1,5 +1,5 @@
 """Grid G-CRFs (general blocks and Potts): operators against a dense matrix assembled here straight
-from DESIGN.md 3.1/3.2, solves against numpy.linalg.solve, gradients against finite differences."""
+from docs/design.md 3.1/3.2, solves against numpy.linalg.solve, gradients against finite differences."""
 from __future__ import annotations
 
 import numpy as np

@@ -18,7 +18,7 @@ SIZES = [(5, 7), (4, 6), (1, 5), (6, 1), (3, 3), (2, 2)]
 
 
 def colour_indices(H, W, L):
-    """Flat indices (label-major, DESIGN.md) of the red and of the black unknowns."""
+    """Flat indices (label-major, docs/design.md) of the red and of the black unknowns."""
     lab, i, j = np.meshgrid(np.arange(L), np.arange(H), np.arange(W), indexing="ij")
     flat = (lab * H * W + i * W + j).ravel()
     red = ((i + j) % 2 == 0).ravel()

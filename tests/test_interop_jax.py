@@ -1,5 +1,5 @@
 """The JAX G-CRF function: ``check_grads`` (finite differences) for the forms, agreement with
-``jnp.linalg.solve`` on a dense matrix built in JAX from DESIGN.md, ``jit`` and ``vmap``."""
+``jnp.linalg.solve`` on a dense matrix built in JAX from docs/design.md, ``jit`` and ``vmap``."""
 from __future__ import annotations
 
 import numpy as np

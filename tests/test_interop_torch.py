@@ -1,5 +1,5 @@
 """The PyTorch G-CRF layer: gradcheck per form, agreement with ``torch.linalg.solve`` on a dense
-matrix assembled in torch from DESIGN.md section 3, broadcasting, the convergence policy, factor
+matrix assembled in torch from docs/design.md section 3, broadcasting, the convergence policy, factor
 reuse, and the layer modules."""
 from __future__ import annotations
 

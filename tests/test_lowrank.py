@@ -1,7 +1,7 @@
-"""Low-rank G-CRFs (DESIGN.md 3.4, 3.5): operators, exact direct solves, gradients, PD certificate.
+"""Low-rank G-CRFs (docs/design.md 3.4, 3.5): operators, exact direct solves, gradients, PD certificate.
 
 References are independent: dense matrices assembled below with explicit loops straight from the
-DESIGN.md formulas, ``numpy.linalg.solve``, and central finite differences.
+docs/design.md formulas, ``numpy.linalg.solve``, and central finite differences.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from operator_checks import assert_not_mutated, fd_check_gradients
 from solvers import NotPositiveDefiniteError
 
 # ---------------------------------------------------------------------------------------------
-# dense references (operator_cases: written from DESIGN.md, index n = l*P + i*W + j) and helpers
+# dense references (operator_cases: written from docs/design.md, index n = l*P + i*W + j) and helpers
 
 
 def psi_norm2(psi):
@@ -259,7 +259,7 @@ def test_gradients_with_cg_equal_direct(rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# positive definiteness (DESIGN.md section 6)
+# positive definiteness (docs/design.md section 6)
 
 
 @pytest.mark.parametrize("method", ["direct", "cg"])

@@ -118,7 +118,7 @@ def _solver_iterates(solver, J, h, iterations, **options):
 
 
 def _grid_potts_system(rng, L=3, H=5, W=7):
-    """A grid Potts precision (4-neighbourhood) assembled with loops from DESIGN.md 3.2, as CSR."""
+    """A grid Potts precision (4-neighbourhood) assembled with loops from docs/design.md 3.2, as CSR."""
     P = H * W
     weights = -rng.uniform(0.0, 0.3, size=(2, H, W))
     A = np.zeros((L * P, L * P))

@@ -1,4 +1,4 @@
-"""Multi-resolution grid G-CRFs against a dense matrix assembled here straight from DESIGN.md 3.3."""
+"""Multi-resolution grid G-CRFs against a dense matrix assembled here straight from docs/design.md 3.3."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Every operator check crossed with every registered case (``operator_cases.CASES``).
 
 The references are independent of the package: dense matrices assembled in ``operator_cases`` straight
-from DESIGN.md section 3, ``numpy.linalg.solve``, and central finite differences.  A new form gets
+from docs/design.md section 3, ``numpy.linalg.solve``, and central finite differences.  A new form gets
 every check here by registering a case.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")
 BATCHES = [pytest.param((), id="unbatched"), pytest.param((2,), id="batch2")]
 SOLVE_PARAMS = [pytest.param(c, m, id=f"{c.id}-{m}") for c in CASES for m in c.methods]
 
-DENSE_LIMIT = 8192  # README / DESIGN.md: to_dense() refuses above this many unknowns
+DENSE_LIMIT = 8192  # README / docs/design.md: to_dense() refuses above this many unknowns
 
 
 def _host(a):

@@ -1,6 +1,6 @@
 """Built-in problems: deterministic, positive definite (and Jacobi-convergent), every form covered.
 
-The dense matrices are assembled here straight from DESIGN.md section 3 with explicit loops, so the
+The dense matrices are assembled here straight from docs/design.md section 3 with explicit loops, so the
 checks do not rely on the problem module's own spectral computations or on the operators.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _needs_operator(form):
 
 # --------------------------------------------------------------------------- dense references
 def dense_reference(form, params, meta):
-    """``M = lam I + A`` of a problem, from DESIGN.md 3.1-3.6 (N x N, float64)."""
+    """``M = lam I + A`` of a problem, from docs/design.md 3.1-3.6 (N x N, float64)."""
     L = meta["num_labels"]
     if form == "grid":
         h, w = meta["image_shape"]

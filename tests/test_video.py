@@ -1,4 +1,4 @@
-"""The spatio-temporal (video) G-CRF against independent references (DESIGN.md sections 3.6, 5, 6).
+"""The spatio-temporal (video) G-CRF against independent references (docs/design.md sections 3.6, 5, 6).
 
 References: dense matrices assembled entry by entry from the definition, ``numpy.linalg`` solves
 and eigenvalues, central finite differences.

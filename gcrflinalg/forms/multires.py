@@ -1,4 +1,4 @@
-"""Multi-resolution grid G-CRFs (DESIGN.md 3.3): a pyramid of grid forms coupled child-to-parent.
+"""Multi-resolution grid G-CRFs (docs/design.md 3.3): a pyramid of grid forms coupled child-to-parent.
 
 Level ``s = 0 .. S-1`` (level 0 finest) is a grid G-CRF (general blocks or Potts) on its own
 ``H_s x W_s`` image.  Fine pixel ``p = (i, j)`` of level ``s`` and its parent
@@ -45,7 +45,7 @@ _FORMS = ("general", "potts")
 
 
 class MultiResGCRF(SparseAssembled, GCRFOperator):
-    """Multi-resolution grid G-CRF ``M = lam I + A`` (DESIGN.md 3.3).
+    """Multi-resolution grid G-CRF ``M = lam I + A`` (docs/design.md 3.3).
 
     Parameters
     ----------
@@ -314,13 +314,13 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         """``lam`` above :meth:`gershgorin_bound` certifies ``M`` positive definite (returns True).
         Otherwise, by default, the solve goes ahead guarded by CG's curvature test (returns False);
         with ``exact=True`` a matrix-free Lanczos estimate of ``lambda_min(M) <= 0`` raises
-        :class:`NotPositiveDefiniteError` naming ``lam`` (DESIGN.md section 6; as
+        :class:`NotPositiveDefiniteError` naming ``lam`` (docs/design.md section 6; as
         :meth:`GridGCRF.check_positive_definite`)."""
         return gershgorin_check(self, exact=exact)
 
     # ------------------------------------------------------------------ gradients
     def _parameter_gradients(self, x, g):
-        """Level gradients as in DESIGN.md section 5, keyed ``"levels[s].pairwise"`` /
+        """Level gradients as in docs/design.md section 5, keyed ``"levels[s].pairwise"`` /
         ``"levels[s].weights"``, and the coupling gradients ``"cross[s]"``:
 
         - general: ``dL/dcross[s][m, n, p] = -(g_p[m] x_par[n] + x_p[m] g_par[n])``;

@@ -87,6 +87,9 @@ class FormSpec:
         Import path ``"module:function"`` of the maker of its built-in problems.
     exports : tuple of str
         Public names of the form's package exported by ``gcrflinalg`` (the operator class first).
+    methods : tuple of str
+        The form's own methods of :func:`gcrflinalg.solve` besides the generic iterative ones
+        (``"direct"``, ``"reduced_cg"``).
     builder : str
         For forms with structured parameters (no ``parameters``): import path of
         ``builder(params, arr) -> operator``, building the operator from its problem's parameters
@@ -111,6 +114,7 @@ class FormSpec:
     layer: str
     problem: str
     exports: tuple = ()
+    methods: tuple = ("direct",)
     builder: str = ""
     layer_options: tuple = ()
     layout: str = ""
@@ -207,7 +211,7 @@ register(FormSpec(
     name="grid", title="grid, general (3.1)", operator="gcrflinalg.forms.grid:GridGCRF",
     parameters=(("pairwise", "K, L, L, H, W"),), vector_axes="L, H, W",
     constructor_options=("neighbourhood",), layer="GridGCRFLayer", problem=f"{_PARAMS}:grid_params",
-    exports=("GridGCRF",)))
+    exports=("GridGCRF",), methods=("direct", "reduced_cg")))
 register(FormSpec(
     name="grid_potts", title="grid, Potts (3.2)", operator="gcrflinalg.forms.grid:GridPottsGCRF",
     parameters=(("weights", "K, H, W"),), vector_axes="L, H, W",

@@ -2,7 +2,7 @@
 
 :func:`gcrf_solve` solves ``(A + lam I) x = b`` for a batch of G-CRFs of one form and is a
 ``jax.custom_vjp`` function, differentiable in the unaries ``b``, every parameter of ``A`` and ``lam``
-(DESIGN.md section 5)::
+(docs/design.md section 5)::
 
     x = M^{-1} b,   g = M^{-1} dL/dx,   dL/db = g,   dL/dtheta = -g^T (dM/dtheta) x.
 
@@ -43,7 +43,7 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     Parameters
     ----------
     form : {"grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video"}
-        The precision-matrix form (DESIGN.md section 3).
+        The precision-matrix form (docs/design.md section 3).
     b : jax.Array, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``,
         ``(*batch, N)`` for ``"multires"``)
         Unary scores.

@@ -6,7 +6,7 @@ custom operator ``torch.ops.gcrflinalg.solve`` (``torch.library.custom_op`` with
 implementation, an autograd formula and a vmap rule): the forward pass calls
 :func:`gcrflinalg.solve`, the backward pass (``torch.ops.gcrflinalg.solve_backward`` when traced)
 :func:`gcrflinalg.adjoint_solve` on the same operator (in eager mode a ``method="direct"``
-factorisation is computed once and reused) and ``parameter_gradients`` (DESIGN.md section 5)::
+factorisation is computed once and reused) and ``parameter_gradients`` (docs/design.md section 5)::
 
     x = M^{-1} b,   g = M^{-1} dL/dx,   dL/db = g,   dL/dtheta = -g^T (dM/dtheta) x.
 
@@ -431,7 +431,7 @@ def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxite
     Parameters
     ----------
     form : {"grid", "grid_potts", "multires", "lowrank", "lowrank_potts", "video"}
-        The precision-matrix form (DESIGN.md section 3).
+        The precision-matrix form (docs/design.md section 3).
     b : torch.Tensor, shape ``(*batch, L, H, W)`` (``(*batch, V, L, H, W)`` for ``"video"``,
         ``(*batch, N)`` for ``"multires"``, the levels' flat ``(L, H_s, W_s)`` vectors, finest first)
         Unary scores, float32 or float64.

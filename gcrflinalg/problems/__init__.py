@@ -120,7 +120,7 @@ def make_params(form: str, index: int = 0, *, seed: int = 0, size: str = "small"
         ``lam = (1 + margin) * rho`` (see ``lam_rule``); default drawn in ``[0.05, 0.3]``.
     lam_rule : {"jacobi", "pd"}
         ``"jacobi"``: ``rho`` is the spectral radius of ``B = A - diag(A)`` (``M`` is PD and Jacobi
-        converges); ``"pd"``: ``rho`` is the positive-definiteness bound of DESIGN.md section 6
+        converges); ``"pd"``: ``rho`` is the positive-definiteness bound of docs/design.md section 6
         (the smallest admissible ``lam``; Jacobi may diverge).
     **overrides
         ``stride``, ``num_labels``, ``num_features`` (low-rank), ``num_frames`` (video).

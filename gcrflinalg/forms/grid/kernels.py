@@ -1,4 +1,4 @@
-"""Structured products of the grid G-CRFs (DESIGN.md 3.1, 3.2): Numba kernels on the CPU, sliced
+"""Structured products of the grid G-CRFs (docs/design.md 3.1, 3.2): Numba kernels on the CPU, sliced
 array code for any other backend (CuPy).
 
 Shapes used throughout (``B`` systems, ``E`` right-hand sides per system, ``K`` offsets):
@@ -258,7 +258,7 @@ def _pairwise_product_xp(xp, pw, v, out, offsets):
 
 
 def pairwise_product(pw, v, out, offsets, lam=None):
-    """Accumulate the general pairwise product ``out += A v`` (DESIGN.md 3.1), or with ``lam`` write
+    """Accumulate the general pairwise product ``out += A v`` (docs/design.md 3.1), or with ``lam`` write
     ``M v = lam v + A v`` into ``out`` (whose contents are then ignored).
 
     ``(A v)[m, p] = sum_k sum_n pairwise[k, m, n, p] v[n, p + d_k]
@@ -325,7 +325,7 @@ def _weight_product_xp(xp, wt, x, out, offsets):
 
 def weight_product(wt, x, out, offsets):
     """Accumulate ``out += W x`` for the symmetric ``P x P`` edge-weight matrix ``W`` of every
-    system, applied to ``R`` pixel vectors at once (DESIGN.md 3.2).
+    system, applied to ``R`` pixel vectors at once (docs/design.md 3.2).
 
     ``(W x)[p] = sum_k w[k, p] x[p + d_k] + sum_k w[k, p - d_k] x[p - d_k]``
 

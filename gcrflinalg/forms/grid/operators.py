@@ -1,4 +1,4 @@
-"""Sparse grid G-CRFs: general ``L x L`` blocks (DESIGN.md 3.1) and Potts weights (3.2).
+"""Sparse grid G-CRFs: general ``L x L`` blocks (docs/design.md 3.1) and Potts weights (3.2).
 
 Both operators act on score vectors of shape ``(*batch, L, H, W)`` (flat index
 ``n = l P + i W + j``), with pixel neighbourhoods 4, 8 or 12 (:mod:`gcrflinalg.neighbourhoods`).
@@ -9,7 +9,7 @@ Gauss–Seidel sweep (pixel blocks are ``lam I``, so all pixels of one colour up
 once), ``method="direct"`` (sparse LU of the CSR matrix, reused by the adjoint solve), the Potts
 ``L + 1`` split for ``method="cg"``, CG on the red-black reduced system for ``method="reduced_cg"``
 (general form, 4-neighbourhood: :mod:`gcrflinalg.forms.grid.redblack`), and the positive-definiteness
-checks of DESIGN.md section 6.
+checks of docs/design.md section 6.
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         return R.reshape(self.batch_shape + (-1,)).max(axis=-1)
 
     def check_positive_definite(self, exact: bool = False) -> bool:
-        """Check ``M = lam I + A`` for positive definiteness (DESIGN.md section 6).
+        """Check ``M = lam I + A`` for positive definiteness (docs/design.md section 6).
 
         ``lam`` above the Gershgorin bound (:meth:`gershgorin_bound`, about one product's work)
         certifies it.  Otherwise, by default, nothing more runs: the solve goes ahead and CG's
@@ -206,7 +206,7 @@ class _GridOperator(SparseAssembled, GCRFOperator):
 
 
 class GridGCRF(_GridOperator):
-    """Sparse grid G-CRF with general ``L x L`` pairwise blocks (DESIGN.md 3.1).
+    """Sparse grid G-CRF with general ``L x L`` pairwise blocks (docs/design.md 3.1).
 
     ``M = lam I + A`` with, for every in-image edge ``k`` joining ``p = (i, j)`` and
     ``q = (i + di_k, j + dj_k)``, ``A[(m, p), (n, q)] = A[(n, q), (m, p)] = pairwise[k, m, n, i, j]``.
@@ -288,7 +288,7 @@ class GridGCRF(_GridOperator):
 
     def _parameter_gradients(self, x, g):
         """``dL/dpairwise[k, :, :, i, j] = -(g_p x_q^T + x_p g_q^T)`` on in-image edges, 0 elsewhere
-        (DESIGN.md section 5)."""
+        (docs/design.md section 5)."""
         xp = self.xp
         grad = xp.zeros(self.pairwise.shape, dtype=self.dtype)
         for k, (di, dj) in enumerate(self.offsets):
@@ -313,7 +313,7 @@ class GridGCRF(_GridOperator):
 
 
 class GridPottsGCRF(_GridOperator):
-    """Sparse grid G-CRF with Potts pairwise terms (DESIGN.md 3.2).
+    """Sparse grid G-CRF with Potts pairwise terms (docs/design.md 3.2).
 
     ``A[(m, p), (n, q)] = weights[k, i, j]`` for ``m != n`` and ``0`` for ``m == n``; with ``W`` the
     symmetric ``P x P`` edge-weight matrix, ``M = I_L (x) (lam I - W) + 1 1^T (x) W``.
@@ -374,7 +374,7 @@ class GridPottsGCRF(_GridOperator):
 
     def _parameter_gradients(self, x, g):
         """``dL/dweights[k, i, j] = -[G_p X_q - g_p.x_q + G_q X_p - g_q.x_p]`` with label sums
-        ``G = sum_l g_l``, ``X = sum_l x_l`` (DESIGN.md section 5); 0 on edges leaving the image."""
+        ``G = sum_l g_l``, ``X = sum_l x_l`` (docs/design.md section 5); 0 on edges leaving the image."""
         xp = self.xp
         G, X = g.sum(axis=-3), x.sum(axis=-3)
         grad = xp.zeros(self.weights.shape, dtype=self.dtype)
@@ -429,7 +429,7 @@ class GridPottsGCRF(_GridOperator):
 
     def check_positive_definite(self, exact: bool = False) -> bool:
         """Check the condition ``lam > lambda_max(W)`` and ``lam > -(L-1) lambda_min(W)``
-        (DESIGN.md section 6) for every system.
+        (docs/design.md section 6) for every system.
 
         The Gershgorin radius ``r = max_p sum_q |w_pq|`` (one pass over the weights) certifies a
         system when ``lam > max(1, L-1) r``.  Otherwise, by default, nothing more runs: the split's

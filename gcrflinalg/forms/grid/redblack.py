@@ -1,4 +1,4 @@
-"""Red-black reduction of the 4-neighbourhood grid G-CRF (DESIGN.md 3.1): ``method="reduced_cg"``.
+"""Red-black reduction of the 4-neighbourhood grid G-CRF (docs/design.md 3.1): ``method="reduced_cg"``.
 
 Colour pixel ``(i, j)`` red when ``i + j`` is even, black otherwise.  Every 4-neighbourhood edge
 joins a red and a black pixel and every pixel's diagonal block is ``lam I``, so with the unknowns

@@ -60,7 +60,7 @@ class _ShiftedWeightSystem:
 
 
 def potts_split_solve(op, b, x0, options):
-    """``M x = b`` by the ``L + 1`` split of DESIGN.md 3.2, in refinement rounds.
+    """``M x = b`` by the ``L + 1`` split of docs/design.md 3.2, in refinement rounds.
 
     Each round solves ``M d = r`` for the current residual ``r = b - M x``: CG on the label sum
     ``(lam I + (L-1) W) s = sum_l r_l``, then CG on all ``L`` systems ``(lam I - W) d_l = r_l - W s``

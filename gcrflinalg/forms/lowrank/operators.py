@@ -1,4 +1,4 @@
-"""Dense low-rank G-CRFs from embeddings (DESIGN.md 3.4 and 3.5), never forming ``N x N``.
+"""Dense low-rank G-CRFs from embeddings (docs/design.md 3.4 and 3.5), never forming ``N x N``.
 
 * :class:`LowRankGCRF`: ``M = lam I + E^T E`` with embeddings ``E`` of shape ``(..., D, L, H, W)``
   read as a ``D x N`` matrix (index ``n = l*P + i*W + j``).  Always positive definite.
@@ -262,7 +262,7 @@ def _check_dims(shape, names, what):
 
 
 class LowRankGCRF(_LowRankOperator):
-    """Dense low-rank G-CRF ``M = lam I + E^T E`` (DESIGN.md 3.4).
+    """Dense low-rank G-CRF ``M = lam I + E^T E`` (docs/design.md 3.4).
 
     ``A[(m,p),(n,q)] = sum_d E[d,m,p] E[d,n,q]`` for all pairs, ``p = q`` included; positive definite
     for every ``lam > 0``.  Memory O(N D).
@@ -408,7 +408,7 @@ class LowRankGCRF(_LowRankOperator):
 
 
 class LowRankPottsGCRF(_LowRankOperator):
-    """Dense low-rank Potts G-CRF (DESIGN.md 3.5).
+    """Dense low-rank Potts G-CRF (docs/design.md 3.5).
 
     ``A[(m,p),(n,q)] = <psi_p, psi_q>`` if ``m != n`` and ``0`` if ``m == n``:
     ``M = I_L (x) (lam I_P - W) + 1 1^T (x) W`` with ``W = psi^T psi``.  Positive definite iff
@@ -506,7 +506,7 @@ class LowRankPottsGCRF(_LowRankOperator):
 
     def check_positive_definite(self, exact: bool = False) -> bool:
         """Raise :class:`NotPositiveDefiniteError` unless ``lam > ||psi||_2^2`` in every system
-        (``L >= 2``; DESIGN.md section 6); return True.  The test is exact and cheap, so it runs
+        (``L >= 2``; docs/design.md section 6); return True.  The test is exact and cheap, so it runs
         the same with or without ``exact``.
 
         The test is the Cholesky factorisation of the ``D x D`` capacitance matrix

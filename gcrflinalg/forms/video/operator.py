@@ -344,7 +344,7 @@ class VideoGCRF(GCRFOperator):
         return np.maximum(0.0, -theta_min)
 
     def check_positive_definite(self, exact: bool = False) -> bool:
-        """Check ``M`` for positive definiteness (DESIGN.md section 6).
+        """Check ``M`` for positive definiteness (docs/design.md section 6).
 
         By default only the sufficient bound of :meth:`sufficient_lam` (``O(V Dt n)``): True when it
         certifies every system, else False, and the solve goes ahead: the direct method's

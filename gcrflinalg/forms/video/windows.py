@@ -70,7 +70,7 @@ class VideoWindowsSolution:
 
         ``x_f = (1/c_f) sum_{w containing f} x^{(w)}_f``, so window ``w`` receives
         ``dL/dx^{(w)}_f = dL/dx_f / c_f``; each window's adjoint solve
-        ``g^{(w)} = M_w^{-1} dL/dx^{(w)}`` and contractions (DESIGN.md section 5) are accumulated
+        ``g^{(w)} = M_w^{-1} dL/dx^{(w)}`` and contractions (docs/design.md section 5) are accumulated
         onto the frames (and ``lam``) they were taken from.
 
         Parameters
