@@ -2,6 +2,8 @@
 unless a cast is needed."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 
 import numpy as np
@@ -29,6 +31,26 @@ def check_finite(arr, name: str) -> None:
     xp = get_array_module(arr)
     if arr.size and not bool(xp.isfinite(arr).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+#: True inside :func:`borrowed_parameters`: parameters are viewed, never copied
+_BORROWED = contextvars.ContextVar("gcrflinalg_borrowed_parameters", default=False)
+
+
+@contextlib.contextmanager
+def borrowed_parameters():
+    """Within the block, operators view their parameter arrays instead of copying writeable ones.
+
+    For framework layers only: an operator built there lives for one forward and backward pass, and
+    the framework guarantees that its inputs do not change meanwhile (PyTorch's version counters
+    reject a backward after an in-place change of a saved tensor; JAX arrays are immutable).  The
+    copy it saves is the size of the parameters, per training step.
+    """
+    token = _BORROWED.set(True)
+    try:
+        yield
+    finally:
+        _BORROWED.reset(token)
 
 
 def _frozen(arr) -> bool:
@@ -63,7 +85,8 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
     - a read-only NumPy input (``flags.writeable`` False down to the memory it views) is viewed
       without copying;
     - any other input (a writeable NumPy array, a CuPy array, a DLPack view of a framework's
-      tensor) is copied once, C-contiguous.
+      tensor) is copied once, C-contiguous -- except inside :func:`borrowed_parameters`, where the
+      framework layers build their operators (their inputs cannot change during the operator's life).
 
     The caller's array and its flags are never modified.  Store the result behind
     :func:`readonly` when it is exposed as a public attribute.
@@ -96,7 +119,7 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
         raise ValueError(f"{name} must have at least {min_ndim} axes; got shape {tuple(arr.shape)}")
     if arr.dtype != target:
         arr = arr.astype(target, order="C")  # a new array: the operator's own
-    elif not fresh and not _frozen(arr):
+    elif not fresh and not _frozen(arr) and not _BORROWED.get():
         arr = get_array_module(arr).array(arr, copy=True, order="C")  # the caller may still write it
     check_finite(arr, name)
     return arr

@@ -384,3 +384,27 @@ def test_layer_modules_learn_lam_and_pass_gradients_to_heads():
     clone = pickle.loads(pickle.dumps(layer))
     assert type(clone) is gtorch.LowRankPottsGCRFLayer
     torch.testing.assert_close(clone.lam, layer.lam)
+
+
+def test_layers_borrow_parameters_and_autograd_guards_them():
+    """The layers' operators view the framework's parameter memory (no per-step copy); a change of
+    a parameter in place between the forward and the backward pass is refused by autograd."""
+    import numpy as np
+
+    import gcrflinalg
+    from gcrflinalg._validation import borrowed_parameters
+
+    rng = np.random.default_rng(3)
+    pw = 0.05 * rng.standard_normal((2, 2, 2, 4, 5))
+    assert not np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)  # the core API copies
+    with borrowed_parameters():
+        assert np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)
+    assert not np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)  # and the block ends
+
+    weights = (0.1 * torch.rand(2, 4, 5, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(3, 4, 5, dtype=torch.float64)
+    x = gtorch.gcrf_solve("grid_potts", b, weights, lam=2.0)
+    with torch.no_grad():
+        weights.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        x.sum().backward()

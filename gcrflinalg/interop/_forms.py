@@ -16,6 +16,7 @@ import numpy as np
 from ..backend import to_host
 from ..forms.registry import FORMS as REGISTRY
 from ..forms.registry import FormSpec, ParameterLayout
+from .._validation import borrowed_parameters
 from ..solve import adjoint_solve, solve
 from ..tolerances import default_rtol
 
@@ -235,8 +236,13 @@ def broadcast_batch_shape(config, b_shape, param_shapes, lam_shape=()) -> tuple:
 
 
 def build_operator(config: SolveConfig, params, lam):
-    """The operator ``M = lam I + A`` of the configured form from (NumPy/CuPy/DLPack) parameters."""
-    return config.layout.build(list(params), lam)
+    """The operator ``M = lam I + A`` of the configured form from (NumPy/CuPy/DLPack) parameters.
+
+    The operator views the parameters without copying them (:func:`borrowed_parameters`): it lives for
+    one forward and backward pass, during which the framework keeps its inputs unchanged.
+    """
+    with borrowed_parameters():
+        return config.layout.build(list(params), lam)
 
 
 def forward_solve(config: SolveConfig, op, b):
