@@ -403,7 +403,7 @@ class LowRankGCRF(_LowRankOperator):
         gf = self._flatten(g)[..., None, :]
         eg = self._emb_flat @ _swap_last(gf)  # (*batch, D, 1)
         ex = self._emb_flat @ _swap_last(xf)
-        grad = -(eg * xf + ex * gf)
+        grad = negative_rank_two(self.xp, eg[..., 0], xf[..., 0, :], ex[..., 0], gf[..., 0, :])
         return {"embeddings": grad.reshape(self.embeddings.shape)}
 
 
@@ -607,6 +607,17 @@ class LowRankPottsGCRF(_LowRankOperator):
         tx = yx.sum(axis=-1, keepdims=True) - yx
         grad = -(tg @ xl + tx @ gl)
         return {"embeddings": grad.reshape(self.embeddings.shape)}
+
+
+def negative_rank_two(xp, a, u, b, v):
+    """``-(a u^T + b v^T)`` for stacks ``a, b`` of shape ``(..., D)`` and ``u, v`` of ``(..., N)``.
+
+    One ``(D x 2) @ (2 x N)`` product, so the ``D x N`` result (as large as the embeddings) is written
+    once, with no temporaries of its size: the gradient contractions of docs/design.md section 5.
+    """
+    left = -xp.stack([a, b], axis=-1)  # (..., D, 2)
+    right = xp.stack([u, v], axis=-2)  # (..., 2, N)
+    return left @ right
 
 
 def _swap_last(a):

@@ -28,7 +28,7 @@ from ...operator import GCRFOperator
 from ...results import not_positive_definite, refined_direct_solve
 from ...tolerances import default_rtol
 from ..._validation import as_lam, as_parameter, check_finite, readonly
-from ..lowrank.operators import auto_solve, break_even_products, direct_is_cheaper
+from ..lowrank.operators import auto_solve, break_even_products, direct_is_cheaper, negative_rank_two
 from .kernels import gauss_seidel_video
 from .temporal import frame_coupling_matrix, normalise_neighbourhood
 
@@ -289,11 +289,11 @@ class VideoGCRF(GCRFOperator):
         xf = x.reshape(lead + (self.frame_size,))
         gf = g.reshape(lead + (self.frame_size,))
         Sx, Sg = self._project(self._S, xf), self._project(self._S, gf)
-        dS = -(Sg[..., :, None] * xf[..., None, :] + Sx[..., :, None] * gf[..., None, :])
+        dS = negative_rank_two(xp, Sg, xf, Sx, gf)
         if self.coupled:
             cx = self._temporal_message(self._project(self._T, xf))
             cg = self._temporal_message(self._project(self._T, gf))
-            dT = -(cx[..., :, None] * gf[..., None, :] + cg[..., :, None] * xf[..., None, :])
+            dT = negative_rank_two(xp, cx, gf, cg, xf)
         else:
             dT = xp.zeros_like(self._T)
         return {"spatial": dS.reshape(self.spatial.shape),
