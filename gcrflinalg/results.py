@@ -19,17 +19,39 @@ from __future__ import annotations
 
 import time
 
+import operator
+
 import numpy as np
 
 from solvers import NotPositiveDefiniteError, SolveResult
 
 from .backend import get_array_module, synchronize, to_host
 
-__all__ = ["make_result", "direct_result", "refined_direct_solve", "not_positive_definite",
+__all__ = ["direct_options", "make_result", "direct_result", "refined_direct_solve", "not_positive_definite",
            "raise_if_lam_below", "curvature_not_positive_definite"]
 
 #: cap on the automatic iterative-refinement rounds of the direct solves (docs/design.md 4)
 REFINE_MAX_ROUNDS = 5
+
+
+def direct_options(options, dtype, *, ignored=()):
+    """``(rtol, atol, refine)`` of a direct solve's options (``refine`` None for automatic rounds).
+
+    ``ignored`` names options of the iterative methods that a direct solve accepts and ignores
+    (``maxiter``, ``callback`` ...); any other unknown option is a ``TypeError``.  The values
+    themselves were checked by :func:`gcrflinalg.solve`.
+    """
+    from .tolerances import default_rtol
+
+    unknown = set(options) - {"rtol", "atol", "refine"} - set(ignored)
+    if unknown:
+        raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
+    refine = options.get("refine")
+    if refine is not None:
+        refine = operator.index(refine)
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0; got {refine}")
+    return float(options.get("rtol", default_rtol(dtype))), float(options.get("atol", 0.0)), refine
 
 
 def make_result(x, *, converged, iterations, history, matvecs, time_s, method, bnorm) -> SolveResult:

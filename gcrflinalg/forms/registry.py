@@ -31,8 +31,21 @@ def _axes_ndim(axes: str) -> int:
     return len(axes.split(","))
 
 
+class _Parameters:
+    """``parameter_names`` and ``parameter_ndims`` of a ``parameters`` tuple of ``(name, axes)``."""
+
+    @property
+    def parameter_names(self) -> tuple:
+        return tuple(name for name, _ in self.parameters)
+
+    @property
+    def parameter_ndims(self) -> tuple:
+        """Number of trailing (non-batch) axes of each parameter."""
+        return tuple(_axes_ndim(axes) for _, axes in self.parameters)
+
+
 @dataclasses.dataclass(frozen=True)
-class ParameterLayout:
+class ParameterLayout(_Parameters):
     """The parameters of one call of a form's differentiable layer, and how they build the operator.
 
     For a form with plain parameters this is the form's own ``parameters``; for a structured form
@@ -51,18 +64,10 @@ class ParameterLayout:
     parameters: tuple
     build: object
 
-    @property
-    def parameter_names(self) -> tuple:
-        return tuple(name for name, _ in self.parameters)
-
-    @property
-    def parameter_ndims(self) -> tuple:
-        """Number of trailing (non-batch) axes of each parameter."""
-        return tuple(_axes_ndim(axes) for _, axes in self.parameters)
 
 
 @dataclasses.dataclass(frozen=True)
-class FormSpec:
+class FormSpec(_Parameters):
     """One precision-matrix form.
 
     Attributes
@@ -128,14 +133,6 @@ class FormSpec:
     def class_name(self) -> str:
         return self.operator.partition(":")[2]
 
-    @property
-    def parameter_names(self) -> tuple:
-        return tuple(name for name, _ in self.parameters)
-
-    @property
-    def parameter_ndims(self) -> tuple:
-        """Number of trailing (non-batch) axes of each parameter."""
-        return tuple(_axes_ndim(axes) for _, axes in self.parameters)
 
     @property
     def vector_ndim(self) -> int:

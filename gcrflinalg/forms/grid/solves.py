@@ -18,8 +18,8 @@ import numpy as np
 from solvers import NotPositiveDefiniteError, cg
 
 from ...backend import sparse_linalg_module, to_host
-from ...results import curvature_not_positive_definite, make_result, not_positive_definite, refined_direct_solve
-from ...tolerances import default_rtol
+from ...results import (curvature_not_positive_definite, direct_options, make_result, not_positive_definite,
+                         refined_direct_solve)
 from . import kernels
 from .kernels import shifted_weight_cg, weight_product
 
@@ -180,14 +180,9 @@ def sparse_direct_solve(op, b, options):
     (:func:`gcrflinalg.results.refined_direct_solve`; ``refine=k`` for exactly ``k`` rounds).
     """
     xp = op.xp
-    unknown = set(options) - {"rtol", "atol", "maxiter", "callback", "refine"}
-    if unknown:
-        raise TypeError(f"method='direct' takes no options {sorted(unknown)}")
+    rtol, atol, refine = direct_options(options, op.dtype, ignored=("maxiter", "callback"))
     t0 = time.perf_counter()
     n_sys = math.prod(op.batch_shape)
-    refine = options.get("refine")
-    if refine is not None and int(refine) < 0:
-        raise ValueError(f"refine must be >= 0; got {refine}")
 
     def lu_solve(rhs_all):
         bb = rhs_all.reshape((-1, n_sys, op.size))
@@ -212,9 +207,7 @@ def sparse_direct_solve(op, b, options):
                 r[:, sys_i, :] = b64[:, sys_i, :] - (mats[idx] @ x64[:, sys_i, :].T).T
             return r.reshape(b.shape)
 
-    return refined_direct_solve(lu_solve, residual, b, rtol=float(options.get("rtol", default_rtol(op.dtype))),
-                                atol=float(options.get("atol", 0.0)),
-                                refine=None if refine is None else int(refine), xp=xp, t0=t0)
+    return refined_direct_solve(lu_solve, residual, b, rtol=rtol, atol=atol, refine=refine, xp=xp, t0=t0)
 
 
 def _sparse_factor(op, index):

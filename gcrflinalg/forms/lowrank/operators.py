@@ -27,7 +27,7 @@ import numpy as np
 
 from ...backend import get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
-from ...results import direct_result, raise_if_lam_below, refined_direct_solve
+from ...results import direct_options, direct_result, raise_if_lam_below, refined_direct_solve
 from ...tolerances import default_rtol
 from ..._validation import as_lam, as_parameter, readonly
 from .woodbury import WoodburyFactor
@@ -208,16 +208,7 @@ class _LowRankOperator(GCRFOperator):
         ``refine=k`` runs exactly ``k`` rounds instead; ``check_residual=False`` (with no
         ``refine``) skips the residual (one product with ``M``), leaving ``NaN`` as the final
         residual norm and ``converged=True``."""
-        unknown = set(options) - _DIRECT_IGNORED - {"rtol", "atol", "refine", "check_residual"}
-        if unknown:
-            raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
-        rtol = float(options.get("rtol", default_rtol(self.dtype)))
-        atol = float(options.get("atol", 0.0))
-        refine = options.get("refine")
-        if refine is not None:
-            refine = operator.index(refine)
-            if refine < 0:
-                raise ValueError(f"refine must be >= 0; got {refine}")
+        rtol, atol, refine = direct_options(options, self.dtype, ignored=_DIRECT_IGNORED | {"check_residual"})
         xp = self.xp
         t0 = time.perf_counter()
         if refine is None and not bool(options.get("check_residual", True)):

@@ -25,8 +25,7 @@ import numpy as np
 
 from ...backend import get_array_module, to_host
 from ...operator import GCRFOperator
-from ...results import not_positive_definite, refined_direct_solve
-from ...tolerances import default_rtol
+from ...results import direct_options, not_positive_definite, refined_direct_solve
 from ..._validation import as_lam, as_parameter, check_finite, readonly
 from ..lowrank.operators import auto_solve, break_even_products, direct_is_cheaper, negative_rank_two
 from .kernels import gauss_seidel_video
@@ -639,16 +638,7 @@ class VideoGCRF(GCRFOperator):
         return self._direct_solve(b, options)
 
     def _direct_solve(self, b, options):
-        unknown = set(options) - {"rtol", "atol", "refine"} - _ITERATIVE_ONLY_OPTIONS
-        if unknown:
-            raise TypeError(f"method='direct' got unexpected options {sorted(unknown)}")
-        rtol = float(options.get("rtol", default_rtol(self.dtype)))
-        atol = float(options.get("atol", 0.0))
-        refine = options.get("refine")
-        if refine is not None:
-            refine = int(refine)
-            if refine < 0:
-                raise ValueError(f"refine must be >= 0; got {refine}")
+        rtol, atol, refine = direct_options(options, self.dtype, ignored=_ITERATIVE_ONLY_OPTIONS)
         t0 = time.perf_counter()
         self._capacitance()  # factors (once); raises when M is not positive definite
         if self.dtype == np.float64:
