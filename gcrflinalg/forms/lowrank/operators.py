@@ -29,7 +29,7 @@ from ...backend import get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
 from ...results import direct_options, direct_result, raise_if_lam_below, refined_direct_solve
 from ...tolerances import default_rtol
-from ..._validation import as_lam, as_parameter, readonly
+from ..._validation import as_lam, as_parameter, borrowed_parameters, readonly
 from .woodbury import WoodburyFactor
 
 __all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper", "break_even_products", "auto_solve"]
@@ -231,7 +231,8 @@ class _LowRankOperator(GCRFOperator):
     def _float64_twin(self):
         """The same matrix with float64 parameters (cached): residuals of float32 solves."""
         if getattr(self, "_twin64", None) is None:
-            self._twin64 = self._make_float64_twin()
+            with borrowed_parameters():  # the float64 casts are private to the twin: no second copy
+                self._twin64 = self._make_float64_twin()
         return self._twin64
 
     # ------------------------------------------------------------------ Gauss–Seidel

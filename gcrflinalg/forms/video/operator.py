@@ -26,7 +26,7 @@ import numpy as np
 from ...backend import get_array_module, to_host
 from ...operator import GCRFOperator
 from ...results import direct_options, not_positive_definite, refined_direct_solve
-from ..._validation import as_lam, as_parameter, check_finite, readonly
+from ..._validation import as_lam, as_parameter, borrowed_parameters, check_finite, readonly
 from ..lowrank.operators import auto_solve, break_even_products, direct_is_cheaper, negative_rank_two
 from .kernels import gauss_seidel_video
 from .temporal import frame_coupling_matrix, normalise_neighbourhood
@@ -646,9 +646,10 @@ class VideoGCRF(GCRFOperator):
                 return b - self.matvec(x)
         else:
             if getattr(self, "_twin64", None) is None:
-                self._twin64 = VideoGCRF(self.spatial.astype(np.float64), self.temporal.astype(np.float64),
-                                         self.lam.astype(np.float64), self.neighbourhood,
-                                         product=self.product)
+                with borrowed_parameters():  # the float64 casts are private to the twin
+                    self._twin64 = VideoGCRF(self.spatial.astype(np.float64), self.temporal.astype(np.float64),
+                                             self.lam.astype(np.float64), self.neighbourhood,
+                                             product=self.product)
             twin, b64 = self._twin64, b.astype(np.float64)
 
             def residual(x):
