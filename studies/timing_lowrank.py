@@ -55,11 +55,20 @@ def _embeddings(rng, shape, d_axis_len):
     return rng.standard_normal(shape) * scale.reshape((-1,) + (1,) * (len(shape) - 1))
 
 
+def _read_only(arr):
+    """The study's own embeddings, frozen: every operator built on them views them instead of taking
+    its own copy (docs/guarantees.md), as the many fresh operators of a measurement would otherwise
+    each hold one (several GB at the largest image)."""
+    if isinstance(arr, np.ndarray):
+        arr.flags.writeable = False
+    return arr
+
+
 def make_problem(form, d, h, w, n_labels, rng, xp=np):
     """``(make_operator, naive_matvec, b, lam)`` for one system of ``form`` in {"general", "potts"}."""
     b = xp.asarray(rng.standard_normal((n_labels, h, w)))
     if form == "general":
-        emb = xp.asarray(_embeddings(rng, (d, n_labels, h, w), d))
+        emb = _read_only(xp.asarray(_embeddings(rng, (d, n_labels, h, w), d)))
         lam = 1.0
         e2 = emb.reshape(d, -1)
 
@@ -68,7 +77,7 @@ def make_problem(form, d, h, w, n_labels, rng, xp=np):
             return e2.T @ (e2 @ v) + lam * v
 
         return (lambda: LowRankGCRF(emb, lam)), naive, b, lam
-    psi = xp.asarray(_embeddings(rng, (d, h, w), d))
+    psi = _read_only(xp.asarray(_embeddings(rng, (d, h, w), d)))
     p2 = psi.reshape(d, -1)
     lam = 1.1 * float(to_host(xp.linalg.eigvalsh(p2 @ p2.T))[-1])
 
