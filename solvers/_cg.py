@@ -94,7 +94,7 @@ def _fusable(xp, dtype, *arrays) -> bool:
 
 
 def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, check_pd=True,
-       true_residual=True):
+       true_residual=True, monitor=None):
     """Solve ``A x = b`` for symmetric positive definite ``A`` with (preconditioned) CG.
 
     Textbook preconditioned conjugate gradients (Saad, *Iterative Methods for Sparse Linear
@@ -144,6 +144,12 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         history row then use the recursively updated residual.  For callers that check the true
         residual of a larger system themselves (e.g. a reduced system whose solution is
         back-substituted).
+    monitor : callable, optional
+        Called as ``monitor(k, residual_norms)`` after every iteration with the iteration count and
+        the recursively updated residual norms (a host array of the batch shape).  Returning True
+        stops CG there: the result reports the iteration limit (``info = k`` for unconverged
+        systems) and its last history row is the recursive residual (no closing product).  For
+        callers that switch methods by the convergence rate.
 
     Notes
     -----
@@ -219,9 +225,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     since_true = 0
     k = 0
     any_active = bool(xp.any(active))
+    stopped = False  # by the monitor
     while True:
         if not any_active or k >= maxiter:
-            if not true_residual:
+            if not true_residual or stopped:
                 final_norm = rnorm
                 break
             # final check on the true residual b - A x
@@ -323,6 +330,8 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         if callback is not None:
             callback(x.copy() if fused else x)
         any_active = bool(flags[1])
+        if monitor is not None and any_active and monitor(k, to_host(rnorm)):
+            stopped, maxiter = True, k
     return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
 
 

@@ -35,8 +35,10 @@ from .woodbury import WoodburyFactor
 __all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper", "break_even_products", "auto_solve"]
 
 #: A floating-point operation inside a matrix-matrix product (the Gram matrix) runs about this many
-#: times faster than one inside the memory-bound matrix-vector products of an iterative solver.
-GEMM_SPEEDUP = 8.0
+#: times faster than one inside the memory-bound float64 matrix-vector products of an iterative
+#: solver (measured by ``python -m studies.timing_auto``: the low-rank direct solve at
+#: 41 x 41, L = 21, D = 128 costs about 7.5-8 float64 products on the 2-core development machine).
+GEMM_SPEEDUP = 11.0
 #: CG iteration count assumed by the ``"auto"`` cost model (capped by the exact-arithmetic bound:
 #: ``D + 1`` for 3.4 and ``2 D + 1`` for 3.5, the number of distinct eigenvalues of ``M``).
 CG_ITERATIONS_ESTIMATE = 50
@@ -74,10 +76,13 @@ def direct_is_cheaper(*, factor_flops: float, matvec_flops: float, max_cg_iterat
 AUTO_PROBE_ITERATIONS = 3
 
 
-def break_even_products(*, factor_flops: float, matvec_flops: float, n_rhs: int) -> float:
+def break_even_products(*, factor_flops: float, matvec_flops: float, n_rhs: int, dtype=np.float64) -> float:
     """The direct solve's cost in products with ``M`` (every right-hand side at once): the
-    factorisation at :data:`GEMM_SPEEDUP` plus the solve and its residual check."""
-    return factor_flops / GEMM_SPEEDUP / (matvec_flops * max(n_rhs, 1)) + 2.0
+    factorisation at :data:`GEMM_SPEEDUP` plus the solve and its residual check.  The factorisation
+    runs in float64 whatever the operator's dtype, while the memory-bound products of a float32
+    operator move half the bytes: in float32 products the factorisation costs twice as many."""
+    scale = 8.0 / np.dtype(dtype).itemsize
+    return factor_flops / GEMM_SPEEDUP / (matvec_flops * max(n_rhs, 1)) * scale + 2.0
 
 
 def _predicted_iterations(history, tol):
@@ -98,7 +103,8 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     problem.
 
     The factorisation costs about ``break_even`` products (:func:`break_even_products`).  With the
-    factor cached, or a break-even of a few products, the direct solve runs at once
+    factor cached, or a break-even of at most ``2 AUTO_PROBE_ITERATIONS + 2`` products (where the
+    probe's cost could not be won back), the direct solve runs at once
     (``method="auto(direct)"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps; the rate of
     its last steps predicts the iterations still needed, and when they cost more than the
     factorisation the direct solve takes over from scratch (``"auto(cg->direct)"``; exact, so the CG
@@ -111,47 +117,42 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
 
     if {"callback", "M", "restart", "omega"} & set(options):
         return NotImplemented
-    direct_options = {k: v for k, v in options.items() if k in ("rtol", "atol", "refine", "check_residual")}
-    if factored or break_even <= AUTO_PROBE_ITERATIONS + 1:
-        result = direct(b, direct_options)
+    exact_options = {k: v for k, v in options.items() if k in ("rtol", "atol", "refine", "check_residual")}
+    # a factorisation worth at most two probes and a product: the probe could not pay for itself
+    if factored or break_even <= 2 * AUTO_PROBE_ITERATIONS + 2:
+        result = direct(b, exact_options)
         result.method = "auto(direct)"
         return result
     t0 = time.perf_counter()
     cg_options = {k: options[k] for k in ("rtol", "atol") if k in options}
     cg_options.setdefault("rtol", default_rtol(op.dtype))
     maxiter = options.get("maxiter")
-    probe_steps = AUTO_PROBE_ITERATIONS if maxiter is None else min(AUTO_PROBE_ITERATIONS, int(maxiter))
-    probe = solvers.cg(op, b, x0, maxiter=probe_steps, true_residual=False, **cg_options)
-    tol = np.maximum(cg_options["rtol"] * np.asarray(probe.b_norm, dtype=np.float64),
-                     float(cg_options.get("atol", 0.0)))
+    bnorm = np.asarray(to_host(op.xp.linalg.norm(b.astype(np.float64), axis=-1)))
+    tol = np.maximum(cg_options["rtol"] * bnorm, float(cg_options.get("atol", 0.0)))
+    history, switched = [], []
+    budget = AUTO_PROBE_ITERATIONS + int(math.ceil(break_even))
 
-    def handover(spent, iterations):
-        result = direct(b, direct_options)
-        result.matvecs += spent
-        result.iterations = np.asarray(result.iterations) + np.asarray(iterations)
-        if np.ndim(result.iterations) == 0:
-            result.iterations = int(result.iterations)
-        result.method = "auto(cg->direct)"
-        result.time_s = time.perf_counter() - t0
-        return result
+    def hand_over(k, rnorm):
+        # one CG run, no restart: after the probe, stop when the rate of the last steps predicts
+        # more iterations than the factorisation costs, or once the probe plus that cost is spent
+        history.append(np.asarray(rnorm, dtype=np.float64))
+        if (k == AUTO_PROBE_ITERATIONS and _predicted_iterations(history, tol) > break_even) or k >= budget:
+            switched.append(k)
+            return True
+        return False
 
-    if _predicted_iterations(probe.residual_norms, tol) > break_even:
-        return handover(probe.matvecs, probe.iterations)
-    budget = int(math.ceil(break_even))
-    if maxiter is not None:
-        budget = max(1, min(budget, int(maxiter) - probe_steps))
-    rest = solvers.cg(op, b, probe.x, maxiter=budget, **cg_options)
-    spent = probe.matvecs + rest.matvecs
-    iterations = np.asarray(probe.iterations) + np.asarray(rest.iterations)
-    if not bool(np.all(rest.converged)) and (maxiter is None or int(maxiter) > probe_steps + budget):
-        return handover(spent, iterations)
-    history = np.concatenate([np.asarray(probe.residual_norms)[:-1], np.asarray(rest.residual_norms)])
-    rest.residual_norms = history
-    rest.iterations = iterations if np.ndim(iterations) else int(iterations)
-    rest.matvecs = spent
-    rest.method = "auto(cg)"
-    rest.time_s = time.perf_counter() - t0
-    return rest
+    result = solvers.cg(op, b, x0, maxiter=maxiter, monitor=hand_over, **cg_options)
+    if switched:
+        exact = direct(b, exact_options)
+        exact.matvecs += result.matvecs
+        iterations = np.asarray(exact.iterations) + np.asarray(result.iterations)
+        exact.iterations = int(iterations) if np.ndim(iterations) == 0 else iterations
+        exact.method = "auto(cg->direct)"
+        exact.time_s = time.perf_counter() - t0
+        return exact
+    result.method = "auto(cg)"
+    result.time_s = time.perf_counter() - t0
+    return result
 
 
 class _LowRankOperator(GCRFOperator):
@@ -351,7 +352,7 @@ class LowRankGCRF(_LowRankOperator):
     def _break_even(self, n_rhs):
         n, d = self.size, self.rank
         return break_even_products(factor_flops=2.0 * n * d * d + 4.0 * d ** 3,
-                                   matvec_flops=4.0 * n * d, n_rhs=n_rhs)
+                                   matvec_flops=4.0 * n * d, n_rhs=n_rhs, dtype=self.dtype)
 
     def _make_float64_twin(self):
         return LowRankGCRF(self.embeddings.astype(np.float64), self.lam.astype(np.float64))
@@ -556,7 +557,7 @@ class LowRankPottsGCRF(_LowRankOperator):
     def _break_even(self, n_rhs):
         p, d, n_labels = self.num_pixels, self.rank, self.num_labels
         return break_even_products(factor_flops=2.0 * p * d * d + 8.0 * d ** 3,
-                                   matvec_flops=4.0 * p * d * n_labels, n_rhs=n_rhs)
+                                   matvec_flops=4.0 * p * d * n_labels, n_rhs=n_rhs, dtype=self.dtype)
 
     def _make_float64_twin(self):
         return LowRankPottsGCRF(self.embeddings.astype(np.float64), self.lam.astype(np.float64),

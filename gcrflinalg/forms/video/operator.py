@@ -619,7 +619,8 @@ class VideoGCRF(GCRFOperator):
         V, n = self.n_frames, self.frame_size
         D = self.spatial_dim + (self.temporal_dim if self.coupled else 0)
         factor_flops = 2.0 * V * D * D * n + 9.0 * V * D ** 3 + 2.0 * (V * D) ** 3
-        return break_even_products(factor_flops=factor_flops, matvec_flops=4.0 * V * D * n, n_rhs=n_rhs)
+        return break_even_products(factor_flops=factor_flops, matvec_flops=4.0 * V * D * n, n_rhs=n_rhs,
+                                   dtype=self.dtype)
 
     def _solve(self, b, method, x0, options):
         """``"direct"``: the exact capacitance solve (``x0`` ignored) with iterative refinement:
