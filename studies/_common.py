@@ -108,8 +108,8 @@ def array_module(backend: str):
         from gcrflinalg import cupy_available
 
         if not cupy_available():
-            raise SystemExit("error: --backend gpu needs CuPy and a CUDA GPU; install gcrflinalg[cuda12] "
-                             "on a machine with an NVIDIA GPU, or use --backend cpu")
+            raise SystemExit("error: --backend gpu needs CuPy and a CUDA GPU; on a machine with an NVIDIA "
+                             "GPU run pip install -e '.[cuda12]' (or '.[cuda13]'), or use --backend cpu")
         import cupy
 
         return cupy

@@ -205,7 +205,7 @@ def _run_on_dask(address, tasks, kwargs, bar):
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise SystemExit("error: --dask needs dask.distributed; install gcrflinalg[dask]") from None
+        raise SystemExit("error: --dask needs dask.distributed; pip install -e '.[dask]'") from None
     own_client = not isinstance(address, Client)
     client = Client(address) if own_client else address
     try:

@@ -10,7 +10,7 @@ run), and adds one comparison on the full-resolution photograph (600 x 512 pixel
     with the same bilateral kernel).
 
 The target is to be faster than the 10 mean-field iterations.  ``pydensecrf2`` is an optional extra
-(``pip install gcrflinalg[densecrf]``); without it the comparison reports this toolkit's time only.
+(``pip install -e '.[densecrf]'``); without it the comparison reports this toolkit's time only.
 
 Prints a short summary (targets met / missed) and writes ``timing.md`` (the full table: times in
 ms, every comparison as "N.Nx faster/slower" than its peer), ``timing.json`` and ``timing.csv`` (every
@@ -160,7 +160,7 @@ def photo_peer_comparison(*, quick: bool = False, backend: str = "cpu", progress
                iterations=1, rel_residual=rel, family="photo", stride=stride, num_labels=L,
                num_features=num_features, lam=prob["lam"])
     if not _densecrf_available():
-        row.update(peer=f"{PEER_NAME} (not installed: pip install gcrflinalg[densecrf])", skipped=True)
+        row.update(peer=f"{PEER_NAME} (not installed: pip install -e '.[densecrf]')", skipped=True)
         return [row]
     kw = dict(theta_pos=prob["theta_pos"], theta_col=prob["theta_col"], weight=prob["peer_weight"], stride=stride)
     say(f"photo peer comparison: {PEER_NAME}")

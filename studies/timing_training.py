@@ -232,7 +232,7 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int =
     except ImportError:
         for _ in range(STEPS):
             say("PyTorch missing")
-        rows.append(dict(entry=ENTRY, family=ENTRY, case="-", what="needs PyTorch (pip install gcrflinalg[torch])",
+        rows.append(dict(entry=ENTRY, family=ENTRY, case="-", what="needs PyTorch (pip install -e '.[torch]')",
                          time_s=None, peer=None, ratio=None, target=None, met=None))
         return rows
     if backend != "cpu":

@@ -368,7 +368,7 @@ def main(argv=None) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("error: this study needs PyTorch: pip install gcrflinalg[torch]", file=sys.stderr)
+        print("error: this study needs PyTorch: pip install -e '.[torch]'", file=sys.stderr)
         return 2
 
     steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)

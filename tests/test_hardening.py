@@ -329,3 +329,14 @@ def test_read_only_input_is_viewed_and_public_parameters_are_read_only():
     for arr in (op.pairwise, op2.pairwise):
         with pytest.raises(ValueError):
             arr[...] = 0.0
+
+
+def test_video_gradients_of_an_empty_batch():
+    """Found by the property tests: products and gradients of a video operator with an empty batch
+    (and no temporal rank) return empty arrays of the right shapes."""
+    S, T = np.zeros((0, 2, 3, 1, 2, 2)), np.zeros((0, 2, 0, 1, 2, 2))
+    op = g.VideoGCRF(S, T, 1.0)
+    x = np.zeros((0, 2, 1, 2, 2))
+    grads = op.parameter_gradients(x, x)
+    assert grads["spatial"].shape == S.shape and grads["temporal"].shape == T.shape
+    assert op.matvec(x).shape == x.shape

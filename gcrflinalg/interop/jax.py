@@ -33,7 +33,7 @@ def _jax():
     try:
         return importlib.import_module("jax"), importlib.import_module("jax.numpy")
     except ImportError as err:
-        raise ImportError("gcrflinalg.interop.jax needs JAX: pip install gcrflinalg[jax]") from err
+        raise ImportError("gcrflinalg.interop.jax needs JAX: pip install -e '.[jax]' in a gcrflinalg checkout") from err
 
 
 def gcrf_solve(form, b, *params, lam, method="auto", rtol=None, atol=0.0, maxiter=None,

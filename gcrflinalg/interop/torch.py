@@ -74,7 +74,7 @@ def _torch():
         try:
             _TORCH = importlib.import_module("torch")
         except ImportError as err:
-            raise ImportError("gcrflinalg.interop.torch needs PyTorch: pip install gcrflinalg[torch]") from err
+            raise ImportError("gcrflinalg.interop.torch needs PyTorch: pip install -e '.[torch]' in a gcrflinalg checkout") from err
     return _TORCH
 
 

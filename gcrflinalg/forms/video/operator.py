@@ -147,8 +147,10 @@ class VideoGCRF(GCRFOperator):
         systems times frames, and an output buffer ``(extra, items, out_len)``."""
         items = int(np.prod(E.shape[:-2]))
         E2 = E.reshape((items,) + E.shape[-2:])
-        v = np.broadcast_to(v, v.shape[: v.ndim - E.ndim + 1] + E.shape[:-2] + v.shape[-1:])
-        v2 = np.ascontiguousarray(v, dtype=E.dtype).reshape((-1, items, v.shape[-1]))
+        lead = v.shape[: v.ndim - E.ndim + 1]
+        v = np.broadcast_to(v, lead + E.shape[:-2] + v.shape[-1:])
+        # (the extra count spelt out: a -1 is ambiguous when the batch is empty)
+        v2 = np.ascontiguousarray(v, dtype=E.dtype).reshape((int(np.prod(lead)), items, v.shape[-1]))
         out = np.empty((v2.shape[0], items, out_len), dtype=E.dtype)
         return E2, v2, out
 
