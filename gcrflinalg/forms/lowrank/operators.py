@@ -133,10 +133,11 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     budget = AUTO_PROBE_ITERATIONS + int(math.ceil(break_even))
 
     def hand_over(k, rnorm):
-        # one CG run, no restart: after the probe, stop when the rate of the last steps predicts
-        # more iterations than the factorisation costs, or once the probe plus that cost is spent
+        # one CG run, no restart: from the end of the probe on, stop as soon as the rate of the last
+        # steps predicts more iterations than the factorisation costs, or once the probe plus that
+        # cost is spent
         history.append(np.asarray(rnorm, dtype=np.float64))
-        if (k == AUTO_PROBE_ITERATIONS and _predicted_iterations(history, tol) > break_even) or k >= budget:
+        if (k >= AUTO_PROBE_ITERATIONS and _predicted_iterations(history, tol) > break_even) or k >= budget:
             switched.append(k)
             return True
         return False
