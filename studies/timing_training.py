@@ -4,12 +4,13 @@
 table (``timing.md``), ``timing.json``, ``timing.csv`` and ``timing_training.png``; :func:`run`
 returns its rows for :mod:`studies.timing`.  Needs PyTorch (without it: one row saying so).
 
-Sizes (float32, a batch of 2 systems): grid and grid Potts ``85 x 109``, ``L = 21``, 4-neighbourhood
+Sizes (float32, with the step-vs-forward row in float64 too; a batch of 2 systems): grid and grid
+Potts ``85 x 109``, ``L = 21``, 4-neighbourhood
 (the problem of :mod:`studies.timing_grid`, ``lam = 10``); low-rank and low-rank Potts ``41 x 41``,
 ``L = 21``, ``D = 128`` (decaying spectrum; ``lam = 1``, Potts ``1.1 ||psi||_2^2``); video 4 frames
 ``41 x 41``, ``L = 12``, ``Ds = Dt = 64`` (``||S_v||^2 ~ 8 lam``, ``||T_v||^2 ~ 0.3 lam``, ``lam = 1``,
-``"fc"``).  ``--quick``: small sizes, targets not judged.  Multi-resolution (3.3) has no torch layer
-yet, so it has no rows.
+``"fc"``).  ``--quick``: small sizes, targets not judged.  Multi-resolution (3.3) has a layer but no
+rows here yet (its plain-PyTorch peer is not written).
 
 Rows per form, every pair measured alternately in one run (best of a few):
 
@@ -278,6 +279,13 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int =
             row(form, case, "training step, check_pd=False", t_nopd,
                 peer="forward solve, fresh operator (gcrflinalg.solve defaults)", peer_t=t_fwd2,
                 target="step <= 3x forward", met=t_nopd / t_fwd2 <= 3)
+        # (a) again in float64: the same problem cast, the layer's float64 defaults
+        p64, b64, target64 = [p.astype(np.float64) for p in params], b.astype(np.float64), target.double()
+        t_step64, t_fwd64 = paired_best(lambda: step(params=p64, b=b64, target=target64),
+                                        lambda: forward_fresh(params=p64, b=b64), repeats=repeats)
+        row(form, case.replace("float32", "float64"), "training step (gcrf_solve defaults: forward + backward)",
+            t_step64, peer="forward solve, fresh operator (gcrflinalg.solve defaults)", peer_t=t_fwd64,
+            target="step <= 3x forward", met=t_step64 / t_fwd64 <= 3)
         # (b) first solve on a new operator vs repeated solves on one operator
         op = _operator(form, params, lam, options, labels)
         gcrflinalg.solve(op, b)
