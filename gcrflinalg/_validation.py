@@ -169,6 +169,19 @@ def check_shape_tail(arr, tail: tuple, name: str, what: str = "") -> tuple:
     return shape[: len(shape) - len(tail)]
 
 
+def check_pd_policy(check_pd):
+    """``check_pd`` of :func:`gcrflinalg.solve` normalised: ``True``, ``False`` or ``"exact"``.
+
+    Raises ``ValueError`` for anything else (another string, a number other than 0 or 1, None).
+    """
+    if isinstance(check_pd, str):
+        if check_pd == "exact":
+            return check_pd
+    elif isinstance(check_pd, (bool, np.bool_, int, np.integer)) and check_pd in (0, 1):
+        return bool(check_pd)
+    raise ValueError(f"check_pd must be True, False or 'exact'; got {check_pd!r}")
+
+
 def check_solver_options(options: dict) -> dict:
     """``options`` with ``rtol``, ``atol`` and ``maxiter`` checked and normalised (floats, an int)
     by :func:`solvers.check_options`, the check every solver runs; the other entries unchanged.

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ._validation import check_finite, check_solver_options
+from ._validation import check_finite, check_pd_policy, check_solver_options
 from .tolerances import default_rtol
 
 __all__ = ["solve", "adjoint_solve", "METHODS"]
@@ -87,8 +87,7 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    if check_pd not in (True, False, "exact") or not isinstance(check_pd, (bool, str, int)):
-        raise ValueError(f"check_pd must be True, False or 'exact'; got {check_pd!r}")
+    check_pd = check_pd_policy(check_pd)
     # rtol, atol and maxiter are checked here once, for every method path (solvers' own check)
     solver_options = check_solver_options(solver_options)
     barr, flat = op.as_vectors(b, "b")
@@ -145,14 +144,13 @@ def _curvature_error(op, err):
 
 
 def _empty_result(op, bflat, barr, flat, method):
-    from solvers import SolveResult
+    from .results import make_result
 
     systems = tuple(bflat.shape[:-1])
     x = op.xp.zeros(bflat.shape, dtype=op.dtype)
-    return SolveResult(x=x if flat else x.reshape(barr.shape), info=np.zeros(systems, np.int64),
-                       converged=np.ones(systems, bool), iterations=np.zeros(systems, np.int64),
-                       residual_norms=np.zeros((1,) + systems), matvecs=0, time_s=0.0, method=method,
-                       b_norm=np.zeros(systems))
+    return make_result(x if flat else x.reshape(barr.shape), converged=np.ones(systems, bool),
+                       iterations=np.zeros(systems, np.int64), history=np.zeros((1,) + systems), matvecs=0,
+                       time_s=0.0, method=method, bnorm=np.zeros(systems))
 
 
 def _flatten(op, arr):

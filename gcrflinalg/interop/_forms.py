@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import to_host
 from ..forms.registry import FORMS as REGISTRY
 from ..forms.registry import FormSpec, ParameterLayout
-from .._validation import borrowed_parameters
+from .._validation import borrowed_parameters, check_pd_policy
 from ..solve import adjoint_solve, solve
 from ..tolerances import default_rtol
 
@@ -152,9 +152,7 @@ def make_config(form, vector_shape, dtype, *, method="auto", rtol=None, atol=0.0
         if int(given) != num_labels:
             raise ValueError(f"num_labels={given} but the unaries have {num_labels} labels "
                              f"(shape (..., L, H, W) = {vector_shape})")
-    if isinstance(check_pd, str) and check_pd != "exact" or check_pd not in (True, False, "exact"):
-        raise ValueError(f"check_pd must be True, False or 'exact'; got {check_pd!r}")
-    solver_options = {"method": method, "check_pd": check_pd if check_pd == "exact" else bool(check_pd)}
+    solver_options = {"method": method, "check_pd": check_pd_policy(check_pd)}
     if method != "direct" or rtol is not None:
         solver_options["rtol"] = default_rtol(dtype) if rtol is None else float(rtol)
     if atol:
