@@ -28,6 +28,7 @@ _EXPORTS = {
     "NotPositiveDefiniteError": "_errors",
     "block_jacobi_preconditioner": "_preconditioners",
     "check_options": "_options",
+    "OptionTypeError": "_options",
 }
 
 __all__ = list(_EXPORTS)

@@ -6,7 +6,7 @@ import numpy as np
 from .backend import to_host
 
 from ._errors import NotPositiveDefiniteError
-from ._operator import dots, finish, norms, prepare
+from ._operator import dots, finish, initial_guess, norms, prepare
 from ._preconditioners import as_preconditioner
 
 __all__ = ["cg", "CURVATURE_TOLERANCE"]
@@ -110,7 +110,9 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     recursively updated ``r`` is replaced by the true residual ``b - A x`` every
     50 iterations, and the final test uses the true residual: a system whose recursive residual
     claims convergence but whose true residual does not is restarted from the true residual
-    (while iterations remain), so float32 results are honest.
+    (while iterations remain, and while restarts pay: each must at least halve the true residual
+    of the previous one), so float32 results are honest and a tolerance beyond the dtype's reach
+    costs no endless restarts.
 
     On NumPy float32/float64 arrays the vector updates run as compiled in-place loops (Numba), one
     memory pass for ``x += alpha p, r -= alpha q, r^T r`` and one for ``p = z + beta p``, with inner
@@ -123,10 +125,12 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         batched ``matvec`` (see :mod:`solvers`).  Must be symmetric positive definite.
     b : array, shape ``(n,)`` or ``(*batch, n)``
         Right-hand side(s); leading axes are independent systems.
-    x0 : array, shape ``b.shape``, optional
-        Initial guess (default zeros).  Never modified.
+    x0 : array, shape ``b.shape``, or ``"Mb"``, optional
+        Initial guess (default zeros); ``"Mb"`` starts from the preconditioner applied to ``b``
+        (``b`` without one), as in SciPy.  Never modified.
     rtol, atol : float
-        Stopping rule ``||b - A x||_2 <= max(rtol ||b||_2, atol)`` per system.
+        Stopping rule ``||b - A x||_2 <= max(rtol ||b||_2, atol)`` per system; any real ``>= 0``,
+        ``inf`` included (every system counts as converged at once).
     maxiter : int, optional
         Maximum number of iterations (default ``10 n``).
     M : matrix, LinearOperator, batched operator or callable, optional
@@ -157,12 +161,19 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     of the direction (``lambda_min(A) <= rho``), and ``||A p|| / ||p|| <= ||A||_2``; the running
     maximum of the latter is ``||A||_est``.  ``rho <= -c eps ||A||_est`` (``c =``
     :data:`CURVATURE_TOLERANCE`, ``eps`` of the dtype) proves ``A`` not positive definite up to
-    rounding.  A non-positive ``rho`` above that threshold is within the rounding error of the
-    computed ``p^T A p`` (e.g. at tolerances the dtype cannot resolve): the system stops there, as
-    if converged, and the final true-residual test decides (restarting it while iterations
-    remain).  The recursively updated residual of a system is never driven below
+    rounding.  A non-positive ``rho`` above that threshold proves it as well while the residual is
+    far above rounding level, ``||r|| > c eps (||b|| + ||A||_est ||x||)`` (no SPD matrix whose
+    condition number the dtype resolves gives ``p^T A p <= 0`` for such a direction): it raises
+    too, with ``bound = 0``.  Only at rounding level (e.g. at tolerances the dtype cannot resolve)
+    is it rounding: the system stops there, and the final true-residual test decides; it is
+    restarted only if its true residual is above rounding level, so a stall spends no products
+    beyond its own.  The recursively updated residual of a system is never driven below
     ``eps^2 ||b||`` (far below what the dtype resolves; this keeps the directions out of the
-    subnormal range, where the test would judge noise).  CG sees ``A`` only along its Krylov
+    subnormal range, where the test would judge noise).  On an SPD matrix
+    ``||r_k|| <= sqrt(kappa) ||r_0||``: a residual that grows past ``||r_0|| / sqrt(eps)`` shows
+    ``A`` singular to working precision (``kappa > 1 / eps``, e.g. a positive semi-definite ``A``
+    whose null space ``b`` excites) or not SPD, and stops that system as a breakdown
+    (``info = -1``) before it overflows.  CG sees ``A`` only along its Krylov
     directions: an indefinite ``A`` whose negative eigenvectors ``b`` barely excites may converge
     without meeting a negative curvature.
 
@@ -170,23 +181,30 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     -------
     SolveResult
         ``residual_norms`` holds the recursively updated residual norms (true residual norms at
-        every 50th iteration and in the last row).  ``info``: 0 converged, ``> 0`` iteration limit,
-        ``-1`` breakdown (``r^T z <= 0``: preconditioner not positive definite, or a failed
-        curvature test with ``check_pd=False``).
+        every 50th iteration and in the last row).  ``info``: 0 converged, ``> 0`` not converged
+        (the iteration limit, or a stall at rounding level; the value is ``iterations``, at least
+        1), ``-1`` breakdown (``r^T z <= 0``: preconditioner not positive definite, or a failed
+        curvature test with ``check_pd=False``).  ``matvecs`` is the iterations' products plus
+        the documented extras: one for ``r_0`` when ``x0`` is given, one per true-residual
+        replacement (every 50 iterations), one for the final true residual and one per restart,
+        and one per system that stops on a non-positive ``p^T A p`` (its direction's product).
 
     Raises
     ------
     NotPositiveDefiniteError
         When the curvature test fails for a system still iterating and ``check_pd`` is True:
         ``quantity = "p^T A p / p^T p"``, ``value`` the Rayleigh quotient, ``bound`` the threshold
-        ``-c eps ||A||_est`` it did not exceed.
+        it did not exceed (``-c eps ||A||_est``, or 0 when the residual was far above rounding).
     ValueError
-        Invalid shapes, NaN/Inf in ``b`` or ``x0``, negative tolerances, complex input.
+        Invalid shapes, NaN/Inf in ``b`` or ``x0``, negative or NaN tolerances, complex input, an
+        ``x0`` string other than ``"Mb"`` (an option of the wrong type raises
+        :class:`solvers.OptionTypeError`, both a ``TypeError`` and a ``ValueError``).
     """
-    pb = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, method="cg")
-    xp, op, b, x, tol, dt = pb.xp, pb.op, pb.b, pb.x, pb.tol, pb.dtype
+    pb = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, method="cg", allow_Mb=True)
+    xp, op, b, tol, dt = pb.xp, pb.op, pb.b, pb.tol, pb.dtype
     maxiter = 10 * pb.n if pb.maxiter is None else pb.maxiter
     precond = as_preconditioner(M, xp, pb.n, dt)
+    x = initial_guess(pb, precond)
     zero = dt.type(0)
     one = dt.type(1)
     # On NumPy (float32/float64) the vector updates run in place as compiled loops, one pass each
@@ -213,7 +231,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     eps = float(np.finfo(dt).eps)
     # the recursive residual is not driven below eps^2 ||b|| (see Notes): the working tolerance
     floor = xp.maximum(tol, (eps * eps) * norms(xp, b)) if pb.n > 0 else tol
+    growth_limit = rnorm / np.sqrt(eps)
     norm_est = xp.zeros(pb.batch, dtype=np.float64)  # max_k ||A p_k|| / ||p_k||
+    stalled = xp.zeros(pb.batch, dtype=bool)  # stopped by a non-positive p^T A p at rounding level
+    restarted_at = xp.full(pb.batch, np.inf)  # true residual norm at each system's last restart
     active = rnorm > tol
     z = psolve(r)
     rho = rr if precond is None else dots(xp, r, z)
@@ -237,6 +258,12 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             tnorm = norms(xp, r_true)
             claimed = ~active & ~broken
             fail = claimed & (tnorm > tol)
+            # restart a system only while restarts pay: its true residual at most half of what it
+            # was at its last restart, and (for one stalled at rounding level) above rounding level
+            fail &= tnorm < 0.5 * restarted_at
+            fail &= ~stalled | (tnorm > _rounding_level(xp, b, x, norm_est, eps))
+            stalled &= ~fail
+            restarted_at = xp.where(fail, tnorm, restarted_at)
             if k < maxiter and bool(xp.any(fail)):
                 # recursive residual converged but the true one did not: restart those systems
                 r = xp.where(fail[..., None], r_true, r)
@@ -273,14 +300,15 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         nonfinite = active & ~xp.isfinite(pAp)
         broken |= nonfinite
         active &= ~nonfinite
-        # the curvature test (Notes): rq <= -c eps ||A||_est proves A not positive definite;
-        # a non-positive rq above it (or p = 0) is rounding: that system stops
+        # the curvature test (Notes): rq <= -c eps ||A||_est proves A not positive definite; a
+        # non-positive rq above it (or p = 0) stops the system, and the residual decides below
         norm_est = xp.where(active, xp.maximum(norm_est, gain), norm_est)
         threshold = -CURVATURE_TOLERANCE * eps * norm_est
         nonpos = active & ~(pAp > 0)
         bad = nonpos & ~(rq > threshold) & ~(pp == 0)  # p = 0 is no direction
         stall = nonpos & ~bad
         active &= ~stall
+        stalled |= stall
         if not check_pd:
             broken |= bad
             active &= ~bad
@@ -308,6 +336,11 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         rnorm = xp.where(active, xp.sqrt(rr), rnorm)
         pb.history.append(rnorm)
         active = active & (rnorm > floor)
+        # ||r_k|| <= sqrt(kappa) ||r_0|| on an SPD matrix: growth past ||r_0|| / sqrt(eps) means
+        # kappa > 1 / eps (singular to working precision) or no SPD matrix; a breakdown (Notes)
+        diverged = active & (rnorm > growth_limit)
+        broken |= diverged
+        active &= ~diverged
         # Step 4: z = M r, beta = rho_new / rho, p = z + beta p
         z = psolve(r)
         rho_new = rr if precond is None else dots(xp, r, z)
@@ -323,8 +356,17 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             p = xp.where(active[..., None], z + beta[..., None] * p, p)
         rho = xp.where(active, rho_new, rho)
         k += 1
-        # one small device-to-host transfer per iteration: [any p^T A p <= 0, any still active]
-        flags = to_host(xp.stack([xp.any(bad), xp.any(active)]))
+        # one small device-to-host transfer per iteration:
+        # [any proof of indefiniteness, any still active, any non-positive p^T A p above it]
+        flags = to_host(xp.stack([xp.any(bad), xp.any(active), xp.any(stall)]))
+        if flags[2]:
+            # p^T A p <= 0 with the residual far above rounding level: no SPD matrix does that
+            level = _rounding_level(xp, b, x, norm_est, eps)
+            loud = stall & (rnorm > level)
+            stalled &= ~loud
+            if check_pd and bool(xp.any(loud)):
+                _raise_not_pd(xp, loud, rq, xp.zeros_like(threshold), pb.batch, k, rnorm=rnorm, level=level)
+            broken |= loud
         if check_pd and flags[0]:
             _raise_not_pd(xp, bad, rq, threshold, pb.batch, k)
         if callback is not None:
@@ -335,7 +377,13 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
 
 
-def _raise_not_pd(xp, bad, rq, threshold, batch, k):
+def _rounding_level(xp, b, x, norm_est, eps):
+    """``c eps (||b|| + ||A||_est ||x||)``: a residual norm this small is rounding (Notes)."""
+    return CURVATURE_TOLERANCE * eps * (norms(xp, b).astype(np.float64)
+                                        + norm_est * norms(xp, x).astype(np.float64))
+
+
+def _raise_not_pd(xp, bad, rq, threshold, batch, k, *, rnorm=None, level=None):
     bad_h = np.atleast_1d(to_host(bad))
     vals = np.atleast_1d(to_host(rq))
     limits = np.atleast_1d(to_host(threshold))
@@ -348,9 +396,16 @@ def _raise_not_pd(xp, bad, rq, threshold, batch, k):
     else:
         system = tuple(int(i) for i in np.unravel_index(flat, batch))
         where = f" for system {system}"
+    if rnorm is None:
+        why = f"{value:.6g} <= {bound:.3g} (beyond rounding)"
+    else:
+        res = float(np.atleast_1d(to_host(rnorm)).ravel()[flat])
+        lev = float(np.atleast_1d(to_host(level)).ravel()[flat])
+        why = (f"{value:.6g} <= {bound:.3g} while the residual norm {res:.3g} is far above rounding "
+               f"level ({lev:.3g})")
     raise NotPositiveDefiniteError(
-        f"cg: the Rayleigh quotient p^T A p / p^T p = {value:.6g} <= {bound:.3g} (beyond rounding)"
-        f"{where} at iteration {k} proves lambda_min(A) <= {value:.6g}; A is not symmetric "
-        "positive definite (use gmres, or check the matrix)",
+        f"cg: the Rayleigh quotient p^T A p / p^T p = {why}{where} at iteration {k} proves "
+        f"lambda_min(A) <= {value:.6g}; A is not symmetric positive definite (use gmres, or check the "
+        "matrix)",
         quantity="p^T A p / p^T p", value=value, bound=bound, system=system,
     )

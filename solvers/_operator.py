@@ -27,7 +27,7 @@ from .backend import asarray, get_array_module, is_cupy_array, sparse_module, sy
 from ._options import check_options
 from ._result import SolveResult, _History
 
-__all__ = ["Operator", "as_operator", "prepare", "finish"]
+__all__ = ["Operator", "as_operator", "prepare", "initial_guess", "finish"]
 
 
 def _top_module(obj) -> str:
@@ -250,13 +250,16 @@ def _check_finite(xp, arr, what):
         raise ValueError(f"{what} contains NaN or Inf")
 
 
-def prepare(A, b, x0, *, rtol, atol, maxiter, method):
+def prepare(A, b, x0, *, rtol, atol, maxiter, method, allow_Mb=False):
     """Validate and convert the common inputs of every solver (nothing is modified).
 
     Returns a namespace with ``op`` (:class:`Operator`), ``xp``, ``b`` and ``x`` (``(*batch, n)``
     in the computational dtype; ``x`` is a fresh array), ``batch`` (the batch shape), ``n``,
     ``dtype``, ``bnorm`` and ``tol = max(rtol ||b||, atol)`` (``batch``-shaped device arrays),
     ``maxiter`` (None when not given), ``zero_b``, ``t0`` and a fresh residual ``history``.
+
+    ``x0 = "Mb"`` (with ``allow_Mb``, as SciPy's ``cg``/``gmres`` take it) sets ``x0_is_Mb``; ``x`` is
+    then a copy of ``b`` that the solver replaces by ``M b`` (see :func:`initial_guess`).
     """
     t0 = time.perf_counter()
     rtol, atol, maxiter = check_options(rtol, atol, maxiter, method=method)
@@ -275,7 +278,13 @@ def prepare(A, b, x0, *, rtol, atol, maxiter, method):
         )
     _check_finite(xp, b, "b")
     b = b.astype(dtype, copy=False)
-    if x0 is None:
+    x0_is_Mb = isinstance(x0, str)
+    if x0_is_Mb:
+        if not allow_Mb or x0 != "Mb":
+            allowed = "an array or 'Mb'" if allow_Mb else "an array"
+            raise ValueError(f"{method}: x0 must be {allowed} or None, got {x0!r}")
+        x = b.astype(dtype, copy=True)  # the solver replaces it by M b once M is built
+    elif x0 is None:
         x = xp.zeros(b.shape, dtype=dtype)
     else:
         x0 = asarray(x0)
@@ -291,14 +300,24 @@ def prepare(A, b, x0, *, rtol, atol, maxiter, method):
         x = x0.astype(dtype, copy=True)
     bnorm = xp.sqrt(xp.sum(b * b, axis=-1))
     bnorm = xp.asarray(bnorm)
-    tol = xp.maximum(rtol * bnorm, dtype.type(atol)).astype(dtype)
+    # rtol = inf with b = 0 would give inf * 0 = nan: the relative part of a zero b is 0
+    rel = xp.where(bnorm > 0, rtol, 0.0) * bnorm if rtol == float("inf") else rtol * bnorm
+    tol = xp.maximum(rel, dtype.type(atol)).astype(dtype)
     # zero right-hand side: the answer is x = 0, whatever x0 says (0 iterations)
     zero_b = bnorm == 0
     x = xp.where(zero_b[..., None], dtype.type(0), x)
     return SimpleNamespace(
         op=op, xp=xp, b=b, x=x, batch=tuple(b.shape[:-1]), n=op.n, dtype=dtype, bnorm=bnorm, tol=tol,
-        maxiter=maxiter, zero_b=zero_b, t0=t0, history=_History(xp), method=method,
+        maxiter=maxiter, zero_b=zero_b, t0=t0, history=_History(xp), method=method, x0_is_Mb=x0_is_Mb,
     )
+
+
+def initial_guess(pb, precond):
+    """``x_0`` of a preconditioned solver: ``M b`` when ``x0 = "Mb"`` (``b`` without ``M``), else ``pb.x``."""
+    if not pb.x0_is_Mb or precond is None:
+        return pb.x
+    x = pb.xp.asarray(precond(pb.b)).astype(pb.dtype, copy=True)
+    return pb.xp.where(pb.zero_b[..., None], pb.dtype.type(0), x)
 
 
 def norms(xp, R):

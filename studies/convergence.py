@@ -133,8 +133,9 @@ def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, 
         options = dict(rtol=rtol, check_pd=False)  # checked once above
         if method != "direct":
             options["maxiter"] = maxiter
-        if method == "gmres":
+        if method == "gmres":  # its maxiter counts restart cycles (as SciPy's): the same product budget
             options["restart"] = restart
+            options["maxiter"] = -(-maxiter // restart)
         _warm_up(problem, method, xp, dtype, options)
         row = dict(form=form, problem=problem.name, index=int(index), source=problem.meta["source"],
                    N=problem.size, num_labels=problem.meta["num_labels"], method=method)

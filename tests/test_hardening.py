@@ -94,6 +94,39 @@ def test_bad_solver_options_are_rejected_on_every_path(name, op, method, options
         g.adjoint_solve(op, b, method=method, **options)
 
 
+@pytest.mark.parametrize("name,op,method", _method_cases(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("options", [dict(rtol=np.inf), dict(atol=np.inf), dict(rtol=np.inf, atol=np.inf)],
+                         ids=lambda v: ",".join(v))
+def test_infinite_tolerance_converges_at_once_on_every_path(name, op, method, options):
+    """As in SciPy, an infinite tolerance is valid: every system has converged before any step."""
+    rng = np.random.default_rng(1)
+    b = rng.standard_normal(op.batch_shape + (op.size,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = g.solve(op, b, method, **options)
+    assert np.all(res.converged) and np.all(np.isfinite(res.x)) and np.all(np.asarray(res.info) == 0)
+    if method not in ("direct", "auto"):
+        assert np.all(np.asarray(res.iterations) == 0), res.iterations
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres", "jacobi", "gauss_seidel"])
+def test_infinite_tolerance_with_a_zero_rhs(solver):
+    # rtol = inf times ||b|| = 0 must not become NaN
+    res = getattr(solvers, solver)(np.diag([2.0, 3.0]), np.zeros((2, 2)), rtol=np.inf)
+    assert np.all(res.converged) and np.array_equal(res.x, np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("atol", ["legacy", None, "1e-5", [1e-5]])
+def test_invalid_tolerance_is_a_value_error_and_a_type_error(atol):
+    """SciPy's contract (ValueError) and ours (TypeError for a wrong type) both hold."""
+    for solver in (solvers.cg, solvers.gmres):
+        with pytest.raises(ValueError, match="atol"):
+            solver(np.eye(2), np.ones(2), atol=atol)
+        with pytest.raises(TypeError, match="atol"):
+            solver(np.eye(2), np.ones(2), atol=atol)
+    assert issubclass(solvers.OptionTypeError, ValueError) and issubclass(solvers.OptionTypeError, TypeError)
+
+
 def test_rtol_as_0d_array_like_scipy():
     rng = np.random.default_rng(0)
     op = _grid(rng)

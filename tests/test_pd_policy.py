@@ -236,3 +236,24 @@ def test_potts_with_one_label_is_lam_times_identity(rng):
     for method in ("cg", "auto", "pcg", "gmres", "direct"):
         res = gcrflinalg.solve(op, b, method=method, rtol=1e-12)
         np.testing.assert_allclose(res.x, b / 0.1, rtol=1e-10)
+
+
+def test_potts_split_cg_zero_curvature_far_from_rounding_is_a_proof():
+    """The compiled CG of the Potts split applies solvers.cg's rule: ``p^T A p = 0`` exactly on the
+    first direction while the residual is ``||rhs||`` proves ``lam I + W`` not positive definite."""
+    from gcrflinalg.forms.grid import kernels
+
+    # W = [[0, w], [w, 0]] on a 1x2 image, w = -1.25: A = I + W has eigenvalues 2.25 and -0.25,
+    # and p = rhs = (2, 1) has p^T A p = 5 - 5 = 0
+    wt = np.zeros((1, 2, 1, 2))
+    wt[0, 0, 0, 0] = -1.25
+    rhs = np.array([2.0, 1.0]).reshape(1, 1, 1, 1, 2)
+    its, failed, rayleigh = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, np.zeros_like(rhs),
+                                                      ((0, 1), (1, 0)), 1e-10, 50)
+    assert failed == 0 and rayleigh == 0.0
+    # the same system positive definite (w = -0.5): solved, against numpy
+    wt[0, 0, 0, 0] = -0.5
+    x = np.zeros_like(rhs)
+    its, failed, _ = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, x, ((0, 1), (1, 0)), 1e-12, 50)
+    assert failed == -1 and its[0, 0, 0] == 2
+    np.testing.assert_allclose(x.ravel(), np.linalg.solve([[1.0, -0.5], [-0.5, 1.0]], [2.0, 1.0]), rtol=1e-12)

@@ -185,8 +185,9 @@ def test_no_input_is_mutated(case, method, data):
 
 # ------------------------------------------------------------------ invalid input
 BAD_OPTIONS = st.sampled_from([
-    ("rtol", -1e-3), ("rtol", np.nan), ("rtol", np.inf), ("rtol", "1e-5"), ("rtol", None), ("rtol", [1e-5]),
-    ("rtol", True), ("atol", -1.0), ("atol", np.nan), ("atol", "0"), ("maxiter", -1), ("maxiter", 2.5),
+    ("rtol", -1e-3), ("rtol", np.nan), ("rtol", -np.inf), ("rtol", "1e-5"), ("rtol", None), ("rtol", [1e-5]),
+    ("rtol", True), ("atol", -1.0), ("atol", np.nan), ("atol", "0"), ("atol", "legacy"), ("atol", None),
+    ("maxiter", -1), ("maxiter", 2.5),
     ("maxiter", True), ("maxiter", "3"), ("maxiter", np.float64(3.0)),
 ])
 
@@ -299,3 +300,50 @@ def test_solvers_reject_invalid_options_by_name(bad, solver):
     with pytest.raises((ValueError, TypeError)) as err:
         getattr(solvers, solver)(2 * np.eye(3), np.ones(3), **{name: value})
     assert name in str(err.value)
+
+
+# ------------------------------------------------------------------ CG's counts and breakdowns
+def _spectrum_matrix(seed, n, kind, dtype):
+    """``Q diag(d) Q^T`` with ``d`` positive (spd), of both signs (indefinite) or with zeros (singular)."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.1, 10.0, n)
+    if kind == "indefinite":
+        d[: max(1, n // 3)] *= -1
+    elif kind == "singular":
+        d[: max(1, n // 3)] = 0.0
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return ((Q * d) @ Q.T).astype(dtype), rng
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 12), st.sampled_from(["spd", "indefinite", "singular"]),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from([1e-12, 1e-6, 1e-2]),
+       st.integers(1, 40), st.booleans(), st.sampled_from([(), (3,)]), st.booleans())
+def test_cg_counts_agree(seed, n, kind, dtype, rtol, maxiter, with_x0, batch, check_pd):
+    """Wherever CG stops, ``converged``, ``info``, ``iterations`` and ``matvecs`` tell one story.
+
+    ``info`` is 0 exactly when converged, -1 for a breakdown, else ``max(iterations, 1)``;
+    ``iterations <= maxiter``; and ``matvecs`` is at most the iterations' products plus the
+    documented extras (``r_0``, the final true residual, one per restart, one per stalled
+    direction, one per 50 iterations): never products without iterations.  On an SPD matrix
+    nothing raises; elsewhere a :class:`NotPositiveDefiniteError` names the Rayleigh quotient.
+    """
+    A, rng = _spectrum_matrix(seed, n, kind, dtype)
+    b = rng.standard_normal(batch + (n,)).astype(dtype)
+    x0 = rng.standard_normal(b.shape).astype(dtype) if with_x0 else None
+    try:
+        res = solvers.cg(A, b, x0, rtol=rtol, maxiter=maxiter, check_pd=check_pd)
+    except solvers.NotPositiveDefiniteError as err:
+        assert kind != "spd" and check_pd
+        assert err.quantity == "p^T A p / p^T p" and err.value <= err.bound <= 0
+        assert err.value >= np.linalg.eigvalsh(A.astype(np.float64))[0] - 1e-3 * np.abs(A).max()
+        return
+    info, conv, its = (np.atleast_1d(np.asarray(v)) for v in (res.info, res.converged, res.iterations))
+    assert np.all((info == 0) == conv)
+    assert np.all(info >= -1)
+    assert np.all((info <= 0) | (info == np.maximum(its, 1)))
+    assert np.all(its <= maxiter)
+    systems = info.size
+    extras = 2 + (1 if with_x0 else 0) + 2 * systems  # r_0, final check; a restart and a stall each
+    assert res.matvecs <= int(its.max()) * (1 + 1 / 50) + extras, (res.matvecs, its, info)
+    if kind == "spd" and dtype == np.float64:
+        assert np.all(info != -1)

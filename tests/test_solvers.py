@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -203,8 +205,14 @@ def test_maxiter_reached(method):
     A = poisson2d()
     b = rhs(A.shape[0])
     res = METHODS[method](A, b, rtol=1e-12, maxiter=3)
+    if method == "gmres":  # maxiter counts restart cycles (as SciPy's): 3 cycles of 5 steps
+        res = METHODS[method](A, b, rtol=1e-12, maxiter=3, restart=5)
+        assert not res.converged and res.info == 3
+        assert res.iterations == 15 and res.residual_norms.shape == (16,)
+        # under callback_type="legacy" it counts inner iterations
+        res = METHODS[method](A, b, rtol=1e-12, maxiter=3, callback=lambda r: None, callback_type="legacy")
     assert not res.converged
-    assert res.info > 0
+    assert res.info == 3
     assert res.iterations == 3
     assert res.residual_norms.shape == (4,)
 
@@ -690,3 +698,45 @@ def test_cg_without_the_final_true_residual(rng):
     np.testing.assert_allclose(full.residual_norms[-1], true, rtol=1e-6)
     np.testing.assert_allclose(lean.residual_norms[-1], true, rtol=1e-3)  # recursive, close here
     assert np.all(lean.converged)
+
+
+def test_zero_curvature_far_from_rounding_raises():
+    """``p^T A p = 0`` exactly on the first direction (``b`` splits evenly between +1 and -1)."""
+    A = np.diag(np.r_[np.ones(10), -np.ones(10)])
+    with pytest.raises(NotPositiveDefiniteError, match="Rayleigh quotient") as exc:
+        solvers.cg(A, np.ones(20), rtol=1e-10, maxiter=100)
+    assert exc.value.quantity == "p^T A p / p^T p" and exc.value.value == 0.0 and exc.value.bound == 0.0
+    assert "rounding" in str(exc.value)
+    # without the check: a breakdown after one product (and the final true residual), no iteration
+    res = solvers.cg(A, np.ones(20), rtol=1e-10, maxiter=100, check_pd=False)
+    assert res.info == -1 and res.iterations == 0 and res.matvecs == 2 and not res.converged
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("check_pd", [True, False])
+def test_singular_matrix_is_a_breakdown_for_cg(dtype, check_pd):
+    """A PSD matrix whose null space ``b`` excites: ``p^T A p`` stays positive, the residual grows;
+    CG stops it as a breakdown before it overflows, without a warning."""
+    A = np.diag(np.r_[np.linspace(1.0, 3.0, 8), np.zeros(4)]).astype(dtype)
+    b = np.ones(12, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = solvers.cg(A, b, rtol=1e-6, maxiter=200, check_pd=check_pd)
+    assert not res.converged and res.info == -1
+    assert np.all(np.isfinite(res.x)) and np.isfinite(res.final_residual_norm)
+    assert res.final_residual_norm > np.linalg.norm(b) / np.sqrt(np.finfo(dtype).eps) * 0.5
+    assert res.iterations < 60 and res.matvecs <= res.iterations + 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tolerance_beyond_the_dtype_is_quiet_and_counted(dtype):
+    """At ``rtol = 0`` (a tolerance no dtype reaches) on an SPD matrix of condition 1e6, CG neither
+    raises nor breaks down; it runs to ``maxiter`` and its products are the iterations' plus one
+    true-residual replacement per 50 iterations and the final true residual."""
+    d = np.logspace(-3, 3, 200)
+    A = np.diag(d).astype(dtype)
+    b = np.ones(200, dtype)
+    res = solvers.cg(A, b, rtol=0.0, maxiter=400)
+    assert res.info == res.iterations == 400 and not res.converged
+    assert res.matvecs == 400 + 400 // 50 + 1
+    assert np.all(np.isfinite(res.x)) and res.info > 0

@@ -511,9 +511,10 @@ def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations, ep
     # residual satisfies ||r|| <= rtol ||rhs|| or after maxiter steps.  Inner products accumulate in
     # float64.  Returns -1 if all systems were positive definite along their Krylov directions,
     # else the flat index (e, b, r) of a system whose direction p failed the curvature test of
-    # solvers.cg: p^T A p / p^T p <= -ctol eps max_k ||A p_k|| / ||p_k||; found[0], found[1] then
-    # hold that Rayleigh quotient and the threshold.  A non-positive quotient above the threshold is
-    # rounding and stops the system; the recursive residual is not driven below eps^2 ||rhs||.
+    # solvers.cg: p^T A p / p^T p <= -ctol eps max_k ||A p_k|| / ||p_k||, or <= 0 while the residual
+    # is far above rounding level; found[0], found[1] then hold that Rayleigh quotient and the
+    # threshold (0 in the second case).  A non-positive quotient at rounding level stops the system;
+    # the recursive residual is not driven below eps^2 ||rhs||.
     E, B, R, H, W = x.shape
     P = H * W
     K = wt.shape[1]
@@ -564,6 +565,16 @@ def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations, ep
                             found[0] = rq
                             found[1] = threshold
                             return (e * B + b) * R + r
+                        # within rounding of p^T A p: a proof all the same while the residual is
+                        # far above rounding level ctol eps (||rhs|| + ||A||_est ||x||)
+                        xx = 0.0
+                        for t in range(P):
+                            xx += float(xs[t]) * float(xs[t])
+                        level = ctol * eps * (np.sqrt(bnorm2) + norm_est * np.sqrt(xx))
+                        if np.sqrt(rr) > level:
+                            found[0] = rq
+                            found[1] = 0.0
+                            return (e * B + b) * R + r
                         break  # rounding: stop here
                     alpha = rr / pq
                     rr_new = 0.0
@@ -604,8 +615,10 @@ def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
         That system's Rayleigh quotient ``p^T A p / p^T p`` (an upper bound of its
         ``lambda_min``), NaN when ``failed == -1``.
 
-    A non-positive quotient above the threshold is rounding: that system stops there (the
-    caller's refinement measures the true residual).  The recursive residual is not driven below
+    A non-positive quotient above the threshold fails the test too while the residual is far
+    above rounding level (``||r|| > c eps (||rhs|| + ||A||_est ||x||)``, as in :func:`solvers.cg`);
+    at rounding level it is rounding: that system stops there (the caller's refinement measures
+    the true residual).  The recursive residual is not driven below
     ``eps^2 ||rhs||``.
     """
     di, dj = _offset_arrays(offsets)
