@@ -5,6 +5,10 @@ this package both build on (see ``docs/design.md``, "Layout and layers"); this m
 them under the package's own name so that ``gcrflinalg.backend.to_host`` and friends keep working.
 """
 from solvers.backend import (  # noqa: F401
+    ARRAY_KERNELS_ENV,
+    _array_kernels,
+    _array_kernels_on,
+    _set_array_kernels,
     asarray,
     available_backends,
     cupy_available,
