@@ -6,7 +6,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .backend import _array_kernels_on, sparse_module, to_host
+from .backend import array_kernels_on, sparse_module, to_host
 
 from ._jacobi import positive_diagonal
 from ._operator import prepare
@@ -175,7 +175,7 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
             )
         diag = diag.reshape(-1, n)[0]  # one matrix: its diagonal
         if ordering == "auto":
-            ordering = "natural" if xp is np and not _array_kernels_on() else "multicolor"
+            ordering = "natural" if xp is np and not array_kernels_on() else "multicolor"
         nb = int(np.prod(pb.batch, dtype=np.int64))
         B2 = xp.ascontiguousarray(b.reshape(nb, n))
         if ordering == "natural":

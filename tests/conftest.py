@@ -14,7 +14,8 @@ import pytest
 # tests import the shared checks module as a sibling
 sys.path.insert(0, os.path.dirname(__file__))
 
-from gcrflinalg.backend import ARRAY_KERNELS_ENV, _array_kernels_on, _set_array_kernels, cupy_available  # noqa: E402
+from gcrflinalg.backend import cupy_available  # noqa: E402
+from solvers.backend import ARRAY_KERNELS_ENV, array_kernels_on, set_array_kernels  # noqa: E402
 
 try:  # Hypothesis profiles of tests/test_properties.py: HYPOTHESIS_PROFILE=ci (default) or long
     from hypothesis import HealthCheck, settings
@@ -39,20 +40,20 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     if config.getoption("--array-kernels"):
-        _set_array_kernels(True)
+        set_array_kernels(True)
     try:  # a bad GCRFLINALG_ARRAY_KERNELS fails here, before any test
-        _array_kernels_on()
+        array_kernels_on()
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
 
 
 def pytest_unconfigure(config):
     if config.getoption("--array-kernels"):
-        _set_array_kernels(None)
+        set_array_kernels(None)
 
 
 def pytest_report_header(config):
-    if _array_kernels_on():
+    if array_kernels_on():
         return ("kernels: array-expression branches on NumPy too "
                 f"(--array-kernels or {ARRAY_KERNELS_ENV}=1)")
     return None

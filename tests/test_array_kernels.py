@@ -57,7 +57,7 @@ def both(fn):
     A fresh call each time (operators cache factors and layouts, so ``fn`` builds its own)."""
     out = []
     for array_mode in MODES:
-        with sb._array_kernels(array_mode):
+        with sb.array_kernels(array_mode):
             out.append(fn())
     return tuple(out)
 
@@ -75,43 +75,43 @@ def assert_close(a, b, dtype, scale, what):
 def test_switch_reads_the_environment_at_call_time(monkeypatch):
     monkeypatch.setattr(sb, "_array_kernels_setting", None)
     monkeypatch.delenv(sb.ARRAY_KERNELS_ENV, raising=False)
-    assert sb._array_kernels_on() is False
+    assert sb.array_kernels_on() is False
     monkeypatch.setenv(sb.ARRAY_KERNELS_ENV, "1")
-    assert sb._array_kernels_on() is True
+    assert sb.array_kernels_on() is True
     assert kernels._use_numba(np.zeros(3)) is False
     monkeypatch.setenv(sb.ARRAY_KERNELS_ENV, "0")
-    assert sb._array_kernels_on() is False
+    assert sb.array_kernels_on() is False
     assert kernels._use_numba(np.zeros(3)) is True
     monkeypatch.setenv(sb.ARRAY_KERNELS_ENV, "")
-    assert sb._array_kernels_on() is False
+    assert sb.array_kernels_on() is False
     for bad in ("yes", "2", "true"):
         monkeypatch.setenv(sb.ARRAY_KERNELS_ENV, bad)
         with pytest.raises(ValueError, match=sb.ARRAY_KERNELS_ENV):
-            sb._array_kernels_on()
+            sb.array_kernels_on()
 
 
 def test_setting_overrides_the_environment_and_is_restored(monkeypatch):
     monkeypatch.setattr(sb, "_array_kernels_setting", None)
     monkeypatch.setenv(sb.ARRAY_KERNELS_ENV, "1")
-    with sb._array_kernels(False):
-        assert sb._array_kernels_on() is False
-        with sb._array_kernels(True):
-            assert sb._array_kernels_on() is True
-        assert sb._array_kernels_on() is False
-    assert sb._array_kernels_setting is None and sb._array_kernels_on() is True
+    with sb.array_kernels(False):
+        assert sb.array_kernels_on() is False
+        with sb.array_kernels(True):
+            assert sb.array_kernels_on() is True
+        assert sb.array_kernels_on() is False
+    assert sb._array_kernels_setting is None and sb.array_kernels_on() is True
     # restored after an exception too
     with pytest.raises(RuntimeError):
-        with sb._array_kernels(False):
+        with sb.array_kernels(False):
             raise RuntimeError
     assert sb._array_kernels_setting is None
-    assert sb._set_array_kernels(False) is None
-    assert sb._set_array_kernels(None) is False
+    assert sb.set_array_kernels(False) is None
+    assert sb.set_array_kernels(None) is False
     for bad in (1, "1", 0.0):
         with pytest.raises(TypeError, match="enabled"):
-            sb._set_array_kernels(bad)
+            sb.set_array_kernels(bad)
     # gcrflinalg.backend re-exports the same switch
-    assert gcrflinalg.backend._array_kernels is sb._array_kernels
-    assert gcrflinalg.backend._array_kernels_on is sb._array_kernels_on
+    assert gcrflinalg.backend._array_kernels is sb.array_kernels
+    assert gcrflinalg.backend._array_kernels_on is sb.array_kernels_on
 
 
 # ============================================================================= routing
@@ -184,7 +184,7 @@ def _exercise_gauss_seidel_csr():
 @pytest.mark.parametrize("case", CASE_PARAMS)
 def test_array_mode_never_calls_a_compiled_kernel(case, counted):
     params, _ = instance(case, np.float64, (2,))
-    with sb._array_kernels(True):
+    with sb.array_kernels(True):
         _exercise(case, params, _rng("route", case.id))
         _exercise_gauss_seidel_csr()
     used = {k: v for k, v in counted.items() if v}
@@ -197,7 +197,7 @@ def test_compiled_mode_calls_every_compiled_kernel(counted, monkeypatch):
     # the larger cases take the parallel product, the smaller the serial one
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 200)
     monkeypatch.setattr(kernels, "product_threads", lambda: 2)
-    with sb._array_kernels(False):
+    with sb.array_kernels(False):
         for case in CASES:
             params, _ = instance(case, np.float64, (2,))
             _exercise(case, params, _rng("route", case.id))
