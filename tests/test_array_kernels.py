@@ -160,15 +160,16 @@ def counted(monkeypatch):
     return counts
 
 
-def _exercise(case, params, rng):
-    """Products, diagonal, a sweep, every method's solve and its adjoint, gradients."""
+def _exercise(case, params, rng, methods=None):
+    """Products, diagonal, a sweep, every method's solve (or those of ``methods``) and its adjoint,
+    gradients."""
     op = case.rebuild(params)
     batch = op.batch_shape
     b = rng.standard_normal(batch + (op.size,))
     op.matvec(b)
     op.diagonal()
     op.gauss_seidel_sweep(np.zeros_like(b), b, 1.0)
-    for method in case.methods:
+    for method in case.methods if methods is None else [m for m in methods if m in case.methods]:
         x = gcrflinalg.solve(op, b, method=method, rtol=1e-8, maxiter=5000).x
         g = gcrflinalg.adjoint_solve(op, b, method=method, rtol=1e-8, maxiter=5000).x
     op.parameter_gradients(x, g)
@@ -197,10 +198,17 @@ def test_compiled_mode_calls_every_compiled_kernel(counted, monkeypatch):
     # the larger cases take the parallel product, the smaller the serial one
     monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 200)
     monkeypatch.setattr(kernels, "product_threads", lambda: 2)
+    # one case of every form (two 4-neighbourhood grids: below and above that size), the methods
+    # that reach every compiled kernel: CG (fused updates, the Potts split), the red-black
+    # reduction, the direct solves (the video form's host Gram loop)
+    first = {}
+    for case in CASES:
+        first.setdefault(case.form, case)
+    cases = list(first.values()) + [next(c for c in CASES if c.id == "grid-n4-L3-3x5")]
     with sb.array_kernels(False):
-        for case in CASES:
+        for case in cases:
             params, _ = instance(case, np.float64, (2,))
-            _exercise(case, params, _rng("route", case.id))
+            _exercise(case, params, _rng("route", case.id), methods=("cg", "reduced_cg", "direct"))
         _exercise_gauss_seidel_csr()
     unused = sorted(k for k, v in counted.items() if not v)
     assert not unused, f"never called in compiled mode: {unused}"
