@@ -29,7 +29,6 @@ except ImportError:  # pragma: no cover - hypothesis is in the test extra
     pass
 
 
-
 def pytest_addoption(parser):
     parser.addoption(
         "--array-kernels", action="store_true", default=False,
