@@ -5,6 +5,7 @@ this package both build on (see ``docs/design.md``, "Layout and layers"); this m
 them under the package's own name so that ``gcrflinalg.backend.to_host`` and friends keep working.
 """
 from solvers.backend import (  # noqa: F401
+    ARRAY_KERNELS_ENV,
     asarray,
     available_backends,
     cupy_available,
@@ -20,3 +21,7 @@ from solvers.backend import (  # noqa: F401
     to_host,
 )
 from solvers.backend import __all__  # noqa: F401
+# the array-kernel switch, for tests (docs/design.md, "Array kernels"): private here
+from solvers.backend import array_kernels as _array_kernels  # noqa: F401
+from solvers.backend import array_kernels_on as _array_kernels_on  # noqa: F401
+from solvers.backend import set_array_kernels as _set_array_kernels  # noqa: F401

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_host
+from .backend import array_kernels_on, to_host
 
 from ._errors import NotPositiveDefiniteError
 from ._operator import dots, finish, initial_guess, norms, prepare
@@ -88,7 +88,7 @@ if _numba is not None:
 
 def _fusable(xp, dtype, *arrays) -> bool:
     """The compiled updates apply: NumPy, float32/float64, C-contiguous arrays of ``dtype``."""
-    if _numba is None or xp is not np or dtype not in (np.float32, np.float64):
+    if _numba is None or xp is not np or dtype not in (np.float32, np.float64) or array_kernels_on():
         return False
     return all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .backend import sparse_module, to_host
+from .backend import array_kernels_on, sparse_module, to_host
 
 from ._jacobi import positive_diagonal
 from ._operator import prepare
@@ -111,7 +111,8 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
       ``A`` is converted to CSR once).
     * ``"multicolor"``: greedy colouring of the sparsity graph; all rows of one colour are updated
       at once with a sparse product (vectorised; works on CuPy).  Same fixed point, different path.
-    * ``"auto"``: natural on the CPU, multicolour on the GPU.
+    * ``"auto"``: natural on the CPU, multicolour on the GPU (and on the CPU when the array-kernel
+      switch of :mod:`solvers.backend` is on, so that tests run the GPU's path).
 
     If ``A`` has a method ``gauss_seidel_sweep(x, b, omega)`` (``x``, ``b`` of shape
     ``(*batch, n)``, returning the swept ``x``), it is used whatever ``ordering`` says (the G-CRF
@@ -174,7 +175,7 @@ def gauss_seidel(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, omega=1.0,
             )
         diag = diag.reshape(-1, n)[0]  # one matrix: its diagonal
         if ordering == "auto":
-            ordering = "natural" if xp is np else "multicolor"
+            ordering = "natural" if xp is np and not array_kernels_on() else "multicolor"
         nb = int(np.prod(pb.batch, dtype=np.int64))
         B2 = xp.ascontiguousarray(b.reshape(nb, n))
         if ordering == "natural":

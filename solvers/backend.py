@@ -6,10 +6,16 @@ with CuPy but no usable GPU, simply has the CPU backend only (``cupy_available()
 
 This module is the bottom of the import graph: it imports nothing G-CRF specific, and both the
 :mod:`solvers` package and :mod:`gcrflinalg` (which re-exports it as :mod:`gcrflinalg.backend`) use it.
+
+It also holds the array-kernel switch for tests (:func:`array_kernels_on`, :func:`array_kernels`,
+``GCRFLINALG_ARRAY_KERNELS=1``): NumPy input then takes the array code that CuPy runs instead of
+the compiled CPU kernels, so that CI, without a GPU, runs that code too.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import types
 
 import numpy as np
@@ -177,6 +183,61 @@ def to_device(x):
     """A CuPy array holding ``x`` (raises cleanly when no GPU backend is available)."""
     cp = _cupy()
     return cp.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# array kernels on NumPy: a switch for tests (outside __all__, not part of the public API;
+# gcrflinalg.backend re-exports it under private names)
+
+#: Environment variable of :func:`array_kernels_on`: ``1`` makes NumPy inputs take the array code.
+ARRAY_KERNELS_ENV = "GCRFLINALG_ARRAY_KERNELS"
+
+_ENV_VALUES = {"": False, "0": False, "1": True}
+
+#: The setting of :func:`set_array_kernels`, or None to follow the environment variable.
+_array_kernels_setting: bool | None = None
+
+
+def array_kernels_on() -> bool:
+    """True when kernels should take their array-expression branch on NumPy input too.
+
+    Every selection between a compiled CPU kernel (Numba, or a host BLAS loop) and the array code
+    that CuPy runs asks this; when True, NumPy arrays go through the array code, so that the
+    branches a GPU runs are exercised on the CPU.  For tests, not part of the public API.  The
+    order: the value of :func:`set_array_kernels` / :func:`array_kernels` when one is set, else
+    the environment variable ``GCRFLINALG_ARRAY_KERNELS`` (``1`` on; ``0`` or unset off), read
+    at every call.
+    """
+    setting = _array_kernels_setting
+    if setting is not None:
+        return setting
+    value = os.environ.get(ARRAY_KERNELS_ENV, "")
+    try:
+        return _ENV_VALUES[value.strip()]
+    except KeyError:
+        raise ValueError(f"{ARRAY_KERNELS_ENV} must be 0 or 1 (or unset); got {value!r}") from None
+
+
+def set_array_kernels(enabled: bool | None) -> bool | None:
+    """Set the array-kernel switch of :func:`array_kernels_on` (None: follow the environment
+    variable again); returns the previous setting.  Process-wide, not thread-local."""
+    global _array_kernels_setting
+    if enabled is not None and not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be a bool or None; got {type(enabled).__name__}")
+    previous = _array_kernels_setting
+    _array_kernels_setting = None if enabled is None else bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def array_kernels(enabled: bool = True):
+    """Context manager: kernels take their array-expression branch on NumPy input (``enabled``
+    True) or their compiled branch (False) inside the block; the previous setting is restored."""
+    previous = set_array_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_array_kernels(previous)
 
 
 def synchronize(xp) -> None:

@@ -1,4 +1,8 @@
-"""Shared fixtures: backends (CuPy variants skip cleanly without a GPU) and seeded generators."""
+"""Shared fixtures: backends (CuPy variants skip cleanly without a GPU) and seeded generators.
+
+``--array-kernels`` (or ``GCRFLINALG_ARRAY_KERNELS=1``) runs the session with every kernel on its
+array-expression branch, the code CuPy runs, on NumPy input too (see ``solvers.backend``).
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gcrflinalg.backend import cupy_available  # noqa: E402
+from solvers.backend import ARRAY_KERNELS_ENV, array_kernels_on, set_array_kernels  # noqa: E402
 
 try:  # Hypothesis profiles of tests/test_properties.py: HYPOTHESIS_PROFILE=ci (default) or long
     from hypothesis import HealthCheck, settings
@@ -22,6 +27,36 @@ try:  # Hypothesis profiles of tests/test_properties.py: HYPOTHESIS_PROFILE=ci (
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is in the test extra
     pass
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--array-kernels", action="store_true", default=False,
+        help="run every kernel's array-expression branch (the code CuPy runs) on NumPy input too, "
+             f"as {ARRAY_KERNELS_ENV}=1 does",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--array-kernels"):
+        set_array_kernels(True)
+    try:  # a bad GCRFLINALG_ARRAY_KERNELS fails here, before any test
+        array_kernels_on()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def pytest_unconfigure(config):
+    if config.getoption("--array-kernels"):
+        set_array_kernels(None)
+
+
+def pytest_report_header(config):
+    if array_kernels_on():
+        return ("kernels: array-expression branches on NumPy too "
+                f"(--array-kernels or {ARRAY_KERNELS_ENV}=1)")
+    return None
+
 
 BACKENDS = [
     pytest.param("numpy", id="numpy"),

@@ -25,6 +25,7 @@ import numpy as np
 from solvers import CURVATURE_TOLERANCE
 
 from ... import threads as threads_policy
+from ...backend import _array_kernels_on
 
 __all__ = [
     "pairwise_product",
@@ -52,8 +53,9 @@ def edge_ranges(di: int, dj: int, height: int, width: int):
 
 
 def _use_numba(arr) -> bool:
-    """Numba kernels for NumPy arrays; sliced array code (any backend) otherwise."""
-    return isinstance(arr, np.ndarray)
+    """Numba kernels for NumPy arrays; sliced array code (any backend) otherwise, and on NumPy too
+    when the array-kernel switch is on (:func:`gcrflinalg.backend._array_kernels_on`)."""
+    return isinstance(arr, np.ndarray) and not _array_kernels_on()
 
 
 def _offset_arrays(offsets):
@@ -527,11 +529,15 @@ def _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, rtol, maxiter, iterations, ep
             for r in range(R):
                 xs = x[e, b, r].reshape(P)
                 bs = rhs[e, b, r].reshape(P)
-                # q = A x
+                # q = A x (no product for x = 0, as solvers.cg without x0)
+                zero_start = True
                 for t in range(P):
                     q[t] = lam_b * xs[t]
-                for k in range(K):
-                    _edge_segments(wt[b, k].reshape(P), q, xs, q, xs, di[k], dj[k], H, W)
+                    if xs[t] != 0:
+                        zero_start = False
+                if not zero_start:
+                    for k in range(K):
+                        _edge_segments(wt[b, k].reshape(P), q, xs, q, xs, di[k], dj[k], H, W)
                 bnorm2 = 0.0
                 rr = 0.0
                 for t in range(P):
@@ -599,7 +605,8 @@ def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
     wt : ndarray ``(B, K, H, W)``
         Edge weights of ``W_b`` (scaled as the system needs, e.g. ``(L - 1) w`` or ``-w``).
     lam : ndarray ``(B,)``
-    rhs, x : ndarrays ``(E, B, R, H, W)``, C-contiguous; ``x`` (initial guess) is overwritten
+    rhs, x : ndarrays ``(E, B, R, H, W)``, C-contiguous; ``x`` (initial guess) is overwritten; a
+        system whose ``x`` is zero starts without a product (``r = rhs``)
     rtol : float
         Stop when the recursively updated residual has ``||r|| <= rtol ||rhs||``.
     maxiter : int

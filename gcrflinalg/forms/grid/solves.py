@@ -273,11 +273,16 @@ def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
     """Solve ``(lam I + alpha W) x = rhs`` for a stack ``rhs`` of shape ``(E, B, R, P)``.
 
     Numba CG (one compiled loop per system, inner products in float64) on the CPU; the batched
-    :func:`solvers.cg` on ``system`` elsewhere, with ``rtol`` kept above what the dtype resolves
-    (that solver checks true residuals).  Returns ``(x, iterations (E, B, R), matvecs)``, or
-    ``(None, None, 0)`` when ``p^T A p <= 0`` was met and ``check_pd`` is False.
+    :func:`solvers.cg` on ``system`` elsewhere.  Both start from ``x = 0`` without a product and
+    stop on the recursively updated residual (no closing true-residual product: the caller's
+    refinement measures the true residual), so they take the same steps and count the same
+    products.  ``rtol`` is kept ``>= eps`` of the dtype.  Returns ``(x, iterations (E, B, R),
+    matvecs)``, or ``(None, None, 0)`` when ``p^T A p <= 0`` was met and ``check_pd`` is False.
     """
     E, B, R, P = rhs.shape
+    # below eps the steps buy nothing (the caller's true residual is the judge), and solvers.cg,
+    # which replaces its recursive residual by the true one now and then, would run to maxiter
+    rtol = max(rtol, float(np.finfo(op.dtype).eps))
     if kernels._use_numba(op._params):
         rhs5 = np.ascontiguousarray(rhs.reshape(E, B, R, op.height, op.width))
         x = np.zeros_like(rhs5)
@@ -288,11 +293,10 @@ def _shifted_solve(op, system, rhs, rtol, *, maxiter, check_pd):
                 return None, None, 0
             e, b, r = np.unravel_index(failed, (E, B, R))
             raise _split_not_pd(op, system, int(b), rayleigh)
-        return x.reshape(rhs.shape), iters, int(iters.max(initial=0)) + 1
+        return x.reshape(rhs.shape), iters, int(iters.max(initial=0))  # x = 0: no first product
 
-    rtol = max(rtol, 64 * float(np.finfo(op.dtype).eps))
     try:
-        res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd)
+        res = cg(system, rhs, rtol=rtol, atol=0.0, maxiter=maxiter, check_pd=check_pd, true_residual=False)
     except NotPositiveDefiniteError as err:
         b = int(err.system[1]) if err.system else 0
         raise _split_not_pd(op, system, b, err.value) from err
