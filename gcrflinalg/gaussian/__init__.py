@@ -17,7 +17,8 @@ from .results import LogDetResult, SampleResult, VarianceResult
 from .logdet import logdet
 from .variances import marginal_variances
 from .sampling import sample
-# from .likelihood import gaussian_nll
+from .likelihood import NLLResult, gaussian_nll, logdet_gradients
 
-__all__ = ["logdet", "marginal_variances", "sample", "gaussian_nll", "LogDetResult", "VarianceResult",
+__all__ = ["logdet", "marginal_variances", "sample", "gaussian_nll", "logdet_gradients", "NLLResult",
+           "LogDetResult", "VarianceResult",
            "SampleResult"]

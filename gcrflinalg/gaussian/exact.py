@@ -291,3 +291,61 @@ def structured_variances(op, max_size=VARIANCES_EXACT_MAX_SIZE):
         return sparse_variances(op, max_size)
     raise ValueError(f"method='exact' needs a form with a factorisation; {type(op).__name__} has none "
                      "(use method='stochastic')")
+
+
+def video_logdet_gradients(op) -> dict:
+    """Exact ``d log det M / d theta`` of a 3.6 operator from ``M^{-1} = I / lam - U^T H U / lam^2``:
+
+    ``d/dS_v = 2 S_v (M^{-1})_vv = 2 S_v / lam - 2 G_v[S, :] H_vv E_v / lam^2``,
+    ``d/dT_u = 2 sum_v K[u, v] T_v (M^{-1})_vu = -2 (sum_v K[u, v] G_v[T, :] H_vu) E_u / lam^2``,
+    ``d/dlam = tr(M^{-1}) = N / lam - sum_v tr(H_vv G_v) / lam^2`` (``G_v = E_v E_v^T``)."""
+    xp, lam = op.xp, _lam64(op)
+    cap, E, H = _video_parts(op)
+    V, Ds, Dt = op.n_frames, op.spatial_dim, cap["Dt"]
+    G = E @ xp.swapaxes(E, -1, -2)  # (*batch, V, D, D)
+    idx = xp.arange(V)
+    Hvv = xp.moveaxis(H[..., idx, :, idx, :], 0, -3)  # (*batch, V, D, D)
+    lam2 = lam.reshape(lam.shape + (1, 1, 1))
+    S = E[..., :Ds, :]
+    grad_s = 2.0 * S / lam2 - 2.0 * ((G[..., :Ds, :] @ Hvv) @ E) / (lam2 * lam2)
+    grads = {"spatial": grad_s.reshape(op.spatial.shape)}
+    if Dt:
+        K = xp.asarray(op.coupling, dtype=np.float64)
+        # sum_v K[u, v] G_v[T, :] H_vu: (*batch, u, Dt, D)
+        coupled = xp.einsum("uv,...vtd,...vdue->...ute", K, G[..., Ds:, :], H)
+        grad_t = -2.0 * (coupled @ E) / (lam2 * lam2)
+    else:
+        grad_t = xp.zeros(op._T.shape)
+    grads["temporal"] = grad_t.reshape(op.temporal.shape)
+    trace = op.size / lam - xp.einsum("...vij,...vji->...", Hvv, G) / (lam * lam)
+    grads["lam"] = _sum_to_shape(trace, op._lam_shape, xp)
+    return grads
+
+
+#: the largest system whose exact log-determinant gradient is computed from the ``N`` columns of
+#: ``M^{-1}`` (grid and multi-resolution forms: sparse LU solves, ``N`` gradient contractions)
+GRADIENT_EXACT_MAX_SIZE = 2048
+
+
+def inverse_columns_logdet_gradients(op, max_size=GRADIENT_EXACT_MAX_SIZE) -> dict:
+    """Exact ``d log det M / d theta = tr(M^{-1} dM/dtheta) = -sum_j pg(e_j, M^{-1} e_j)`` with
+    ``pg = op.parameter_gradients`` (bilinear: ``pg(x, g) = -g^T (dM/dtheta) x``), from the ``N``
+    columns of ``M^{-1}`` (sparse LU); for grid and multi-resolution systems of at most
+    ``max_size`` unknowns."""
+    _check_size(op, max_size, "the exact log-determinant gradient", "stochastic")
+    n = op.size
+    cols = np.empty(op.batch_shape + (n, n))
+    for idx in np.ndindex(*op.batch_shape):
+        cols[idx] = sparse_factor(op, idx).solve(np.eye(n))  # symmetric: rows are columns
+    xp = op.xp
+    total = None
+    for j in range(n):
+        e = np.zeros(op.batch_shape + (n,))
+        e[..., j] = 1.0
+        g = op.parameter_gradients(xp.asarray(e, dtype=op.dtype), xp.asarray(cols[..., j, :], dtype=op.dtype))
+        if total is None:
+            total = {k: -xp.asarray(v, dtype=np.float64) for k, v in g.items()}
+        else:
+            for k, v in g.items():
+                total[k] = total[k] - v
+    return total
