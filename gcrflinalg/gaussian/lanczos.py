@@ -23,7 +23,13 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
-__all__ = ["LanczosState", "tridiagonal_eigh", "quadrature"]
+__all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
+
+#: up to this many probes the tridiagonals are diagonalised one by one by LAPACK's tridiagonal
+#: eigensolver (``scipy.linalg.eigh_tridiagonal``: no BLAS threads, whose start-up on a loaded
+#: machine was measured to cost up to a second for thirty 30 x 30 matrices); above it one batched
+#: ``numpy.linalg.eigh``
+LOOP_MAX_PROBES = 4096
 
 
 class LanczosState:
@@ -68,7 +74,10 @@ class LanczosState:
         self.beta_prev = xp.zeros(self.norms.shape)
         self.reorthogonalize = bool(reorthogonalize)
         self.keep_basis = bool(keep_basis or reorthogonalize)
-        self.basis = [self.q] if self.keep_basis else None
+        self._basis = None
+        self._stored = 0
+        if self.keep_basis:
+            self._store(self.q)
         self.breakdown = float(breakdown)
         self.alpha, self.beta = [], []
         self.active = xp.ones(self.norms.shape, dtype=bool)
@@ -85,13 +94,15 @@ class LanczosState:
         xp = self.xp
         w = self.apply(self.q)
         self.matvecs += 1
-        a = (self.q * w).sum(axis=-1)
-        w = w - a[..., None] * self.q - self.beta_prev[..., None] * self.q_prev
+        a = xp.einsum("...n,...n->...", self.q, w)
+        w -= a[..., None] * self.q
+        w -= self.beta_prev[..., None] * self.q_prev
         if self.reorthogonalize:
-            for _ in range(2):
-                for qb in self.basis:
-                    w = w - (qb * w).sum(axis=-1)[..., None] * qb
-        b = xp.sqrt((w * w).sum(axis=-1))
+            Q = self._basis[: self._stored]  # (j, *probes, N)
+            for _ in range(2):  # classical Gram-Schmidt, twice
+                c = xp.einsum("k...n,...n->k...", Q, w)
+                w -= xp.einsum("k...n,k...->...n", Q, c)
+        b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
         a = xp.where(self.active, a, 1.0)  # stopped probes: a decoupled 1 x 1 block
         self.sizes = self.sizes + self.active
         self.scale = xp.maximum(self.scale, xp.abs(a) + b)
@@ -100,11 +111,27 @@ class LanczosState:
         b = xp.where(self.active, b, 0.0)
         self.alpha.append(a)
         self.beta.append(b)
-        q_next = w / xp.where(self.active, b, 1.0)[..., None]
-        q_next = xp.where(self.active[..., None], q_next, 0.0)
-        self.q_prev, self.q, self.beta_prev = self.q, q_next, b
+        # q_{j+1} = w / beta_j, and 0 for a stopped probe (its factor is 0)
+        w *= (xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0))[..., None]
+        self.q_prev, self.q, self.beta_prev = self.q, w, b
         if self.keep_basis:
-            self.basis.append(self.q)
+            self._store(self.q)
+
+    def _store(self, q):
+        xp = self.xp
+        if self._basis is None or self._stored == self._basis.shape[0]:
+            cap = 8 if self._basis is None else 2 * self._basis.shape[0]
+            grown = xp.empty((cap,) + q.shape)
+            if self._basis is not None:
+                grown[: self._stored] = self._basis[: self._stored]
+            self._basis = grown
+        self._basis[self._stored] = q
+        self._stored += 1
+
+    def basis(self, k=None):
+        """``Q_k`` as an array of shape ``(k, *probes, N)`` (``keep_basis`` only)."""
+        k = self._stored if k is None else int(k)
+        return self._basis[:k]
 
     def run(self, steps: int) -> "LanczosState":
         for _ in range(int(steps)):
@@ -151,7 +178,11 @@ def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
     """
     xp = state.xp
     T = state.tridiagonal()
-    theta, S = xp.linalg.eigh(T)
+    count = int(np.prod(T.shape[:-2]))
+    if xp is np and count <= LOOP_MAX_PROBES:
+        theta, S = _eigh_tridiagonal_loop(T)
+    else:
+        theta, S = xp.linalg.eigh(T)
     s0 = S[..., 0, :]
     # a padded eigenvalue is exactly 1 with a zero first component; real Ritz values count
     real = xp.abs(s0) > 0
@@ -163,6 +194,22 @@ def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
             "(a Rayleigh quotient of M, so lambda_min(M) <= it)",
             quantity="ritz value", value=worst, bound=0.0, system=None)
     return theta, s0, S
+
+
+def _eigh_tridiagonal_loop(T):
+    from scipy.linalg import eigh_tridiagonal
+
+    k = T.shape[-1]
+    flat = T.reshape((-1, k, k))
+    theta = np.empty(flat.shape[:2])
+    S = np.empty(flat.shape)
+    idx = np.arange(k)
+    for i, t in enumerate(flat):
+        if k == 1:
+            theta[i], S[i] = t[0, 0], 1.0
+        else:
+            theta[i], S[i] = eigh_tridiagonal(t[idx, idx], t[idx[:-1], idx[:-1] + 1])
+    return theta.reshape(T.shape[:-1]), S.reshape(T.shape)
 
 
 def quadrature(state: LanczosState, f, *, what: str = "M"):

@@ -263,7 +263,6 @@ def _lanczos_inverse_sqrt(apply, z, rtol, maxiter, check_every, form):
         converged = (err <= rtol) | ~state.active
         if bool(converged.all()) or k >= maxiter:
             break
-    basis = xp.stack(state.basis[:k], axis=-1)  # (*probes, N, k)
-    y = state.norms[..., None] * (basis @ coef[..., None])[..., 0]
+    y = state.norms[..., None] * xp.einsum("k...n,...k->...n", state.basis(k), coef)
     finite_err = float(to_host(xp.max(xp.where(state.active, err, 0.0))))
     return y, finite_err, k, state.matvecs
