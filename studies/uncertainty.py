@@ -143,6 +143,10 @@ def plot_calibration(z, scatter, path):
         ax.loglog(exact, var, ".", ms=2, alpha=0.5, label=name)
     lim = [min(min(e.min(), v.min()) for _, (e, v) in scatter), max(max(e.max(), v.max()) for _, (e, v) in scatter)]
     ax.loglog(lim, lim, "k-", lw=1)
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("exact variance diag(M^-1)")
     ax.set_ylabel("variance of the samples")
     ax.legend(fontsize=8)

@@ -12,21 +12,27 @@ from gcrflinalg import NotPositiveDefiniteError
 S = 20_000
 
 
-@pytest.mark.parametrize("case", FAMILIES, ids=lambda c: c.id)
-def test_samples_have_the_gaussian_law(case):
+SPLITTING = [case_by_id("grid-n8-L3-4x4"), case_by_id("grid_potts-n4-L3-4x5"),
+             case_by_id("multires-2lvl-general-potts")]
+LAW_CASES = [pytest.param(c, "auto", id=c.id) for c in FAMILIES] + \
+    [pytest.param(c, "perturb_and_map", id=f"{c.id}-splitting") for c in SPLITTING]
+
+
+@pytest.mark.parametrize("case, method", LAW_CASES)
+def test_samples_have_the_gaussian_law(case, method):
     """Whitened samples ``w = L^T (x - mu)`` (``M = L L^T``) are standard normal: a KS test on
     all entries, the mean within ``5/sqrt(S)``, the covariance within ``6 sqrt(2/S)`` of ``I``."""
     rng = np.random.default_rng(13)
-    op, params = case.make(rng)
+    op, params = case.make(rng)  # lam = 1 + the Gershgorin radius: the splitting exists
     M = case.dense(params)
     b = rng.standard_normal(op.vector_shape)
-    res = gcrflinalg.sample(op, b, S, rng=21)
+    res = gcrflinalg.sample(op, b, S, rng=21, method=method)
     expected = {"lowrank": "perturb_and_map", "lowrank_potts": "perturb_and_map", "video": "exact"}
-    assert res.method == expected.get(case.form, "lanczos")
+    assert res.method == (expected.get(case.form, "lanczos") if method == "auto" else method)
     assert res.samples.shape == (S,) + b.shape and res.samples.dtype == np.float64
     mu = np.linalg.solve(M, b.ravel())
     np.testing.assert_allclose(res.mean.ravel(), mu, rtol=1e-8, atol=1e-10)
-    if res.method == "lanczos":
+    if res.method == "lanczos" or case.form in ("grid", "grid_potts", "multires"):
         assert 0 <= res.error <= 1e-7
     else:
         assert res.error == 0.0
@@ -79,11 +85,21 @@ def test_bad_num_samples(bad, error):
         gcrflinalg.sample(op, np.zeros(op.vector_shape), bad)
 
 
+def test_splitting_needs_the_gershgorin_certificate():
+    case = case_by_id("grid-n4-L1-4x5")
+    op, params = case.make(np.random.default_rng(0))
+    weak = case.rebuild(dict(params, lam=0.5 * params["lam"]))  # below the Gershgorin radius
+    b = np.zeros(op.vector_shape)
+    with pytest.raises(ValueError, match="Gershgorin"):
+        gcrflinalg.sample(weak, b, 2, method="perturb_and_map")
+
+
 def test_bad_method_and_shape():
     op, _ = case_by_id("grid-n4-L1-4x5").make(np.random.default_rng(0))
     b = np.zeros(op.vector_shape)
     with pytest.raises(ValueError, match="perturb_and_map"):
-        gcrflinalg.sample(op, b, 2, method="perturb_and_map")
+        gcrflinalg.sample(gcrflinalg.VideoGCRF(np.ones((2, 1, 1, 2, 2)), np.zeros((2, 1, 1, 2, 2)), 9.0),
+                          np.zeros((2, 1, 2, 2)), 2, method="perturb_and_map")
     with pytest.raises(ValueError, match="method"):
         gcrflinalg.sample(op, b, 2, method="gibbs")
     with pytest.raises(ValueError):

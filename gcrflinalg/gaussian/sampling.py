@@ -11,6 +11,13 @@
   ``sqrt(lam) I + psi^T Q diag(f(s)) Q^T psi`` with ``G = psi psi^T = Q diag(s) Q^T`` and
   ``f(s) = -1 / (sqrt(lam - s) + sqrt(lam))`` (no division by ``s``).  The perturbation is
   ``psi^T z2`` on every label plus that square root of ``z1_l``.
+* **3.1–3.3, perturb-and-MAP on the edge splitting** (exact up to the solve's tolerance), where the
+  Gershgorin certificate holds (``M_rr >= sum_{c != r} |M_rc|`` in every row): every off-diagonal
+  pair contributes the rank-one PSD term ``|a| (e_r + sign(a) e_c)(e_r + sign(a) e_c)^T`` and the
+  rest of the diagonal, ``M_rr - sum_{c != r} |M_rc| >= 0``, a PSD diagonal, so
+  ``M = F^T F`` with a sparse ``F`` of one row per edge and per unknown; the perturbation is
+  ``F^T z`` and ``x = M^{-1} (b + F^T z)`` one batched solve (sparse LU up to
+  ``VARIANCES_EXACT_MAX_SIZE`` unknowns, CG at ``rtol = 1e-10`` above).
 * **3.6, exact square root**: ``M = lam I + Y^T B Y`` with ``Y = R^+ U`` of orthonormal rows (from
   the per-frame Gram matrices ``G_v = R_v R_v^T``) and the ``r x r`` matrix
   ``B = R^T C R = Z diag(mu) Z^T``; then ``M^{-1/2} = lam^{-1/2} I + Y^T Z diag(h) Z^T Y`` with
@@ -58,9 +65,11 @@ def sample(op, b, num_samples, *, method="auto", rng=None, rtol=None, maxiter=No
     num_samples : int
         ``>= 1``.
     method : {"auto", "perturb_and_map", "exact", "lanczos"}
-        ``"perturb_and_map"`` on the low-rank forms (3.4, 3.5), ``"exact"`` (the spectral square
-        root) on video, ``"lanczos"`` on any form; ``"auto"`` picks the first that applies.  See
-        the module notes for the formulas.
+        ``"perturb_and_map"`` on the low-rank forms (3.4, 3.5) and, where the Gershgorin
+        certificate holds, on the grid and multi-resolution forms (3.1–3.3; ``ValueError`` naming
+        the violated row sum otherwise); ``"exact"`` (the spectral square root) on video;
+        ``"lanczos"`` on any form.  ``"auto"``: perturb-and-MAP on 3.4 and 3.5, the square root on
+        3.6, Lanczos on 3.1–3.3.  See the module notes for the formulas.
     rng : None, int or numpy.random.Generator
         Source of the standard normal draws (drawn on the host, float64).
     rtol : float, optional
@@ -103,13 +112,16 @@ def sample(op, b, num_samples, *, method="auto", rng=None, rtol=None, maxiter=No
     kind = form_kind(op)
     if method == "auto":
         method = {"lowrank": "perturb_and_map", "lowrank_potts": "perturb_and_map", "video": "exact"}.get(kind, "lanczos")
-    if method == "perturb_and_map" and kind not in ("lowrank", "lowrank_potts"):
-        raise ValueError(f"method='perturb_and_map' applies to the low-rank forms; {type(op).__name__} "
-                         "takes 'lanczos'" + (" or 'exact'" if kind == "video" else ""))
+    if method == "perturb_and_map" and kind not in ("lowrank", "lowrank_potts", "sparse"):
+        raise ValueError(f"method='perturb_and_map' applies to the low-rank, grid and multi-resolution "
+                         f"forms; {type(op).__name__} takes 'lanczos'" + (" or 'exact'" if kind == "video" else ""))
     if method == "exact" and kind != "video":
         raise ValueError(f"method='exact' (the spectral square root) applies to VideoGCRF; use "
                          f"{'perturb_and_map' if kind.startswith('lowrank') else 'lanczos'} for {type(op).__name__}")
-    if method == "perturb_and_map":
+    if method == "perturb_and_map" and kind == "sparse":
+        x, mean, info = _edge_splitting(op, bflat, num_samples, gen)
+        error = info["solve_rtol"]
+    elif method == "perturb_and_map":
         x, mean, info = _perturb_and_map(op, bflat, num_samples, gen, kind)
         error = 0.0
     elif method == "exact":
@@ -165,6 +177,52 @@ def _perturb_and_map(op, bflat, num_samples, gen, kind):
     rhs = xp.concatenate([bflat[None].astype(np.float64), bflat[None] + noise], axis=0)
     x = _direct(op, rhs)
     return x[1:], x[0], {"solves": 1}
+
+
+# ----------------------------------------------------------------------------- grid forms
+def _edge_splitting(op, bflat, num_samples, gen):
+    """Perturb-and-MAP with ``M = F^T F`` from the edge splitting (module notes)."""
+    import scipy.sparse as sps
+
+    from .exact import VARIANCES_EXACT_MAX_SIZE
+
+    xp, n = op.xp, op.size
+    noise = np.empty((num_samples,) + op.batch_shape + (n,))
+    for idx in np.ndindex(*op.batch_shape):
+        mat = op.to_sparse(idx)
+        mat = (mat.get() if xp is not np else mat).astype(np.float64).tocoo()
+        diag = np.zeros(n)
+        np.add.at(diag, mat.row[mat.row == mat.col], mat.data[mat.row == mat.col])
+        upper = (mat.row < mat.col) & (mat.data != 0)
+        r, c, a = mat.row[upper], mat.col[upper], mat.data[upper]
+        absum = np.zeros(n)
+        off = mat.row != mat.col
+        np.add.at(absum, mat.row[off], np.abs(mat.data[off]))
+        rest = diag - absum
+        if rest.min() < 0:
+            worst = int(np.argmin(rest))
+            where = f" (batch item {idx})" if idx else ""
+            raise ValueError(
+                f"method='perturb_and_map' on {type(op).__name__}{where} needs the Gershgorin certificate "
+                f"M_rr >= sum_c |M_rc| in every row; row {worst} has M_rr = {diag[worst]:.6g} < "
+                f"{absum[worst]:.6g}; use method='lanczos'")
+        m = len(a)
+        rows = np.concatenate([np.arange(m), np.arange(m), m + np.arange(n)])
+        cols = np.concatenate([r, c, np.arange(n)])
+        vals = np.concatenate([np.sqrt(np.abs(a)), np.sign(a) * np.sqrt(np.abs(a)), np.sqrt(rest)])
+        F = sps.csr_matrix((vals, (rows, cols)), shape=(m + n, n))
+        z = gen.standard_normal((m + n, num_samples))
+        noise[(slice(None),) + idx] = (F.T @ z).T
+    noise = noise if xp is np else xp.asarray(noise)
+    rhs = xp.concatenate([bflat[None].astype(np.float64), bflat[None] + noise], axis=0)
+    if n <= VARIANCES_EXACT_MAX_SIZE:
+        result = solve(op, rhs.astype(op.dtype, copy=False), method="direct")
+        rtol = float(np.max(to_host(result.residual_norms[-1]) / np.maximum(to_host(result.b_norm), 1e-300)))
+    else:
+        rtol = 1e-10 if op.dtype == np.float64 else default_rtol(op.dtype)
+        result = solve(op, rhs.astype(op.dtype, copy=False), rtol=rtol)
+    x = result.x
+    return x[1:], x[0], {"solves": 1, "solve_method": result.method, "solve_rtol": rtol}
 
 
 # ----------------------------------------------------------------------------- video
