@@ -6,11 +6,9 @@ import numbers
 
 import numpy as np
 
-from ..backend import to_host
 from ..operator import GCRFOperator
 
-__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "as_generator",
-           "positive_int", "flat_vectors"]
+__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "as_generator", "positive_int"]
 
 
 def check_operator(op) -> None:
@@ -60,12 +58,6 @@ def rademacher(rng, shape, xp=np):
     return z if xp is np else xp.asarray(z)
 
 
-def flat_vectors(op, v):
-    """``v`` of shape ``(..., *batch_shape, *vector_shape)`` as ``(..., *batch_shape, N)``."""
-    nv = len(op.vector_shape)
-    return v.reshape(v.shape[: v.ndim - nv] + (op.size,))
-
-
 def block_product(op):
     """``V -> M V`` for ``V`` of shape ``(k, *batch_shape, N)`` in float64.
 
@@ -93,7 +85,3 @@ def block_product(op):
         return op.matvec(v.astype(op.dtype, copy=False)).astype(np.float64, copy=False)
 
     return apply
-
-
-def host_float(a):
-    return np.asarray(to_host(a), dtype=np.float64)

@@ -33,13 +33,10 @@ interchange) proves ``M`` not positive definite.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
-from ..backend import to_host
 from ..operator import _sum_to_shape
 from ._common import form_kind
 
@@ -199,7 +196,7 @@ def video_variances(op):
 # ----------------------------------------------------------------------------- sparse forms
 def _check_size(op, limit, what, alternative):
     if op.size > limit:
-        raise ValueError(f"{what}: exact {'factorisation'} of a system with N = {op.size} unknowns "
+        raise ValueError(f"{what}: the exact factorisation of a system with N = {op.size} unknowns "
                          f"exceeds the limit {limit} (max_size); use method={alternative!r}, or pass "
                          f"a larger max_size if the memory allows")
 

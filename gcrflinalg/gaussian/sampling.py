@@ -42,7 +42,7 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
-from ..backend import asarray, get_array_module, to_host
+from ..backend import get_array_module, to_host
 from ..solve import solve
 from ..tolerances import default_rtol
 from ._common import as_generator, block_product, check_operator, form_kind, positive_int
