@@ -154,3 +154,24 @@ def test_jax_matches_torch():
     np.testing.assert_allclose(float(value), tv.item(), rtol=1e-12)
     for g, t in zip(grads, tt):
         np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_torch_multires_gradcheck():
+    torch = pytest.importorskip("torch")
+    from gcrflinalg.interop.torch import gaussian_nll
+
+    rng = np.random.default_rng(8)
+    L, sizes, level_forms = 2, [(3, 3), (2, 2)], ("general", "potts")
+    levels = [torch.tensor(0.2 * rng.standard_normal(((2, L, L) if f == "general" else (2,)) + hw),
+                           requires_grad=True) for f, hw in zip(level_forms, sizes)]
+    cross = [torch.tensor(0.2 * rng.standard_normal((L, L) + sizes[0]), requires_grad=True)]
+    n = L * sum(h * w for h, w in sizes)
+    y = torch.tensor(rng.standard_normal(n), requires_grad=True)
+    b = torch.tensor(rng.standard_normal(n), requires_grad=True)
+    lam = torch.tensor(4.5, dtype=torch.float64, requires_grad=True)
+    opts = dict(level_forms=level_forms, num_labels=L, neighbourhood=4)
+
+    def f(y, b, lam, *ps):
+        return gaussian_nll("multires", y, b, *ps, lam=lam, method="exact", **opts)
+
+    assert torch.autograd.gradcheck(f, (y, b, lam, *levels, *cross), atol=1e-6, rtol=1e-5)
