@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..solve import solve
+from ..tolerances import default_rtol
 from ._common import as_generator, check_operator, form_kind, positive_int, rademacher
 from .exact import VARIANCES_EXACT_MAX_SIZE, structured_variances
 from .results import VarianceResult
@@ -21,7 +22,7 @@ AUTO_EXACT_MAX_SIZE = 4_000
 
 
 def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=VARIANCES_EXACT_MAX_SIZE,
-                       rtol=1e-10, solve_method="auto"):
+                       rtol=None, solve_method="auto"):
     """The marginal variances ``Var[x_i] = (M^{-1})_ii`` of ``x ~ N(M^{-1} b, M^{-1})``.
 
     Parameters
@@ -46,7 +47,8 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
     max_size : int
         Size limit of the sparse exact method; above it ``"exact"`` raises ``ValueError``.
     rtol, solve_method
-        Tolerance and method of the probes' solves (stochastic).
+        Tolerance (default ``1e-10`` in float64, the default of :func:`gcrflinalg.solve` in
+        float32) and method of the probes' solves (stochastic).
 
     Returns
     -------
@@ -73,6 +75,8 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
         raise ValueError(f"num_probes must be >= 2 (the standard error needs two probes); got {num_probes}")
     gen = as_generator(rng)
     z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp)
+    if rtol is None:
+        rtol = 1e-10 if op.dtype == np.float64 else default_rtol(op.dtype)
     result = solve(op, z.astype(op.dtype), method=solve_method, rtol=rtol)
     per_probe = z * result.x.astype(np.float64)  # (K, *batch, N)
     values = per_probe.mean(axis=0)
