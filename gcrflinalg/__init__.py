@@ -41,6 +41,15 @@ _EXPORTS = {
     "parallel_meanfield": "meanfield",
     "sequential_meanfield": "meanfield",
     "interop": None,
+    # the G-CRF as a Gaussian: log-determinant, variances, samples, likelihood
+    "gaussian": None,
+    "logdet": "gaussian",
+    "marginal_variances": "gaussian",
+    "sample": "gaussian",
+    "gaussian_nll": "gaussian",
+    "LogDetResult": "gaussian",
+    "VarianceResult": "gaussian",
+    "SampleResult": "gaussian",
     "NotConvergedError": "interop",
     "NotConvergedWarning": "interop",
     # errors and results (defined in the solvers package)

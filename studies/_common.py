@@ -50,6 +50,7 @@ STUDIES = {
     "timing_auto": "method='auto' vs cg and direct on the low-rank and video forms, flat and decaying spectra",
     "timing_training": "training steps of the torch G-CRF layers vs forward solves and plain PyTorch; contention",
     "train": "train a CNN with and without a G-CRF layer (needs PyTorch)",
+    "uncertainty": "the G-CRF as a Gaussian: variance maps, samples, calibration; vs linear_operator and imate",
 }
 
 

@@ -32,6 +32,7 @@ QUICK_ARGS = {
     "timing_training": [],
     "timing_auto": [],
     "train": ["--steps", "4"],
+    "uncertainty": [],
 }
 #: the markdown summary each study writes
 SUMMARY = {name: "timing.md" if name.startswith("timing") else "summary.md" for name in STUDIES}

@@ -26,7 +26,7 @@ import numpy as np
 from ._forms import (NotConvergedError, NotConvergedWarning, backward_solve, broadcast_batch_shape,
                      build_operator, forward_solve, get_form, make_config)
 
-__all__ = ["gcrf_solve", "NotConvergedError", "NotConvergedWarning"]
+__all__ = ["gcrf_solve", "gaussian_nll", "NotConvergedError", "NotConvergedWarning"]
 
 
 def _jax():
@@ -133,3 +133,75 @@ def _custom_vjp_solve(config):
 
     solve.defvjp(solve_fwd, solve_bwd)
     return solve
+
+
+def gaussian_nll(form, y, b, *params, lam, method="auto", num_probes=30, degree=30, seed=0, **form_options):
+    """The Gaussian negative log-likelihood ``-log N(y; M^{-1} b, M^{-1})`` per system, on JAX arrays.
+
+    A ``jax.custom_vjp`` function: one host callback (``jax.pure_callback``) computes the value
+    and the gradients of ``y``, ``b``, every parameter and ``lam`` (exact where ``log det M`` is
+    exact, Hutchinson's unbiased estimator with ``method="stochastic"``; see
+    :func:`gcrflinalg.interop.torch.gaussian_nll`), and the backward pass scales them by the
+    upstream gradient.  Works under ``jax.jit`` and ``jax.grad``.
+
+    Returns
+    -------
+    jax.Array, shape ``batch`` (0-d for one system)
+    """
+    from ._gaussian import host_nll, nll_options
+
+    jax, jnp = _jax()
+    options = nll_options(method, num_probes, degree, seed)
+    spec = get_form(form)
+    b, y = jnp.asarray(b), jnp.asarray(y)
+    if b.ndim < spec.vector_ndim or y.shape[y.ndim - spec.vector_ndim:] != b.shape[b.ndim - spec.vector_ndim:]:
+        raise ValueError(f"y {y.shape} and b {b.shape} must share the vector shape of form {spec.name!r}")
+    vector_shape = tuple(b.shape[b.ndim - spec.vector_ndim:])
+    config = make_config(spec.name, vector_shape, np.dtype(b.dtype), form_options=form_options)
+    names = config.parameter_names
+    if len(params) != len(names):
+        raise TypeError(f"form {spec.name!r} takes {len(names)} parameter array(s) {names}; got {len(params)}")
+    params = [jnp.asarray(p) for p in params]
+    if isinstance(lam, (int, float)) and not isinstance(lam, bool) and not lam > 0:
+        raise ValueError(f"lam must be > 0 (M = A + lam I); got {lam!r}")
+    lam = jnp.asarray(lam, dtype=b.dtype)
+    batch = broadcast_batch_shape(config, b.shape, [p.shape for p in params], lam.shape)
+    batch = tuple(np.broadcast_shapes(batch, tuple(y.shape[: y.ndim - spec.vector_ndim])))
+    b = jnp.broadcast_to(b, batch + vector_shape)
+    y = jnp.broadcast_to(y, batch + vector_shape)
+    params = [jnp.broadcast_to(p, batch + tuple(p.shape[p.ndim - nd:]))
+              for p, nd in zip(params, config.parameter_ndims)]
+    lam = jnp.broadcast_to(lam, batch)
+
+    def host(y, b, lam, *params):
+        value, gy, gb, glam, gp = host_nll(config, np.asarray(y), np.asarray(b), [np.asarray(p) for p in params],
+                                           np.asarray(lam), options)
+        out = [np.asarray(value, dtype=b.dtype).reshape(lam.shape), np.asarray(gy, dtype=y.dtype),
+               np.asarray(gb, dtype=b.dtype), np.asarray(glam, dtype=lam.dtype).reshape(lam.shape)]
+        return tuple(out + [np.asarray(g, dtype=p.dtype).reshape(p.shape) for g, p in zip(gp, params)])
+
+    def shape_of(a):
+        return jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+    def call(y, b, lam, *params):
+        shapes = (shape_of(lam), shape_of(y), shape_of(b), shape_of(lam)) + tuple(shape_of(p) for p in params)
+        return jax.pure_callback(host, shapes, y, b, lam, *params, vmap_method="sequential")
+
+    @jax.custom_vjp
+    def nll(y, b, lam, *params):
+        return call(y, b, lam, *params)[0]
+
+    def nll_fwd(y, b, lam, *params):
+        out = call(y, b, lam, *params)
+        return out[0], out[1:]
+
+    def nll_bwd(saved, g):
+        gy, gb, glam, *gp = saved
+
+        def scale(t):
+            return g.reshape(g.shape + (1,) * (t.ndim - g.ndim)) * t
+
+        return (scale(gy), scale(gb), scale(glam)) + tuple(scale(t) for t in gp)
+
+    nll.defvjp(nll_fwd, nll_bwd)
+    return nll(y, b, lam, *params)

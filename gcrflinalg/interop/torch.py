@@ -52,6 +52,7 @@ from ._forms import (FORMS, NotConvergedError, NotConvergedWarning, backward_sol
 
 __all__ = [
     "gcrf_solve",
+    "gaussian_nll",
     "to_array",
     "to_tensor",
     "GCRFLayer",
@@ -643,3 +644,112 @@ if sys.modules.get("torch") is not None:
     # register the operators now, so that torch.compile never traces their registration (which
     # imports); otherwise the first call of gcrf_solve or a layer's construction registers them
     _operators()
+
+
+# ---------------------------------------------------------------------------- Gaussian likelihood
+_NLL_OP = None
+
+
+def _nll_operator():
+    """Register (once) ``torch.ops.gcrflinalg.gaussian_nll``: ``(y, b, params, lam, config, options)
+    -> [nll, dnll/dy, dnll/db, dnll/dlam, *dnll/dparams]``, the per-system value and gradients from
+    one host call; its autograd formula scales the gradients by the upstream gradient of ``nll``."""
+    global _NLL_OP
+    if _NLL_OP is not None:
+        return _NLL_OP
+    torch = _torch()
+    from ._gaussian import host_nll
+
+    @torch.library.custom_op(f"{NAMESPACE}::gaussian_nll", mutates_args=(),
+                             schema="(Tensor y, Tensor b, Tensor[] params, Tensor lam, str config, "
+                                    "str options) -> Tensor[]")
+    def nll_op(y, b, params, lam, config, options):
+        cfg = with_labels(_config(config), b.shape)
+        with _stream(b.device):
+            value, gy, gb, glam, gp = host_nll(cfg, _view(y), _view(b), [_view(p) for p in params],
+                                               _view(lam), options)
+            out = [to_tensor(value, like=b), to_tensor(gy, like=y), to_tensor(gb, like=b),
+                   to_tensor(glam, like=lam)] + [to_tensor(g, like=p) for g, p in zip(gp, params)]
+        return [_fresh(t.reshape(shape), (y, b, lam, *params))
+                for t, shape in zip(out, [lam.shape, y.shape, b.shape, lam.shape] + [p.shape for p in params])]
+
+    @nll_op.register_fake
+    def _(y, b, params, lam, config, options):
+        return [lam.new_empty(lam.shape), y.new_empty(y.shape), b.new_empty(b.shape),
+                lam.new_empty(lam.shape)] + [p.new_empty(p.shape) for p in params]
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*output[1:])
+        ctx.n_params = len(inputs[2])
+
+    def backward(ctx, grads):
+        g = grads[0]
+        gy, gb, glam, *gp = ctx.saved_tensors
+        if g is None:
+            return None, None, [None] * ctx.n_params, None, None, None
+
+        def scale(t):
+            return g.reshape(tuple(g.shape) + (1,) * (t.ndim - g.ndim)) * t
+
+        return scale(gy), scale(gb), [scale(t) for t in gp], scale(glam), None, None
+
+    nll_op.register_autograd(backward, setup_context=setup)
+    _NLL_OP = nll_op
+    return nll_op
+
+
+def gaussian_nll(form, y, b, *params, lam, method="auto", num_probes=30, degree=30, seed=0,
+                 **form_options):
+    """The Gaussian negative log-likelihood ``-log N(y; M^{-1} b, M^{-1})`` of a G-CRF, per system.
+
+    ``NLL = 1/2 y^T M y - b^T y + 1/2 b^T M^{-1} b - 1/2 log det M + N/2 log(2 pi)``, differentiable
+    (first order) in ``y``, ``b``, every parameter and ``lam`` through the custom operator
+    ``torch.ops.gcrflinalg.gaussian_nll`` (one opaque node under ``torch.compile``).  The gradients
+    (:func:`gcrflinalg.gaussian.gaussian_nll`) are exact where ``log det M`` is exact: the
+    closed forms of the low-rank and video forms, and ``M^{-1}``'s columns on grid and
+    multi-resolution systems of at most ``GRADIENT_EXACT_MAX_SIZE`` unknowns; with
+    ``method="stochastic"`` (or ``"auto"`` above that size) the value uses SLQ and the gradient of
+    ``log det M`` Hutchinson's unbiased estimator with ``num_probes`` Rademacher probes drawn from
+    ``seed`` (pass a new seed each step for independent estimates).
+
+    Parameters
+    ----------
+    form, b, *params, lam, **form_options
+        As in :func:`gcrf_solve`.
+    y : torch.Tensor, shape of ``b``
+        The target.
+    method : {"auto", "exact", "stochastic"}
+    num_probes, degree, seed : int
+        Probes (SLQ and Hutchinson), SLQ's Lanczos steps, the probes' seed.
+
+    Returns
+    -------
+    torch.Tensor, shape ``batch`` (the broadcast batch shape; 0-d for one system)
+    """
+    torch = _torch()
+    from ._gaussian import nll_options
+
+    options = nll_options(method, num_probes, degree, seed)
+    for name, t in (("y", y), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be a float32 or float64 torch.Tensor")
+    spec = get_form(form)
+    key, names, ndims, vector_ndim = _prepare(spec.name, b.dtype == torch.float64, "auto", None, 0.0, None,
+                                              "raise", True, None, form_options)
+    if len(params) != len(names):
+        raise TypeError(f"form {form!r} takes {len(names)} parameter tensor(s) {names}; got {len(params)}")
+    if not isinstance(lam, torch.Tensor):
+        lam_value = float(lam)
+        if not math.isfinite(lam_value) or lam_value <= 0:
+            raise ValueError(f"lam must be > 0 (M = A + lam I); got {lam!r}")
+        lam = torch.tensor(lam_value, dtype=b.dtype, device=b.device)
+    batches = [b.shape[: b.ndim - vector_ndim], y.shape[: y.ndim - vector_ndim]]
+    batches += [p.shape[: p.ndim - nd] for p, nd in zip(params, ndims)]
+    batch = tuple(torch.broadcast_shapes(*batches, lam.shape))
+    vec = tuple(b.shape[b.ndim - vector_ndim:])
+    if tuple(y.shape[y.ndim - vector_ndim:]) != vec:
+        raise ValueError(f"y has vector shape {tuple(y.shape[y.ndim - vector_ndim:])}, b {vec}")
+    y, b = y.expand(batch + vec), b.expand(batch + vec)
+    params = [p.expand(batch + tuple(p.shape[p.ndim - nd:])) for p, nd in zip(params, ndims)]
+    lam = lam.expand(batch)
+    return _nll_operator()(y, b, params, lam, key, options)[0]

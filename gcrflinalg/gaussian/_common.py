@@ -1,0 +1,87 @@
+"""Shared pieces of the Gaussian computations: operator checks, probes, batched products."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ..operator import GCRFOperator
+
+__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "as_generator", "positive_int"]
+
+
+def check_operator(op) -> None:
+    if not isinstance(op, GCRFOperator):
+        raise TypeError(f"op must be a GCRFOperator (a G-CRF precision matrix); got {type(op).__name__}")
+
+
+def form_kind(op) -> str:
+    """``"lowrank"``, ``"lowrank_potts"``, ``"video"`` or ``"sparse"`` (a CSR assembly exists) or
+    ``"other"``: which exact algorithms apply to ``op``."""
+    from ..forms.lowrank import LowRankGCRF, LowRankPottsGCRF
+    from ..forms.video import VideoGCRF
+
+    if isinstance(op, LowRankGCRF):
+        return "lowrank"
+    if isinstance(op, LowRankPottsGCRF):
+        return "lowrank_potts"
+    if isinstance(op, VideoGCRF):
+        return "video"
+    if hasattr(op, "to_sparse"):
+        return "sparse"
+    return "other"
+
+
+def as_generator(rng):
+    """A ``numpy.random.Generator`` from ``None``, a seed or a generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator; got {type(rng).__name__}")
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int ``>= 1``: ``TypeError`` for a non-integer, ``ValueError`` below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return value
+
+
+def rademacher(rng, shape, xp=np):
+    """Random signs ``+-1`` (float64) of ``shape``, drawn on the host from ``rng``."""
+    z = rng.integers(0, 2, size=shape, dtype=np.int8).astype(np.float64) * 2.0 - 1.0
+    return z if xp is np else xp.asarray(z)
+
+
+def block_product(op):
+    """``V -> M V`` for ``V`` of shape ``(k, *batch_shape, N)`` in float64.
+
+    Forms with a CSR assembly (grid, multi-resolution) multiply the ``k`` vectors of each system as
+    one sparse-times-dense-block product of the float64 CSR matrix (assembled once here); the others
+    go through the operator's own batched product (one GEMM over the ``k`` vectors on the low-rank
+    and video forms), evaluated in the operator's dtype and returned in float64.
+    """
+    xp = op.xp
+    if hasattr(op, "to_sparse") and math.prod(op.batch_shape) <= 64:
+        mats = {idx: op.to_sparse(idx).astype(np.float64).tocsr() for idx in np.ndindex(*op.batch_shape)}
+
+        def apply(v):
+            out = xp.empty(v.shape, dtype=np.float64)
+            for idx, mat in mats.items():
+                sel = (slice(None),) + idx
+                # V M = (M V^T)^T since M is symmetric: the dense-times-CSR product writes the
+                # C-ordered (k, N) block directly (measured 4x faster than M times a transposed view)
+                out[sel] = v[sel] @ mat
+            return out
+
+        return apply
+
+    def apply(v):
+        return op.matvec(v.astype(op.dtype, copy=False)).astype(np.float64, copy=False)
+
+    return apply

@@ -1,0 +1,220 @@
+"""Lock-step Lanczos on many starting vectors at once, and Gauss quadrature on its tridiagonals.
+
+All starting vectors (probes) advance together: one batched product ``M V`` per step for every probe
+of every system, so the product's cost is shared across the batch.  A probe whose Krylov space
+becomes invariant (``beta_j`` below round-off, e.g. every probe of ``M = lam I`` after one step)
+stops there: its tridiagonal keeps the steps it has, which give the *exact* quadrature of that probe
+(no ``log 0``, no division by a vanishing ``beta``), while the other probes go on.
+
+For a symmetric ``M`` and a unit start ``q_0 = v / ||v||`` the ``k``-step Lanczos process gives
+``Q_k`` (orthonormal in exact arithmetic) and the tridiagonal ``T_k = Q_k^T M Q_k``; with
+``T_k = S diag(theta) S^T``::
+
+    v^T f(M) v  ~  ||v||^2 sum_i S[0, i]^2 f(theta_i)             (Gauss quadrature, exact for
+                                                                     polynomials of degree 2k - 1)
+    f(M) v      ~  ||v|| Q_k S diag(f(theta)) S^T e_1             (Krylov approximation)
+
+A Ritz value ``theta_i <= 0`` is a Rayleigh quotient of ``M``: it proves ``M`` not positive
+definite and raises :class:`NotPositiveDefiniteError`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import NotPositiveDefiniteError
+
+__all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
+
+#: up to this many probes the tridiagonals are diagonalised one by one by LAPACK's tridiagonal
+#: eigensolver (``scipy.linalg.eigh_tridiagonal``: no BLAS threads, whose start-up on a loaded
+#: machine was measured to cost up to a second for thirty 30 x 30 matrices); above it one batched
+#: ``numpy.linalg.eigh``
+LOOP_MAX_PROBES = 4096
+
+
+class LanczosState:
+    """The lock-step Lanczos process on the columns of ``v0``.
+
+    Parameters
+    ----------
+    apply : callable
+        ``V -> M V`` on float64 arrays of the shape of ``v0``.
+    v0 : array, shape ``(*probes, N)``, float64
+        Starting vectors (nonzero).
+    reorthogonalize : bool
+        Full reorthogonalisation of every new vector against the stored basis (classical
+        Gram–Schmidt, twice).  Implies ``keep_basis``.
+    keep_basis : bool
+        Store ``Q_k`` (for Krylov approximations of ``f(M) v``).
+    breakdown : float
+        Relative threshold: a probe stops when ``beta_j <= breakdown * max_i(|alpha_i| + beta_i)``.
+
+    Attributes
+    ----------
+    alpha, beta : list of arrays of shape ``probes``
+        Diagonal and off-diagonal of the tridiagonals (``beta[j]`` couples steps ``j`` and
+        ``j + 1``).
+    sizes : array of int, shape ``probes``
+        Steps taken by each probe (a stopped probe keeps its size).
+    norms : array, shape ``probes``
+        ``||v0||``.
+    matvecs : int
+        Batched products so far.
+    """
+
+    def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12):
+        xp = _namespace(v0)
+        self.xp = xp
+        self.apply = apply
+        self.norms = xp.sqrt((v0 * v0).sum(axis=-1))
+        if bool((self.norms == 0).any()):
+            raise ValueError("Lanczos needs nonzero starting vectors")
+        self.q = v0 / self.norms[..., None]
+        self.q_prev = xp.zeros_like(self.q)
+        self.beta_prev = xp.zeros(self.norms.shape)
+        self.reorthogonalize = bool(reorthogonalize)
+        self.keep_basis = bool(keep_basis or reorthogonalize)
+        self._basis = None
+        self._stored = 0
+        if self.keep_basis:
+            self._store(self.q)
+        self.breakdown = float(breakdown)
+        self.alpha, self.beta = [], []
+        self.active = xp.ones(self.norms.shape, dtype=bool)
+        self.sizes = xp.zeros(self.norms.shape, dtype=np.int64)
+        self.scale = xp.zeros(self.norms.shape)
+        self.matvecs = 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.alpha)
+
+    def step(self) -> None:
+        """One Lanczos step of every active probe."""
+        xp = self.xp
+        w = self.apply(self.q)
+        self.matvecs += 1
+        a = xp.einsum("...n,...n->...", self.q, w)
+        w -= a[..., None] * self.q
+        w -= self.beta_prev[..., None] * self.q_prev
+        if self.reorthogonalize:
+            Q = self._basis[: self._stored]  # (j, *probes, N)
+            for _ in range(2):  # classical Gram-Schmidt, twice
+                c = xp.einsum("k...n,...n->k...", Q, w)
+                w -= xp.einsum("k...n,k...->...n", Q, c)
+        b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
+        a = xp.where(self.active, a, 1.0)  # stopped probes: a decoupled 1 x 1 block
+        self.sizes = self.sizes + self.active
+        self.scale = xp.maximum(self.scale, xp.abs(a) + b)
+        stop = self.active & (b <= self.breakdown * self.scale)
+        self.active = self.active & ~stop
+        b = xp.where(self.active, b, 0.0)
+        self.alpha.append(a)
+        self.beta.append(b)
+        # q_{j+1} = w / beta_j, and 0 for a stopped probe (its factor is 0)
+        w *= (xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0))[..., None]
+        self.q_prev, self.q, self.beta_prev = self.q, w, b
+        if self.keep_basis:
+            self._store(self.q)
+
+    def _store(self, q):
+        xp = self.xp
+        if self._basis is None or self._stored == self._basis.shape[0]:
+            cap = 8 if self._basis is None else 2 * self._basis.shape[0]
+            grown = xp.empty((cap,) + q.shape)
+            if self._basis is not None:
+                grown[: self._stored] = self._basis[: self._stored]
+            self._basis = grown
+        self._basis[self._stored] = q
+        self._stored += 1
+
+    def basis(self, k=None):
+        """``Q_k`` as an array of shape ``(k, *probes, N)`` (``keep_basis`` only)."""
+        k = self._stored if k is None else int(k)
+        return self._basis[:k]
+
+    def run(self, steps: int) -> "LanczosState":
+        for _ in range(int(steps)):
+            if not bool(self.active.any()):
+                break
+            self.step()
+        return self
+
+    def tridiagonal(self):
+        """The tridiagonals ``T``, shape ``(*probes, k, k)`` (``k`` = steps so far); a stopped
+        probe's rows past its size form a decoupled identity block."""
+        xp = self.xp
+        k = self.steps
+        a = xp.stack(self.alpha, axis=-1)
+        T = a[..., :, None] * xp.eye(k)
+        if k > 1:
+            b = xp.stack(self.beta[:-1], axis=-1)
+            idx = xp.arange(k - 1)
+            T[..., idx, idx + 1] = b
+            T[..., idx + 1, idx] = b
+        return T
+
+
+def _namespace(a):
+    from ..backend import get_array_module
+
+    return get_array_module(a)
+
+
+def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
+    """Ritz values and the first components of the Ritz vectors of every probe.
+
+    Returns
+    -------
+    theta : array, shape ``(*probes, k)``
+    s0 : array, shape ``(*probes, k)``
+        ``S[0, i]``; zero on the decoupled padding of a stopped probe.
+    S : array, shape ``(*probes, k, k)``
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        Some Ritz value of a probe (within its own steps) is ``<= 0``.
+    """
+    xp = state.xp
+    T = state.tridiagonal()
+    count = int(np.prod(T.shape[:-2]))
+    if xp is np and count <= LOOP_MAX_PROBES:
+        theta, S = _eigh_tridiagonal_loop(T)
+    else:
+        theta, S = xp.linalg.eigh(T)
+    s0 = S[..., 0, :]
+    # a padded eigenvalue is exactly 1 with a zero first component; real Ritz values count
+    real = xp.abs(s0) > 0
+    bad = real & (theta <= 0)
+    if bool(bad.any()):
+        worst = float(xp.min(xp.where(real, theta, xp.inf)))
+        raise NotPositiveDefiniteError(
+            f"{what} is not positive definite: Lanczos found the Ritz value {worst:.6g} <= 0 "
+            "(a Rayleigh quotient of M, so lambda_min(M) <= it)",
+            quantity="ritz value", value=worst, bound=0.0, system=None)
+    return theta, s0, S
+
+
+def _eigh_tridiagonal_loop(T):
+    from scipy.linalg import eigh_tridiagonal
+
+    k = T.shape[-1]
+    flat = T.reshape((-1, k, k))
+    theta = np.empty(flat.shape[:2])
+    S = np.empty(flat.shape)
+    idx = np.arange(k)
+    for i, t in enumerate(flat):
+        if k == 1:
+            theta[i], S[i] = t[0, 0], 1.0
+        else:
+            theta[i], S[i] = eigh_tridiagonal(t[idx, idx], t[idx[:-1], idx[:-1] + 1])
+    return theta.reshape(T.shape[:-1]), S.reshape(T.shape)
+
+
+def quadrature(state: LanczosState, f, *, what: str = "M"):
+    """``v^T f(M) v / ||v||^2`` by Gauss quadrature, shape ``probes``."""
+    theta, s0, _ = tridiagonal_eigh(state, what=what)
+    xp = state.xp
+    safe = xp.where(xp.abs(s0) > 0, theta, 1.0)
+    return (s0 * s0 * f(safe)).sum(axis=-1)

@@ -1,0 +1,105 @@
+"""``log det M`` of a G-CRF precision matrix: exact from the form's structure, or by stochastic
+Lanczos quadrature (SLQ) with every probe in lock-step."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..backend import to_host
+from ._common import as_generator, block_product, check_operator, form_kind, positive_int, rademacher
+from .exact import LOGDET_EXACT_MAX_SIZE, structured_logdet
+from .lanczos import LanczosState, quadrature
+from .results import LogDetResult
+
+__all__ = ["logdet", "slq_logdet", "AUTO_EXACT_MAX_SIZE"]
+
+#: ``method="auto"`` factors a grid or multi-resolution system exactly up to this many unknowns
+#: (a sparse LU of about a second on one core) and runs SLQ above it.
+AUTO_EXACT_MAX_SIZE = 50_000
+
+
+def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LOGDET_EXACT_MAX_SIZE,
+           reorthogonalize=False):
+    """The log-determinant ``log det M`` of every system of a G-CRF operator.
+
+    Parameters
+    ----------
+    op : GCRFOperator
+        ``M = lam I + A`` of any form, batched or not.
+    method : {"auto", "exact", "slq"}
+        ``"exact"``: the matrix determinant lemma on the low-rank forms
+        (``N log lam + sum_i log(1 + s_i / lam)``, ``s`` the eigenvalues of the ``D x D`` Gram
+        matrix; on 3.5 for the label-sum and per-label systems of the ``L + 1`` split), the cached
+        capacitance factor on video, and a sparse LU (``L D L^T`` without pivoting) of the CSR matrix
+        on the grid and multi-resolution forms, for at most ``max_size`` unknowns.
+        ``"slq"``: stochastic Lanczos quadrature, ``num_probes`` Rademacher probes ``z`` of
+        ``degree`` Lanczos steps each, all run in lock-step as one batch:
+        ``log det M = E[z^T log(M) z] ~ (N / K) sum_k sum_i S_k[0, i]^2 log(theta_ki)``.
+        ``"auto"``: exact on the low-rank and video forms and on sparse systems of at most
+        :data:`AUTO_EXACT_MAX_SIZE` unknowns, SLQ otherwise.
+    num_probes, degree : int
+        SLQ's probe count ``K`` (>= 2, for the standard error) and Lanczos steps per probe.
+    rng : None, int or numpy.random.Generator
+        The probes' random source (SLQ).
+    max_size : int
+        Size limit of the sparse exact factorisation (:data:`LOGDET_EXACT_MAX_SIZE` by default);
+        above it ``method="exact"`` raises ``ValueError``.
+    reorthogonalize : bool
+        Full reorthogonalisation in SLQ's Lanczos runs (memory ``K * degree * N`` per system).
+
+    Returns
+    -------
+    LogDetResult
+        ``value`` and ``stderr`` of shape ``batch_shape`` (float64 NumPy arrays; 0-d for one system),
+        ``method``, and ``info``.  ``stderr`` is 0 when exact; for SLQ it is the standard deviation
+        of the ``K`` per-probe estimates over ``sqrt(K)`` (the quadrature's own bias, which decays
+        geometrically in ``degree`` for these well-conditioned systems, is not included).
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        ``M`` is not positive definite (a failed certificate or Cholesky factor, a non-positive LU
+        pivot, or a Ritz value ``<= 0`` in SLQ).
+    ValueError
+        Unknown method, ``"exact"`` on a form without a factorisation or above ``max_size``.
+    """
+    check_operator(op)
+    t0 = time.perf_counter()
+    if method not in ("auto", "exact", "slq"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'slq'; got {method!r}")
+    kind = form_kind(op)
+    if method == "auto":
+        exact_ok = kind in ("lowrank", "lowrank_potts", "video") or (
+            kind == "sparse" and op.size <= min(AUTO_EXACT_MAX_SIZE, max_size))
+        method = "exact" if exact_ok else "slq"
+    if method == "exact":
+        value = np.asarray(to_host(structured_logdet(op, max_size)), dtype=np.float64)
+        return LogDetResult(value=value, stderr=np.zeros_like(value), method="exact",
+                            info={"time_s": time.perf_counter() - t0})
+    value, stderr, info = slq_logdet(op, num_probes=num_probes, degree=degree, rng=rng,
+                                     reorthogonalize=reorthogonalize)
+    info["time_s"] = time.perf_counter() - t0
+    return LogDetResult(value=value, stderr=stderr, method="slq", info=info)
+
+
+def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False):
+    """SLQ estimate of ``log det M``: ``(value, stderr, info)`` (see :func:`logdet`)."""
+    num_probes = positive_int(num_probes, "num_probes")
+    degree = positive_int(degree, "degree")
+    if num_probes < 2:
+        raise ValueError(f"num_probes must be >= 2 (the standard error needs two probes); got {num_probes}")
+    gen = as_generator(rng)
+    n = op.size
+    z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
+    state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
+                         breakdown=256 * np.finfo(op.dtype).eps)
+    state.run(min(degree, n))
+    per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2
+    per_probe = np.asarray(to_host(per_probe), dtype=np.float64) * n  # ||z||^2 = N
+    value = per_probe.mean(axis=0)
+    stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(num_probes)
+    info = {"num_probes": num_probes, "degree": degree, "matvecs": state.matvecs,
+            "steps": np.asarray(to_host(state.sizes)).max(axis=0) if state.sizes.size else 0}
+    return value, stderr, info
