@@ -102,9 +102,15 @@ def make_case(form, regime, dtype, seed=0, batch=2, quick=False, xp=np):
     return op, b
 
 
-def count_steps(*, quick: bool = False, **_) -> int:
+#: ``--part``: the factorising forms (low-rank, video), the sparse forms, or both
+PARTS = ("all", "factorising", "sparse")
+
+
+def count_steps(*, quick: bool = False, part: str = "all", **_) -> int:
     """How many steps :func:`run` announces to its ``progress`` callback (one per case)."""
-    return (len(FORMS) * len(REGIMES) + len(SPARSE_CASES) * len(_sparse_sizes(quick))) * len(DTYPES)
+    factorising = len(FORMS) * len(REGIMES) if part in ("all", "factorising") else 0
+    sparse = len(SPARSE_CASES) * len(_sparse_sizes(quick)) if part in ("all", "sparse") else 0
+    return (factorising + sparse) * len(DTYPES)
 
 
 def _sparse_sizes(quick):
@@ -177,13 +183,19 @@ def sparse_rows(*, quick=False, xp=np, progress=None, seed=0):
     return rows
 
 
-def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int = 0) -> list[dict]:
+def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int = 0,
+        part: str = "all") -> list[dict]:
     """One row per (form, spectrum, dtype): ``auto`` against the better of ``cg`` and ``direct``;
     then the rows of :func:`sparse_rows`.
 
-    ``quick``: small sizes and one repeat; the target is then not judged.
+    ``quick``: small sizes and one repeat; the target is then not judged.  ``part``: one of
+    :data:`PARTS`.
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}; got {part!r}")
     xp = array_module(backend)
+    if part == "sparse":
+        return sparse_rows(quick=quick, xp=xp, progress=progress, seed=seed)
     repeats = 1 if quick else 3
     rows = []
     for form in FORMS:
@@ -211,7 +223,8 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, seed: int =
                     "cg_time_s": best["cg"], "direct_time_s": best["direct"]})
                 if progress is not None:
                     progress(f"auto: {form}, {regime}, {np.dtype(dtype).name}")
-    rows += sparse_rows(quick=quick, xp=xp, progress=progress, seed=seed)
+    if part == "all":
+        rows += sparse_rows(quick=quick, xp=xp, progress=progress, seed=seed)
     return rows
 
 
@@ -228,7 +241,11 @@ def main(argv=None) -> int:
                     "timing_auto.png.",
         quick_help="15 x 15 pixels, 4 labels, D = 16, small built-in sparse problems, one repeat: seconds; "
                    "the target is then not judged",
-        run_kwargs=lambda args: dict(seed=args.seed))
+        add_arguments=lambda parser: parser.add_argument(
+            "--part", choices=PARTS, default="all",
+            help="the factorising forms (low-rank, video), the sparse forms (grid, Potts grid, "
+                 "multi-resolution), or both (default)"),
+        run_kwargs=lambda args: dict(seed=args.seed, part=args.part))
 
 
 if __name__ == "__main__":
