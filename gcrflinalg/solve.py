@@ -13,14 +13,17 @@ import numpy as np
 from ._validation import check_finite, check_pd_policy, check_solver_options
 from .tolerances import default_rtol
 
-__all__ = ["solve", "adjoint_solve", "METHODS"]
+__all__ = ["solve", "adjoint_solve", "METHODS", "DEFAULT_METHOD"]
 
-#: Methods every operator accepts; ``"direct"`` and ``"reduced_cg"`` need a form-specific solver
-#: (``"auto"`` falls back to ``"cg"``).
+#: Methods every operator accepts; ``"direct"`` and ``"reduced_cg"`` need a form-specific solver.
 METHODS = ("cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "auto")
 
+#: The default method of :func:`solve`, :func:`adjoint_solve`, ``Problem.solve`` and the torch/JAX
+#: layers: the fastest applicable path of each form (docs/design.md, "The default method").
+DEFAULT_METHOD = "auto"
 
-def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options):
+
+def solve(op, b, method: str = DEFAULT_METHOD, *, x0=None, check_pd=True, **solver_options):
     """Solve the G-CRF system ``M x = (A + lam I) x = b`` for every system of the batch.
 
     Parameters
@@ -29,11 +32,16 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
         The precision matrix ``M``.
     b : array, shape ``(..., *op.batch_shape, *op.vector_shape)`` or ``(..., *op.batch_shape, N)``
         Unary scores; any DLPack-exporting array.  Further leading axes are further right-hand sides.
-    method : {"cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "auto"}
-        ``"pcg"`` is CG preconditioned with the operator's per-pixel block-Jacobi inverse;
-        ``"direct"`` an exact factorisation where the form has one; ``"reduced_cg"`` CG on the
-        red-black reduced (Schur complement) system of a 4-neighbourhood :class:`GridGCRF` (about
-        half the iterations on half-length vectors); ``"auto"`` lets the form choose.
+    method : {"auto", "cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg"}
+        ``"auto"`` (default): the form's fastest path, chosen by measurement (docs/design.md, "The
+        default method"): ``"reduced_cg"`` on a 4-neighbourhood :class:`GridGCRF`, the ``L + 1``
+        split on :class:`GridPottsGCRF`, CG or the factorisation by the break-even rule on the
+        low-rank and video forms, plain CG otherwise.  ``"cg"`` is plain CG on ``M`` (on
+        :class:`GridPottsGCRF` the ``L + 1`` split of CG solves); ``"pcg"`` CG preconditioned
+        with the operator's per-pixel block-Jacobi inverse; ``"direct"`` an exact factorisation
+        where the form has one; ``"reduced_cg"`` CG on the red-black reduced (Schur complement)
+        system of a 4-neighbourhood :class:`GridGCRF` (about half the iterations on half-length
+        vectors).
     x0 : array, optional
         Initial guess, shape of ``b`` (iterative methods).
     check_pd : {True, False, "exact"}
@@ -74,7 +82,11 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
     Returns
     -------
     SolveResult
-        ``x`` has the shape of ``b``; ``residual_norms`` the history per system.
+        ``x`` has the shape of ``b``; ``residual_norms`` the history per system; ``method`` the
+        path that ran (``"cg"``, ``"pcg"``, ``"gmres"``, ``"jacobi"``, ``"gauss_seidel"``,
+        ``"direct"``, ``"reduced_cg"``, ``"potts_split"``, or ``"cg+direct"`` where ``"auto"``
+        started CG and handed over to the factorisation) and ``requested_method`` the ``method``
+        passed here.
 
     Raises
     ------
@@ -119,6 +131,7 @@ def solve(op, b, method: str = "cg", *, x0=None, check_pd=True, **solver_options
         raise
     x = result.x
     result.x = x if flat else x.reshape(barr.shape)
+    result.requested_method = method
     return result
 
 
@@ -148,9 +161,11 @@ def _empty_result(op, bflat, barr, flat, method):
 
     systems = tuple(bflat.shape[:-1])
     x = op.xp.zeros(bflat.shape, dtype=op.dtype)
-    return make_result(x if flat else x.reshape(barr.shape), converged=np.ones(systems, bool),
-                       iterations=np.zeros(systems, np.int64), history=np.zeros((1,) + systems), matvecs=0,
-                       time_s=0.0, method=method, bnorm=np.zeros(systems))
+    result = make_result(x if flat else x.reshape(barr.shape), converged=np.ones(systems, bool),
+                         iterations=np.zeros(systems, np.int64), history=np.zeros((1,) + systems),
+                         matvecs=0, time_s=0.0, method=method, bnorm=np.zeros(systems))
+    result.requested_method = method  # nothing ran: ``method`` repeats the request
+    return result
 
 
 def _flatten(op, arr):
@@ -167,14 +182,17 @@ def _generic_solve(op, bflat, method, x0flat, options):
     if method == "reduced_cg":
         raise ValueError(f"{type(op).__name__} has no red-black reduction; method='reduced_cg' is for "
                          "GridGCRF with neighbourhood=4")
-    if method == "auto":
-        method = "cg"
-    if method == "pcg":
+    # "auto" with no form-specific path: plain CG, the fastest of the generic methods on every form
+    # (block Jacobi is lam I on the grid and multi-resolution forms, so "pcg" repeats CG's iterates at a higher cost)
+    ran = "cg" if method == "auto" else method
+    name = ran
+    if ran == "pcg":
         options = dict(options)
         options.setdefault("M", op.block_jacobi_preconditioner())
-        method = "cg"
-    fn = getattr(solvers, method)
+        name = "cg"
+    fn = getattr(solvers, name)
     t0 = time.perf_counter()
     result = fn(op, bflat, x0flat, **options)
     result.time_s = getattr(result, "time_s", None) or (time.perf_counter() - t0)
+    result.method = ran
     return result

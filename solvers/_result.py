@@ -39,9 +39,14 @@ class SolveResult:
     time_s : float
         Wall-clock time of the call in seconds (device work synchronised).
     method : str
-        Name of the solver.
+        The method that ran: the solver's name (``"cg"``, ``"gmres"``, ...), or from
+        :func:`gcrflinalg.solve` the path the operator took (``"reduced_cg"``, ``"potts_split"``,
+        ``"direct"``, ``"cg+direct"`` when CG handed over to the factorisation).
     b_norm : float or numpy.ndarray of shape ``batch``
         ``||b||_2`` per system (host), used by :attr:`relative_residual`.
+    requested_method : str or None
+        The ``method`` the caller passed to :func:`gcrflinalg.solve` (``"auto"`` by default; the
+        path it chose is :attr:`method`); None from the plain solvers of this package.
     """
 
     x: Any
@@ -53,6 +58,7 @@ class SolveResult:
     time_s: float
     method: str
     b_norm: Any = None
+    requested_method: Any = None
 
     def __iter__(self):
         # SciPy-style unpacking: x, info = solver(A, b)
@@ -73,17 +79,21 @@ class SolveResult:
         rel = np.where(bn > 0, res / np.where(bn > 0, bn, 1.0), res)
         return float(rel) if rel.ndim == 0 else rel
 
+    def _requested(self):
+        req = self.requested_method
+        return f", requested_method={req!r}" if req is not None and req != self.method else ""
+
     def __repr__(self):
         if np.ndim(self.info) == 0:
             return (
-                f"SolveResult(method={self.method!r}, converged={bool(self.converged)}, "
+                f"SolveResult(method={self.method!r}{self._requested()}, converged={bool(self.converged)}, "
                 f"info={int(self.info)}, iterations={int(self.iterations)}, "
                 f"relative_residual={self.relative_residual:.3e}, matvecs={self.matvecs}, "
                 f"time_s={self.time_s:.4g})"
             )
         conv = np.asarray(self.converged)
         return (
-            f"SolveResult(method={self.method!r}, batch={conv.shape}, "
+            f"SolveResult(method={self.method!r}{self._requested()}, batch={conv.shape}, "
             f"converged={int(conv.sum())}/{conv.size}, "
             f"iterations<={int(np.max(self.iterations))}, "
             f"max relative_residual={float(np.max(self.relative_residual)):.3e}, "

@@ -47,7 +47,7 @@ STUDIES = {
     "timing_grid": "grid G-CRFs (general and Potts) against SciPy cg on the assembled CSR matrix",
     "timing_lowrank": "low-rank G-CRFs (general and Potts): structured cg and direct solves against SciPy cg",
     "timing_video": "video G-CRF: cached vs pairwise temporal products, video vs single-frame solves",
-    "timing_auto": "method='auto' vs cg and direct on the low-rank and video forms, flat and decaying spectra",
+    "timing_auto": "method='auto' (the default) vs every other method, per form and dtype",
     "timing_training": "training steps of the torch G-CRF layers vs forward solves and plain PyTorch; contention",
     "train": "train a CNN with and without a G-CRF layer (needs PyTorch)",
     "uncertainty": "the G-CRF as a Gaussian: variance maps, samples, calibration; vs linear_operator and imate",

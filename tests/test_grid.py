@@ -162,7 +162,7 @@ def test_potts_split_solve(rng):
     x0_copy = x0.copy()
     res = gcrflinalg.solve(op, b, method="cg", x0=x0, rtol=1e-12)
     assert_not_mutated([x0_copy], [x0])
-    assert res.x.shape == b.shape and res.method == "cg"
+    assert res.x.shape == b.shape and res.method == "potts_split" and res.requested_method == "cg"
     x_ref = np.linalg.solve(ref[None], b[..., None])[..., 0]
     np.testing.assert_allclose(res.x, x_ref, rtol=1e-9, atol=1e-9)
     assert res.residual_norms.shape == (int(np.max(res.iterations)) + 1, 3, 2)

@@ -235,3 +235,30 @@ def test_zero_right_hand_side_and_mixed_batch(rng):
     assert np.all(res.converged) and np.all(res.x[1] == 0)
     x_ref = np.linalg.solve(dense_general(pw[0], 1.0, 4), b[0].ravel())
     np.testing.assert_allclose(res.x[0].ravel(), x_ref, atol=1e-9)
+
+
+def test_red_black_kernels_run_serially_below_the_parallel_threshold(monkeypatch, rng):
+    """Like the general product, the red-black kernels of a small grid run on one thread (a parallel
+    region on a busy machine waits for every thread to be scheduled); large ones use the automatic
+    count."""
+    from gcrflinalg.forms.grid import kernels
+
+    seen = []
+    real = rb.threads_policy.parallel_kernel
+
+    def spy(threads=None):
+        seen.append(threads)
+        return real(threads)
+
+    monkeypatch.setattr(rb.threads_policy, "parallel_kernel", spy)
+    H, W, L = 6, 7, 3
+    b = rng.standard_normal((L, H, W))
+    op = GridGCRF(random_pairwise(rng, (), 4, L, H, W), 2.0, 4)
+    small = gcrflinalg.solve(op, b, method="reduced_cg", rtol=1e-10)
+    assert seen and all(t == 1 for t in seen), seen
+    seen.clear()
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 0)
+    op = GridGCRF(op.pairwise, 2.0, 4)
+    large = gcrflinalg.solve(op, b, method="reduced_cg", rtol=1e-10)
+    assert seen and all(t is None for t in seen), seen
+    np.testing.assert_allclose(large.x, small.x, rtol=1e-9, atol=1e-12)

@@ -90,8 +90,8 @@ class Problem:
         """``N``, the number of unknowns."""
         return int(self.meta["N"])
 
-    def solve(self, method: str = "cg", **options):
-        """``gcrflinalg.solve(self.operator, self.b, method, **options)``."""
+    def solve(self, method: str = "auto", **options):
+        """``gcrflinalg.solve(self.operator, self.b, method, **options)`` (the same default method)."""
         from ..solve import solve
 
         return solve(self.operator, self.b, method, **options)

@@ -7,9 +7,11 @@ CuPy); ``to_sparse`` assembles the same matrix as CSR from a cached pattern
 (:mod:`gcrflinalg.forms.grid.csr`).  Beyond the generic solvers the operators offer a multicolour
 Gauss–Seidel sweep (pixel blocks are ``lam I``, so all pixels of one colour update exactly and at
 once), ``method="direct"`` (sparse LU of the CSR matrix, reused by the adjoint solve), the Potts
-``L + 1`` split for ``method="cg"``, CG on the red-black reduced system for ``method="reduced_cg"``
-(general form, 4-neighbourhood: :mod:`gcrflinalg.forms.grid.redblack`), and the positive-definiteness
-checks of docs/design.md section 6.
+``L + 1`` split for ``method="cg"`` and ``"auto"``, CG on the red-black reduced system for
+``method="reduced_cg"`` and ``"auto"`` (general form, 4-neighbourhood:
+:mod:`gcrflinalg.forms.grid.redblack`), and the positive-definiteness checks of docs/design.md
+section 6.  ``"auto"`` on the 8- and 12-neighbourhood general form is plain CG (the fastest there,
+``python -m studies.timing_auto``).
 """
 from __future__ import annotations
 
@@ -319,8 +321,9 @@ class GridPottsGCRF(_GridOperator):
     symmetric ``P x P`` edge-weight matrix, ``M = I_L (x) (lam I - W) + 1 1^T (x) W``.
 
     The product uses the shared structure, ``(M v)_l = lam v_l + W (s - v_l)`` with
-    ``s = sum_l v_l`` (one pass over the weights for all labels); ``method="cg"`` solves the
-    ``L + 1`` systems of size ``P`` of the split
+    ``s = sum_l v_l`` (one pass over the weights for all labels); ``method="cg"`` and ``"auto"``
+    solve the ``L + 1`` systems of size ``P`` of the split (the result's ``method`` is
+    ``"potts_split"``; with a ``callback`` or ``M`` plain CG on ``M`` runs instead)
 
         ``(lam I + (L-1) W) s = sum_l b_l``,   ``(lam I - W) x_l = b_l - W s``.
 

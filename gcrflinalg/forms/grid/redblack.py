@@ -197,7 +197,7 @@ def red_black_blocks(pw):
     ha, wp, F = colour_dims(H, W)
     if kernels._use_numba(pw):
         G = np.zeros((B, 2, 4, L, L, F), dtype=pw.dtype)  # calloc: zero pages for free
-        with threads_policy.parallel_kernel():
+        with threads_policy.parallel_kernel(_threads(G)):
             _red_black_blocks_nb(np.ascontiguousarray(pw), G, ha, wp)
         return G
     G = xp.zeros((B, 2, 4, L, L, F), dtype=pw.dtype)
@@ -207,6 +207,13 @@ def red_black_blocks(pw):
 
 # ---------------------------------------------------------------------------------------------
 # products with C^T (red -> black) and C (black -> red)
+
+def _threads(G):
+    """Threads of a red-black kernel over the blocks ``G``: one below
+    :data:`gcrflinalg.forms.grid.kernels.PARALLEL_MIN_ENTRIES` stored entries, as the general
+    product (a parallel region on a busy machine waits for every thread to be scheduled: tens of
+    ms, against microseconds of work), else the automatic count."""
+    return 1 if G.size < kernels.PARALLEL_MIN_ENTRIES else None
 
 
 @numba.njit(inline="always")
@@ -331,7 +338,7 @@ def black_product(G, x, *, cls, shift, scale=1.0, base=None, base_scale=0.0):
         base = x  # never read: a0 is zero
     if kernels._use_numba(x):
         y = np.empty_like(x)
-        with threads_policy.parallel_kernel():
+        with threads_policy.parallel_kernel(_threads(G)):
             _black_product_nb(G, np.ascontiguousarray(x), y, a1, np.ascontiguousarray(base), a0, cls, shift)
         return y
     return _black_product_xp(xp, G, x, a1, base, a0, cls, shift)
@@ -367,7 +374,7 @@ def red_product(G, y, *, cls, shift, x=None, x_scale=0.0, scale=1.0, base=None, 
     base = y if base is None else base
     if kernels._use_numba(y):
         out = np.empty_like(y)
-        with threads_policy.parallel_kernel():
+        with threads_policy.parallel_kernel(_threads(G)):
             _red_product_nb(G, np.ascontiguousarray(y), out, ax, np.ascontiguousarray(x), az, ab,
                             np.ascontiguousarray(base), cls, shift)
         return out

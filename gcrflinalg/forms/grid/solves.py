@@ -83,7 +83,7 @@ def potts_split_solve(op, b, x0, options):
     maxiter = options.pop("maxiter", None)
     check_pd = options.pop("check_pd", True)
     if options:
-        raise TypeError(f"unexpected solver options {sorted(options)} for method='cg'")
+        raise TypeError(f"unexpected solver options {sorted(options)} for the Potts L + 1 split")
     L, B = op.num_labels, op._n_systems
     P = op.height * op.width
     sys_shape = b.shape[: b.ndim - 1]
@@ -139,7 +139,7 @@ def potts_split_solve(op, b, x0, options):
     x = x.reshape(grid).reshape(b.shape)
     result = make_result(x, converged=converged.reshape(sys_shape), iterations=used.reshape(sys_shape),
                           history=history.reshape((-1,) + sys_shape), matvecs=matvecs,
-                          time_s=time.perf_counter() - t0, method="cg",
+                          time_s=time.perf_counter() - t0, method="potts_split",
                           bnorm=to_host(bnorm).reshape(sys_shape))
     return result
 

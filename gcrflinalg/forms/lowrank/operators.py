@@ -14,8 +14,8 @@ the ``D``-dimensional embedding space, shared by every label).
 any later right-hand sides reuse it.  For 3.5 that factorisation exists iff ``lam > ||psi||_2^2``:
 the positive-definiteness check is exact, and the eigenvalues of ``G`` name the bound when it fails.
 
-``method="auto"`` chooses between the direct solve and CG with a cost model (see
-:func:`direct_is_cheaper`).
+``method="auto"`` (the default) chooses between the direct solve and CG with a cost model (see
+:func:`break_even_products` and :func:`auto_solve`).
 """
 from __future__ import annotations
 
@@ -105,12 +105,12 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     The factorisation costs about ``break_even`` products (:func:`break_even_products`).  With the
     factor cached, or a break-even of at most ``2 AUTO_PROBE_ITERATIONS + 2`` products (where the
     probe's cost could not be won back), the direct solve runs at once
-    (``method="auto(direct)"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps; the rate of
-    its last steps predicts the iterations still needed, and when they cost more than the
-    factorisation the direct solve takes over from scratch (``"auto(cg->direct)"``; exact, so the CG
+    (the result's ``method`` is ``"direct"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps;
+    the rate of its last steps predicts the iterations still needed, and when they cost more than the
+    factorisation the direct solve takes over from scratch (``"cg+direct"``; exact, so the CG
     iterate is not needed).  Else CG goes on from its iterate for at most ``break_even`` more
     steps, and hands over to the direct solve if that did not suffice (bounding the loss at about
-    twice the better method); a CG answer reports ``"auto(cg)"``.  ``matvecs`` counts every
+    twice the better method); a CG answer reports ``"cg"``.  ``matvecs`` counts every
     product of both methods.  With a ``callback`` or a preconditioner ``M``, plain CG runs.
     """
     import solvers
@@ -121,7 +121,7 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     # a factorisation worth at most two probes and a product: the probe could not pay for itself
     if factored or break_even <= 2 * AUTO_PROBE_ITERATIONS + 2:
         result = direct(b, exact_options)
-        result.method = "auto(direct)"
+        result.method = "direct"
         return result
     t0 = time.perf_counter()
     cg_options = {k: options[k] for k in ("rtol", "atol") if k in options}
@@ -148,10 +148,10 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
         exact.matvecs += result.matvecs
         iterations = np.asarray(exact.iterations) + np.asarray(result.iterations)
         exact.iterations = int(iterations) if np.ndim(iterations) == 0 else iterations
-        exact.method = "auto(cg->direct)"
+        exact.method = "cg+direct"
         exact.time_s = time.perf_counter() - t0
         return exact
-    result.method = "auto(cg)"
+    result.method = "cg"
     result.time_s = time.perf_counter() - t0
     return result
 

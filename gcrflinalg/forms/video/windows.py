@@ -113,7 +113,7 @@ class VideoWindowsSolution:
 
 
 def solve_video_windows(spatial, temporal, b, lam, *, window: int, stride: int = 1,
-                        neighbourhood="fc", method: str = "direct", check_pd: bool = True,
+                        neighbourhood="fc", method: str = "auto", check_pd: bool = True,
                         **solver_options) -> VideoWindowsSolution:
     """Solve a video longer than the temporal context in overlapping windows of ``window`` frames.
 
@@ -136,8 +136,8 @@ def solve_video_windows(spatial, temporal, b, lam, *, window: int, stride: int =
     neighbourhood : "fc" or iterable of int
         Temporal neighbourhood inside a window (see :class:`VideoGCRF`).
     method : str
-        Solve method of every window (:func:`gcrflinalg.solve`); ``"direct"`` by default, whose
-        factorisation the backward pass reuses.
+        Solve method of every window (:func:`gcrflinalg.solve`); ``"auto"`` by default, as there
+        (the backward pass's ``"auto"`` reuses a factorisation the forward solve built).
     check_pd : bool
         Check every window system's positive definiteness.
     **solver_options
