@@ -15,8 +15,9 @@ from .tolerances import default_rtol
 
 __all__ = ["solve", "adjoint_solve", "METHODS", "DEFAULT_METHOD"]
 
-#: Methods every operator accepts; ``"direct"`` and ``"reduced_cg"`` need a form-specific solver.
-METHODS = ("cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "auto")
+#: Methods every operator accepts; ``"direct"``, ``"reduced_cg"`` and ``"potts_split"`` need a
+#: form-specific solver.
+METHODS = ("cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "potts_split", "auto")
 
 #: The default method of :func:`solve`, :func:`adjoint_solve`, ``Problem.solve`` and the torch/JAX
 #: layers: the fastest applicable path of each form (docs/design.md, "The default method").
@@ -32,16 +33,16 @@ def solve(op, b, method: str = DEFAULT_METHOD, *, x0=None, check_pd=True, **solv
         The precision matrix ``M``.
     b : array, shape ``(..., *op.batch_shape, *op.vector_shape)`` or ``(..., *op.batch_shape, N)``
         Unary scores; any DLPack-exporting array.  Further leading axes are further right-hand sides.
-    method : {"auto", "cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg"}
+    method : {"auto", "cg", "pcg", "gmres", "jacobi", "gauss_seidel", "direct", "reduced_cg", "potts_split"}
         ``"auto"`` (default): the form's fastest path, chosen by measurement (docs/design.md, "The
         default method"): ``"reduced_cg"`` on a 4-neighbourhood :class:`GridGCRF`, the ``L + 1``
         split on :class:`GridPottsGCRF`, CG or the factorisation by the break-even rule on the
-        low-rank and video forms, plain CG otherwise.  ``"cg"`` is plain CG on ``M`` (on
-        :class:`GridPottsGCRF` the ``L + 1`` split of CG solves); ``"pcg"`` CG preconditioned
-        with the operator's per-pixel block-Jacobi inverse; ``"direct"`` an exact factorisation
-        where the form has one; ``"reduced_cg"`` CG on the red-black reduced (Schur complement)
-        system of a 4-neighbourhood :class:`GridGCRF` (about half the iterations on half-length
-        vectors).
+        low-rank and video forms, plain CG otherwise.  ``"cg"`` is plain CG on ``M``, on every
+        form; ``"pcg"`` CG preconditioned with the operator's per-pixel block-Jacobi inverse;
+        ``"direct"`` an exact factorisation where the form has one; ``"reduced_cg"`` CG on the
+        red-black reduced (Schur complement) system of a 4-neighbourhood :class:`GridGCRF` (about
+        half the iterations on half-length vectors); ``"potts_split"`` CG on the ``L + 1`` systems
+        of size ``P`` of :class:`GridPottsGCRF` (no ``callback`` or ``M``).
     x0 : array, optional
         Initial guess, shape of ``b`` (iterative methods).
     check_pd : {True, False, "exact"}
@@ -58,7 +59,7 @@ def solve(op, b, method: str = DEFAULT_METHOD, *, x0=None, check_pd=True, **solv
 
         What is guaranteed where no certificate decided, per method:
 
-        - ``cg``, ``pcg``, ``reduced_cg``, the Potts split (``cg``/``auto`` on 3.2), ``auto`` where
+        - ``cg``, ``pcg``, ``reduced_cg``, ``potts_split`` (``auto`` on 3.2), ``auto`` where
           it picks one of these: CG's curvature test raises :class:`NotPositiveDefiniteError` on a
           direction ``p`` with ``p^T M p / p^T p <= -c eps ||M||_est`` (clearly negative, not
           rounding), quoting that Rayleigh quotient, which bounds ``lambda_min(M)`` from above.
@@ -179,6 +180,8 @@ def _generic_solve(op, bflat, method, x0flat, options):
     if method == "direct":
         raise ValueError(f"{type(op).__name__} has no direct solver; use an iterative method "
                          "('cg', 'pcg', 'gmres', 'jacobi', 'gauss_seidel')")
+    if method == "potts_split":
+        raise ValueError(f"{type(op).__name__} has no Potts split; method='potts_split' is for GridPottsGCRF")
     if method == "reduced_cg":
         raise ValueError(f"{type(op).__name__} has no red-black reduction; method='reduced_cg' is for "
                          "GridGCRF with neighbourhood=4")

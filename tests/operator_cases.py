@@ -271,6 +271,7 @@ def _grid_potts_case(nbhd, L, H, W, scale=0.3):
         return gcrflinalg.GridPottsGCRF(0.1 * rng.standard_normal((K, 91, 91)), 1.0, 1, nbhd)
 
     return Case("grid_potts", f"grid_potts-n{nbhd}-L{L}-{H}x{W}", sample, construct, dense_one, large,
+                Case.methods + ("potts_split",),
                 info=dict(neighbourhood=nbhd, L=L, H=H, W=W, vector_shape=(L, H, W)))
 
 

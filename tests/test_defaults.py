@@ -116,7 +116,7 @@ def test_auto_costs_what_the_method_it_names_costs(case):
     asked for by name on a fresh operator of the same parameters."""
     op, params, b = _instance(case, np.float64, seed=1)
     auto = gcrflinalg.solve(op, b, "auto", rtol=1e-9)
-    named = {"potts_split": "cg"}.get(auto.method, auto.method)
+    named = auto.method
     if named == "cg+direct":
         pytest.skip("the switch runs only on problems where CG stalls (tests/test_float32.py)")
     again = gcrflinalg.solve(case.rebuild(params), b, named, rtol=1e-9)
@@ -156,20 +156,34 @@ def test_pcg_names_itself():
 @pytest.mark.parametrize("case", CASE_PARAMS)
 def test_cg_is_plain_cg(case):
     """``method="cg"`` spends exactly the iterations and products of :func:`solvers.cg` on the same
-    operator; on the Potts grid it is the documented ``L + 1`` split, and plain CG on ``M`` runs
-    where the split cannot (a ``callback``)."""
+    operator, on every form (the Potts grid's ``L + 1`` split is ``"potts_split"``)."""
     op, params, b = _instance(case, np.float64, seed=2)
     flat = b.reshape(b.shape[:1] + (op.size,))
     ref = solvers.cg(op, flat, rtol=1e-9)
-    if case.form == "grid_potts":
-        split = gcrflinalg.solve(op, flat, "cg", rtol=1e-9)
-        assert split.method == "potts_split" and split.requested_method == "cg"
-        seen = []
-        res = gcrflinalg.solve(op, flat, "cg", rtol=1e-9, callback=seen.append)
-        assert seen
-    else:
-        res = gcrflinalg.solve(op, flat, "cg", rtol=1e-9)
+    res = gcrflinalg.solve(op, flat, "cg", rtol=1e-9)
     assert res.method == "cg" and res.requested_method == "cg"
     np.testing.assert_array_equal(res.iterations, ref.iterations)
     assert res.matvecs == ref.matvecs
     np.testing.assert_allclose(res.x, ref.x, rtol=1e-12, atol=1e-14 * np.abs(ref.x).max())
+
+
+def test_potts_split_is_named_and_refuses_per_iterate_options(rng=np.random.default_rng(7)):
+    """``"potts_split"`` is the split by name; on other forms, or with a ``callback``/``M``, it is
+    an error; with one label (``M = lam I``) it is plain CG; ``"auto"`` with a callback is CG."""
+    weights = 0.1 * rng.random((2, 5, 6))
+    op = gcrflinalg.GridPottsGCRF(weights, 2.0, 3)
+    b = rng.standard_normal(op.size)
+    x_ref = np.linalg.solve(op.to_dense(), b)
+    split = gcrflinalg.solve(op, b, "potts_split", rtol=1e-10)
+    assert split.method == "potts_split" and np.allclose(split.x, x_ref, rtol=1e-8, atol=1e-10)
+    with pytest.raises(TypeError, match="callback"):
+        gcrflinalg.solve(op, b, "potts_split", callback=lambda x: None)
+    seen = []
+    auto = gcrflinalg.solve(op, b, "auto", rtol=1e-10, callback=seen.append)
+    assert auto.method == "cg" and seen and np.allclose(auto.x, x_ref, rtol=1e-8, atol=1e-10)
+    one = gcrflinalg.GridPottsGCRF(weights, 2.0, 1)
+    res = gcrflinalg.solve(one, b[:30], "potts_split", rtol=1e-12)
+    assert res.method == "cg" and np.allclose(res.x, b[:30] / 2.0)
+    grid = gcrflinalg.GridGCRF(np.zeros((2, 2, 2, 5, 6)), 2.0)
+    with pytest.raises(ValueError, match="potts_split"):
+        gcrflinalg.solve(grid, rng.standard_normal(grid.size), "potts_split")

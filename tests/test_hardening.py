@@ -31,7 +31,7 @@ def _hard_potts(rng):
     return GridPottsGCRF(w, lam, 3)
 
 
-@pytest.mark.parametrize("method", ["cg", "auto"])
+@pytest.mark.parametrize("method", ["potts_split", "auto"])
 @pytest.mark.parametrize("maxiter", [0, 1, 2, 7, 50])
 def test_potts_split_honours_maxiter(method, maxiter):
     rng = np.random.default_rng(1)
@@ -78,7 +78,7 @@ def _method_cases():
                           GeneralLevel(rng.uniform(-.1, .1, (2, 2, 2, 2, 2)))],
                          [rng.uniform(-.1, .1, (2, 2, 4, 4))], 2.0)
     return [("grid", grid, m) for m in ("direct", "reduced_cg", "auto", "cg", "gmres", "jacobi")] + [
-        ("grid_potts", potts, m) for m in ("cg", "auto", "direct")] + [
+        ("grid_potts", potts, m) for m in ("cg", "potts_split", "auto", "direct")] + [
         ("lowrank", lowrank, m) for m in ("direct", "auto")] + [
         ("lowrank_potts", lrp, m) for m in ("direct", "auto")] + [
         ("video", video, m) for m in ("direct", "auto")] + [("multires", multi, "direct")]

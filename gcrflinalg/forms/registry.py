@@ -213,7 +213,7 @@ register(FormSpec(
     name="grid_potts", title="grid, Potts (3.2)", operator="gcrflinalg.forms.grid:GridPottsGCRF",
     parameters=(("weights", "K, H, W"),), vector_axes="L, H, W",
     constructor_options=("num_labels", "neighbourhood"), layer="GridPottsGCRFLayer",
-    problem=f"{_PARAMS}:grid_params", exports=("GridPottsGCRF",)))
+    problem=f"{_PARAMS}:grid_params", exports=("GridPottsGCRF",), methods=("direct", "potts_split")))
 register(FormSpec(
     name="multires", title="multi-resolution (3.3)", operator="gcrflinalg.forms.multires:MultiResGCRF",
     parameters=(), vector_axes="N", constructor_options=("num_labels", "cross_forms"),

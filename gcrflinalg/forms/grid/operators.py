@@ -321,9 +321,9 @@ class GridPottsGCRF(_GridOperator):
     symmetric ``P x P`` edge-weight matrix, ``M = I_L (x) (lam I - W) + 1 1^T (x) W``.
 
     The product uses the shared structure, ``(M v)_l = lam v_l + W (s - v_l)`` with
-    ``s = sum_l v_l`` (one pass over the weights for all labels); ``method="cg"`` and ``"auto"``
-    solve the ``L + 1`` systems of size ``P`` of the split (the result's ``method`` is
-    ``"potts_split"``; with a ``callback`` or ``M`` plain CG on ``M`` runs instead)
+    ``s = sum_l v_l`` (one pass over the weights for all labels); ``method="potts_split"`` and
+    ``"auto"`` solve the ``L + 1`` systems of size ``P`` of the split (``"auto"`` with a ``callback``
+    or ``M`` runs plain CG on ``M`` instead; ``"cg"`` is always plain CG on ``M``)
 
         ``(lam I + (L-1) W) s = sum_l b_l``,   ``(lam I - W) x_l = b_l - W s``.
 
@@ -480,7 +480,17 @@ class GridPottsGCRF(_GridOperator):
     def _solve(self, b, method, x0, options):
         # (one label: M = lam I, and the split's label system lam I - W, which need not be
         # definite, does not describe M; the generic CG solves it in one step)
-        if method in ("cg", "auto") and self.num_labels > 1 and not ({"callback", "M"} & set(options)):
+        per_iterate = {"callback", "M"} & set(options)
+        if method == "potts_split":
+            if per_iterate:
+                raise TypeError(f"method='potts_split' takes no {sorted(per_iterate)}: the split solves "
+                                "systems of size P, not M; use method='cg' for CG on M")
+            if self.num_labels == 1:  # M = lam I: the split's label system does not describe M
+                from ...solve import _generic_solve
+
+                return _generic_solve(self, b, "cg", x0, options)
+            return potts_split_solve(self, b, x0, options)
+        if method == "auto" and self.num_labels > 1 and not per_iterate:
             return potts_split_solve(self, b, x0, options)
         return super()._solve(b, method, x0, options)
 
