@@ -114,10 +114,13 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             raise ValueError(f"cross_forms must be 'general', 'potts' or {len(cross)} of them; got {cross_forms!r}")
         self.cross_forms = cross_forms
         self.cross = []
+        cross_watched = []
         for s, (c, form) in enumerate(zip(cross, cross_forms)):
             H, W = ops[s].height, ops[s].width
             tail = (L, L, H, W) if form == "general" else (H, W)
-            arr = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp)
+            arr, watched, fp = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp, view=True)
+            if watched and arr.dtype == dtype:
+                cross_watched.append((f"cross[{s}]", arr, fp))
             if tuple(arr.shape) != batch + tail:
                 raise ValueError(f"cross[{s}] ({form} coupling of levels {s} and {s + 1}) must have shape "
                                  f"{batch + tail}; got {tuple(arr.shape)}")
@@ -144,6 +147,10 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         super().__init__(xp=xp, dtype=dtype, batch_shape=batch, vector_shape=(int(starts[-1]),),
                          lam=ops[0].lam, lam_shape=ops[0]._lam_shape)
         self._n_systems = math.prod(batch)
+        for o in ops:  # the levels' viewed writeable parameters: a solve re-checks them here
+            self._watched.extend(o._watched)
+        for name, arr, fp in cross_watched:
+            self._watch(name, arr, fp)
 
     @staticmethod
     def _infer_labels(levels, num_labels):

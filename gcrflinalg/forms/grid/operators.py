@@ -21,10 +21,12 @@ from ...backend import get_array_module, to_host
 from ...neighbourhoods import neighbourhood_offsets
 from ...operator import GCRFOperator
 from ...results import not_positive_definite
-from ..._validation import as_lam, as_parameter, readonly
+from ..._validation import as_lam, as_parameter, check_finite, readonly
+from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
 from .redblack import red_black_blocks, red_black_cg
+from .scan import scan_pairwise
 from .solves import gershgorin_check, potts_split_solve, sparse_direct_solve
 
 __all__ = ["GridGCRF", "GridPottsGCRF"]
@@ -177,8 +179,15 @@ class _GridOperator(SparseAssembled, GCRFOperator):
 
         ``lam`` above it proves ``M`` positive definite.  Returns an array of ``batch_shape``.
         """
+        if getattr(self, "_bound", None) is not None:  # from the construction's read of the parameters
+            self._sync_parameters()
+            return self._bound.reshape(self.batch_shape)
         R = self._gershgorin_radii()
         return R.reshape(self.batch_shape + (-1,)).max(axis=-1)
+
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        self._factors.clear()
 
     def check_positive_definite(self, exact: bool = False) -> bool:
         """Check ``M = lam I + A`` for positive definiteness (docs/design.md section 6).
@@ -230,7 +239,7 @@ class GridGCRF(_GridOperator):
 
     def __init__(self, pairwise, lam, neighbourhood=4):
         offsets = neighbourhood_offsets(neighbourhood)
-        pw = as_parameter(pairwise, "pairwise", min_ndim=5)
+        pw, watched, _ = as_parameter(pairwise, "pairwise", min_ndim=5, view=True, check=False)
         K, L1, L2, H, W = pw.shape[-5:]
         if K != len(offsets) or L1 != L2:
             raise ValueError(
@@ -241,6 +250,32 @@ class GridGCRF(_GridOperator):
         self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
                          width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
+        self._rb_blocks = None
+        self._bound = None
+        fingerprint = self._scan_parameters()
+        if watched:
+            self._watch("pairwise", pw, fingerprint)
+
+    def _scan_parameters(self):
+        """Check ``pairwise`` for NaN/Inf, and on NumPy compute in the same read its fingerprint,
+        the Gershgorin bound per system (:meth:`gershgorin_bound`) and, on the 4-neighbourhood,
+        the red-black blocks of ``method="reduced_cg"`` (:func:`gcrflinalg.forms.grid.scan.scan_pairwise`).
+        Returns the fingerprint (None off NumPy)."""
+        if not kernels._use_numba(self._params):
+            check_finite(self._params, "pairwise")
+            return None
+        finite, fingerprint, bound, blocks = scan_pairwise(self._params, self.offsets,
+                                                           build_blocks=self.neighbourhood == 4)
+        if not finite:
+            raise ValueError("pairwise contains NaN or Inf")
+        self._bound, self._rb_blocks = bound, blocks
+        return fingerprint
+
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        self._rb_blocks = None
+        self._bound = None
+        self._scan_parameters()
 
     def _accumulate_pairwise(self, v, out):
         pairwise_product(self._params, v, out, self.offsets)
@@ -260,8 +295,10 @@ class GridGCRF(_GridOperator):
     def red_black_layout(self):
         """The colour-ordered blocks of the red-black reduction used by ``method="reduced_cg"``.
 
-        Built on first use and cached (as many bytes as ``pairwise``); calling it ahead of a solve
-        moves that set-up cost out of the first solve.  4-neighbourhood only.
+        On NumPy built at construction, in the same read of ``pairwise`` as the finiteness check and
+        the Gershgorin bound (:func:`gcrflinalg.forms.grid.scan.scan_pairwise`); elsewhere built on
+        first use.  Cached (as many bytes as ``pairwise``) and rebuilt when a watched ``pairwise``
+        changed.  4-neighbourhood only.
 
         Returns
         -------
@@ -272,6 +309,7 @@ class GridGCRF(_GridOperator):
         if self.neighbourhood != 4:
             raise ValueError("the red-black layout needs neighbourhood=4; "
                              f"this operator has neighbourhood={self.neighbourhood}")
+        self._sync_parameters()
         if getattr(self, "_rb_blocks", None) is None:
             self._rb_blocks = red_black_blocks(self._params)
         return self._rb_blocks
@@ -342,7 +380,7 @@ class GridPottsGCRF(_GridOperator):
 
     def __init__(self, weights, lam, num_labels, neighbourhood=4):
         offsets = neighbourhood_offsets(neighbourhood)
-        wt = as_parameter(weights, "weights", min_ndim=3)
+        wt, watched, fingerprint = as_parameter(weights, "weights", min_ndim=3, view=True)
         K, H, W = wt.shape[-3:]
         if K != len(offsets):
             raise ValueError(
@@ -355,6 +393,8 @@ class GridPottsGCRF(_GridOperator):
         self._setup_grid(xp=xp, dtype=wt.dtype, batch_shape=wt.shape[:-3], num_labels=int(num_labels),
                          height=H, width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(wt.reshape((self._n_systems, K, H, W)))
+        if watched:
+            self._watch("weights", wt, fingerprint)
 
     def _accumulate_pairwise(self, v, out):
         # (A v)_l = W (s - v_l), s = sum_l v_l: every weight read once for all labels.

@@ -161,6 +161,8 @@ class _LowRankOperator(GCRFOperator):
     dispatch.  Subclasses define ``_apply_flat``, ``_direct_flat``, the factor and the cost model."""
 
     _factor_cache = None
+    #: what is cached from the embeddings (dropped when watched embeddings change)
+    _CACHED = ("_factor_cache", "_twin64", "_rows", "_gram")
 
     # ------------------------------------------------------------------ products
     def _flatten(self, arr):
@@ -184,7 +186,9 @@ class _LowRankOperator(GCRFOperator):
 
     # ------------------------------------------------------------------ direct solve
     def factorize(self):
-        """Compute (once) and return the cached Woodbury factorisation of this operator."""
+        """Compute (once) and return the cached Woodbury factorisation of this operator (recomputed
+        when watched embeddings changed since)."""
+        self._sync_parameters()
         if self._factor_cache is None:
             self._factor_cache = self._compute_factor()
         return self._factor_cache
@@ -285,7 +289,9 @@ class LowRankGCRF(_LowRankOperator):
     """
 
     def __init__(self, embeddings, lam):
-        emb = as_parameter(embeddings, "embeddings", min_ndim=4)
+        emb, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=4, view=True)
+        if watched:
+            self._watch("embeddings", emb, fingerprint)
         xp = get_array_module(emb)
         _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
         batch_shape = tuple(emb.shape[:-4])
@@ -447,7 +453,9 @@ class LowRankPottsGCRF(_LowRankOperator):
             raise TypeError(f"num_labels must be an integer >= 1; got {num_labels!r}") from None
         if n_labels < 1:
             raise ValueError(f"num_labels must be >= 1; got {n_labels}")
-        psi = as_parameter(embeddings, "embeddings", min_ndim=3)
+        psi, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=3, view=True)
+        if watched:
+            self._watch("embeddings", psi, fingerprint)
         xp = get_array_module(psi)
         _check_dims(psi.shape[-3:], ("D", "H", "W"), "embeddings (..., D, H, W)")
         batch_shape = tuple(psi.shape[:-3])

@@ -72,11 +72,19 @@ class VideoGCRF(GCRFOperator):
     :meth:`sufficient_lam`).
     """
 
+    #: what is cached from the embeddings (dropped when watched embeddings change)
+    _CACHED = ("_capacitance_matrices_cache", "_capacitance_cache", "_spatial_sq_cache", "_sweep_rows",
+               "_twin64")
+
     def __init__(self, spatial, temporal, lam, neighbourhood="fc", *, product: str = "cached"):
-        S = as_parameter(spatial, "spatial", min_ndim=5)
+        S, watch_s, fp_s = as_parameter(spatial, "spatial", min_ndim=5, view=True)
         xp = get_array_module(S)
-        T = as_parameter(temporal, "temporal", min_ndim=5, xp=xp)
+        T, watch_t, fp_t = as_parameter(temporal, "temporal", min_ndim=5, xp=xp, view=True)
         dtype = np.result_type(S.dtype, T.dtype)
+        # a watched array stays watched unless the common dtype needs a cast (then it is owned)
+        for name, arr, watched, fp in (("spatial", S, watch_s, fp_s), ("temporal", T, watch_t, fp_t)):
+            if watched and arr.dtype == dtype:
+                self._watch(name, arr, fp)
         S, T = S.astype(dtype, copy=False), T.astype(dtype, copy=False)
         batch_shape = tuple(S.shape[:-5])
         n_frames, ds, n_labels, height, width = S.shape[-5:]
