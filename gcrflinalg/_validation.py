@@ -8,7 +8,6 @@ import numbers
 
 import numpy as np
 
-from ._fingerprint import scan
 from .backend import asarray, get_array_module
 
 __all__ = ["as_parameter", "readonly", "as_lam", "check_solver_options", "floating_dtype", "check_finite", "check_shape_tail"]
@@ -30,6 +29,8 @@ def floating_dtype(dtype) -> np.dtype:
 def check_finite(arr, name: str) -> None:
     """Raise ``ValueError`` if ``arr`` holds NaN or Inf."""
     if _scannable(arr):  # one compiled read, no temporary array
+        from ._fingerprint import scan  # Numba: imported on first use
+
         if not scan(arr)[0]:
             raise ValueError(f"{name} contains NaN or Inf")
         return
@@ -153,6 +154,8 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool
     h = None
     if check:
         if watched:
+            from ._fingerprint import scan
+
             finite, h = scan(arr)
             if not finite:
                 raise ValueError(f"{name} contains NaN or Inf")
