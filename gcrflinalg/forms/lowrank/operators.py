@@ -103,8 +103,9 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     problem.
 
     The factorisation costs about ``break_even`` products (:func:`break_even_products`).  With the
-    factor cached, or a break-even of at most ``2 AUTO_PROBE_ITERATIONS + 2`` products (where the
-    probe's cost could not be won back), the direct solve runs at once
+    factor cached, or a break-even of at most ``AUTO_PROBE_ITERATIONS + 2`` products (a
+    factorisation no dearer than the probe and the direct solve's own two products: the probe
+    could not be won back), the direct solve runs at once
     (``method="auto(direct)"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps; the rate of
     its last steps predicts the iterations still needed, and when they cost more than the
     factorisation the direct solve takes over from scratch (``"auto(cg->direct)"``; exact, so the CG
@@ -118,8 +119,10 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     if {"callback", "M", "restart", "omega"} & set(options):
         return NotImplemented
     exact_options = {k: v for k, v in options.items() if k in ("rtol", "atol", "refine", "check_residual")}
-    # a factorisation worth at most two probes and a product: the probe could not pay for itself
-    if factored or break_even <= 2 * AUTO_PROBE_ITERATIONS + 2:
+    # a factorisation no dearer than the probe: the probe could not pay for itself.  Above that
+    # CG is probed first: on a flat spectrum (E E^T close to a multiple of I) it converges in
+    # about as many products as the factorisation costs, and the probe says so
+    if factored or break_even <= AUTO_PROBE_ITERATIONS + 2:
         result = direct(b, exact_options)
         result.method = "auto(direct)"
         return result
