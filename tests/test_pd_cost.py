@@ -157,3 +157,28 @@ def test_fingerprint_changes_with_any_single_entry_and_with_a_swap():
         y[[3, _fingerprint._CHUNK + 3]] = y[[_fingerprint._CHUNK + 3, 3]]
         assert _fingerprint.scan(y)[1] != h0
         assert _fingerprint.scan(x.copy())[1] == h0
+
+
+def test_block_buffers_of_gone_operators_are_reused_only_when_nobody_holds_them():
+    import gc
+
+    from gcrflinalg.forms.grid import scan as grid_scan
+
+    grid_scan._POOL.clear()
+    pw = np.random.default_rng(5).uniform(-0.1, 0.1, (2, 3, 3, 9, 13))
+    op = g.GridGCRF(pw, 2.0)
+    held = op.red_black_layout()  # a caller keeps the layout: never handed to another operator
+    del op
+    gc.collect()
+    assert not any(grid_scan._POOL.values())
+    op = g.GridGCRF(pw, 2.0)
+    first = id(op._rb_blocks)
+    b = np.random.default_rng(6).standard_normal(op.vector_shape)
+    x_ref = g.solve(op, b, rtol=1e-10).x
+    del op
+    gc.collect()
+    op = g.GridGCRF(pw * 1.0, 2.0)  # same size: reuses the buffer, and solves the same
+    assert id(op._rb_blocks) == first
+    np.testing.assert_array_equal(op._rb_blocks, held)
+    np.testing.assert_array_equal(g.solve(op, b, rtol=1e-10).x, x_ref)
+    grid_scan._POOL.clear()

@@ -14,6 +14,7 @@ checks of docs/design.md section 6.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
 from .redblack import red_black_blocks, red_black_cg
-from .scan import scan_pairwise
+from .scan import give_back_blocks, scan_pairwise
 from .solves import gershgorin_check, potts_split_solve, sparse_direct_solve
 
 __all__ = ["GridGCRF", "GridPottsGCRF"]
@@ -214,6 +215,12 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         return gershgorin_check(self, exact=exact)
 
 
+def _release_blocks(blocks):
+    # besides the references give_back_blocks counts: this frame, the finalizer's arguments and the
+    # dying operator's own attribute (weakref callbacks run before its attributes are cleared)
+    give_back_blocks(blocks, holders=2)
+
+
 class GridGCRF(_GridOperator):
     """Sparse grid G-CRF with general ``L x L`` pairwise blocks (docs/design.md 3.1).
 
@@ -269,10 +276,16 @@ class GridGCRF(_GridOperator):
         if not finite:
             raise ValueError("pairwise contains NaN or Inf")
         self._bound, self._rb_blocks = bound, blocks
+        if blocks is not None:  # back to the pool when the operator is gone, unless still referenced
+            self._blocks_finalizer = weakref.finalize(self, _release_blocks, blocks)
+            self._blocks_finalizer.atexit = False
         return fingerprint
 
     def _parameters_changed(self):
         super()._parameters_changed()
+        finalizer = getattr(self, "_blocks_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()  # the old blocks may still be held by a caller: not pooled
         self._rb_blocks = None
         self._bound = None
         self._scan_parameters()
