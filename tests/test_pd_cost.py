@@ -132,8 +132,9 @@ def test_scan_pairwise_matches_its_separate_parts():
     for K, nb in ((2, 4), (4, 8), (6, 12)):
         pw = rng.uniform(-1, 1, (2, K, 3, 3, 7, 9))
         op = g.GridGCRF(pw.copy(), 1.0, neighbourhood=nb)
-        finite, h, bound, blocks = scan_pairwise(op._params, op.offsets, build_blocks=K == 2)
+        finite, h, bound, blocks, radii = scan_pairwise(op._params, op.offsets, build_blocks=K == 2)
         assert finite and h == _fingerprint.scan(pw)[1]
+        np.testing.assert_allclose(radii, op._gershgorin_radii_xp(), rtol=1e-13)
         np.testing.assert_allclose(bound, op._gershgorin_radii().reshape(2, -1).max(axis=1), rtol=1e-13)
         dense = op.to_dense()
         off = np.abs(dense) * (1 - np.eye(dense.shape[-1]))
@@ -182,3 +183,27 @@ def test_block_buffers_of_gone_operators_are_reused_only_when_nobody_holds_them(
     np.testing.assert_array_equal(op._rb_blocks, held)
     np.testing.assert_array_equal(g.solve(op, b, rtol=1e-10).x, x_ref)
     grid_scan._POOL.clear()
+
+
+def test_multires_fresh_default_solve_reads_each_level_once_more(passes):
+    rng = np.random.default_rng(8)
+    L, H, W = 3, 8, 10
+    fine = rng.uniform(-0.05, 0.05, (2, L, L, H, W))
+    coarse = rng.uniform(-0.05, 0.05, (2, L, L, H // 2, W // 2))
+    cross = rng.uniform(0, 0.02, (L, L, H, W))
+
+    def build():
+        return g.MultiResGCRF([g.GeneralLevel(fine), g.GeneralLevel(coarse)], [cross], 2.0)
+
+    held = build()
+    b = rng.standard_normal(held.size)
+    g.solve(held, b, method="auto")
+    passes.clear()
+    g.solve(held, b, method="auto")
+    held_passes = dict(passes)
+    passes.clear()
+    g.solve(build(), b, method="auto")
+    fresh_passes = dict(passes)
+    # one read per parameter array (two levels, one coupling) and no red-black layout for a level
+    assert fresh_passes.get("red_black_blocks", 0) == 0
+    assert sum(fresh_passes.values()) - sum(held_passes.values()) <= 3, (fresh_passes, held_passes)

@@ -85,7 +85,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         for s, level in enumerate(levels):
             if isinstance(level, GeneralLevel):
                 try:
-                    op = GridGCRF(level.pairwise, lam, level.neighbourhood)
+                    op = GridGCRF._level(level.pairwise, lam, level.neighbourhood)
                 except ValueError as err:
                     raise ValueError(f"levels[{s}]: {err}") from None
                 if op.num_labels != L:
@@ -292,6 +292,12 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             new[s] = op._gauss_seidel_sweep(new[s], rhs, omega)
         return self.join_levels(new)
 
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        for op in self.level_operators:  # their cached radii and bounds describe the old values
+            if op._watched:
+                op._parameters_changed()
+
     def _solve(self, b, method, x0, options):
         if method == "direct":
             return sparse_direct_solve(self, b, options)
@@ -302,8 +308,9 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         """Largest Gershgorin radius of ``A`` (levels and couplings) per system, shape ``batch``."""
         xp = self.xp
         L = self.num_labels
-        radii = [op._gershgorin_radii().reshape(self.batch_shape + op.vector_shape)
-                 for op in self.level_operators]
+        self._sync_parameters()  # the levels' arrays are watched here (their radii refreshed on change)
+        radii = [(op._radii if getattr(op, "_radii", None) is not None else op._gershgorin_radii())
+                 .reshape(self.batch_shape + op.vector_shape) for op in self.level_operators]
         radii = [xp.array(r, copy=True) for r in radii]
         for s in range(self.num_levels - 1):
             c = xp.abs(self.cross[s])
@@ -356,7 +363,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
 
 def _rebuild(op, dtype, lam):
     if isinstance(op, GridGCRF):
-        return GridGCRF(op.pairwise.astype(dtype), lam, op.neighbourhood)
+        return GridGCRF._level(op.pairwise.astype(dtype), lam, op.neighbourhood)
     return GridPottsGCRF(op.weights.astype(dtype), lam, op.num_labels, op.neighbourhood)
 
 

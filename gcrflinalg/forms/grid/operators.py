@@ -258,7 +258,7 @@ class GridGCRF(_GridOperator):
                          width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
         self._rb_blocks = None
-        self._bound = None
+        self._bound = self._radii = None
         fingerprint = self._scan_parameters()
         if watched:
             self._watch("pairwise", pw, fingerprint)
@@ -271,11 +271,12 @@ class GridGCRF(_GridOperator):
         if not kernels._use_numba(self._params):
             check_finite(self._params, "pairwise")
             return None
-        finite, fingerprint, bound, blocks = scan_pairwise(self._params, self.offsets,
-                                                           build_blocks=self.neighbourhood == 4)
+        eager = self.neighbourhood == 4 and getattr(self, "_eager_layout", True)
+        finite, fingerprint, bound, blocks, radii = scan_pairwise(self._params, self.offsets,
+                                                                  build_blocks=eager)
         if not finite:
             raise ValueError("pairwise contains NaN or Inf")
-        self._bound, self._rb_blocks = bound, blocks
+        self._bound, self._rb_blocks, self._radii = bound, blocks, radii
         if blocks is not None:  # back to the pool when the operator is gone, unless still referenced
             self._blocks_finalizer = weakref.finalize(self, _release_blocks, blocks)
             self._blocks_finalizer.atexit = False
@@ -287,7 +288,7 @@ class GridGCRF(_GridOperator):
         if finalizer is not None:
             finalizer.detach()  # the old blocks may still be held by a caller: not pooled
         self._rb_blocks = None
-        self._bound = None
+        self._bound = self._radii = None
         self._scan_parameters()
 
     def _accumulate_pairwise(self, v, out):
@@ -349,7 +350,24 @@ class GridGCRF(_GridOperator):
             grad[..., k, :, :, pi, pj] = -(gp * xq + xp_ * gq)
         return {"pairwise": grad}
 
+    @classmethod
+    def _level(cls, pairwise, lam, neighbourhood=4):
+        """An operator used as a part of a larger one (a multi-resolution level): its solves are not
+        run, so no red-black layout is built up front."""
+        op = cls.__new__(cls)
+        op._eager_layout = False
+        op.__init__(pairwise, lam, neighbourhood)
+        return op
+
     def _gershgorin_radii(self):
+        """Gershgorin radii per row, ``(B, L, H, W)``: on NumPy from the construction's read of the
+        parameters (:meth:`_scan_parameters`), else computed."""
+        if getattr(self, "_radii", None) is not None:
+            self._sync_parameters()
+            return self._radii
+        return self._gershgorin_radii_xp()
+
+    def _gershgorin_radii_xp(self):
         # R[m, p] = sum over edges at p of sum_n |pairwise[k, m, n, p]| (p as the edge's first end)
         #         + sum over edges into p of sum_m' |pairwise[k, m', m, p - d]| (p as its second end)
         xp = self.xp

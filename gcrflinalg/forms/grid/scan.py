@@ -83,6 +83,8 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     bound : ndarray, shape ``(B,)``
         Largest Gershgorin radius of ``A`` per system.
     blocks : ndarray or None
+    radii : ndarray, shape ``(B, L, H, W)``
+        The Gershgorin radii per row of ``A``.
     """
     B, K, L, _, H, W = pw.shape
     if build_blocks and K != 2:
@@ -110,7 +112,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     if not finite:  # NaN/Inf somewhere, or finite entries whose radius overflowed
         finite = bool(np.isfinite(pw).all())
         bound = np.where(np.isfinite(bound), bound, np.inf).astype(pw.dtype)
-    return finite, int(partial.sum(dtype=np.uint64)), bound, (blocks if build_blocks else None)
+    return finite, int(partial.sum(dtype=np.uint64)), bound, (blocks if build_blocks else None), radii
 
 
 def edge_mask_of(offsets, height, width):
