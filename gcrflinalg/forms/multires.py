@@ -54,9 +54,9 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
     cross : sequence of ``S - 1`` arrays
         ``cross[s]`` couples level ``s`` to level ``s + 1``: shape ``(*batch, L, L, H_s, W_s)`` for
         a general coupling (block ``cross[s][:, :, i, j]`` at rows of fine pixel ``(i, j)``, columns
-        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     num_labels : int, optional

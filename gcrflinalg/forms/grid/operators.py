@@ -231,16 +231,16 @@ class GridGCRF(_GridOperator):
     ----------
     pairwise : array, shape ``(*batch, K, L, L, H, W)``
         Pairwise blocks; ``K`` = 2, 4, 6 for the 4, 8, 12 neighbourhoods.  Entries of edges leaving
-        the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     neighbourhood : {4, 8, 12}
 
     Attributes
     ----------
-    pairwise : the operator's own parameter, a read-only array (a copy of a writeable input)
+    pairwise : a read-only view of the parameter (of the caller's array when it was writeable NumPy)
     num_labels, height, width, neighbourhood, offsets
     """
 
@@ -396,9 +396,9 @@ class GridPottsGCRF(_GridOperator):
     Parameters
     ----------
     weights : array, shape ``(*batch, K, H, W)``
-        Edge weights; entries of edges leaving the image are ignored.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        Edge weights; entries of edges leaving the image are ignored.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift; ``M`` is positive definite iff ``lam > lambda_max(W)`` and
         ``lam > -(L-1) lambda_min(W)`` (:meth:`check_positive_definite`).

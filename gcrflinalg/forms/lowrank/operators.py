@@ -272,9 +272,9 @@ class LowRankGCRF(_LowRankOperator):
     ----------
     embeddings : array, shape ``(..., D, L, H, W)``
         ``E``; leading axes are batch axes.  NumPy, CuPy or any DLPack-exporting array; float32 or
-        float64 (other real dtypes become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        float64 (other real dtypes become float64).  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
 
@@ -420,9 +420,9 @@ class LowRankPottsGCRF(_LowRankOperator):
     Parameters
     ----------
     embeddings : array, shape ``(..., D, H, W)``
-        ``psi``; leading axes are batch axes.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        ``psi``; leading axes are batch axes.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
     num_labels : int

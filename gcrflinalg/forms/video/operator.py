@@ -48,9 +48,9 @@ class VideoGCRF(GCRFOperator):
         Temporal embeddings ``T``: frames ``u != v`` at a distance in the neighbourhood are coupled
         through the block ``T_u^T T_v``.  Same batch axes as ``spatial``.  ``Dt = 0`` is allowed
         (no temporal coupling: ``M`` is block-diagonal over the frames); ``Ds = 0``, ``V = 0`` and
-        empty image axes are a ``ValueError``.  Both embeddings are owned by the operator
-        (docs/guarantees.md): a writeable input is copied once, a read-only or cast one is not,
-        and the attributes ``spatial`` and ``temporal`` are read-only.
+        empty image axes are a ``ValueError``.  Results describe the embeddings as they are at
+        the call (docs/guarantees.md): a writeable NumPy input is viewed, not copied, and
+        re-checked by every solve; the attributes ``spatial`` and ``temporal`` are read-only.
     lam : float or array of shape ``batch_shape``
         The diagonal shift, ``> 0``.
     neighbourhood : "fc" or iterable of int
