@@ -207,3 +207,22 @@ def test_multires_fresh_default_solve_reads_each_level_once_more(passes):
     # one read per parameter array (two levels, one coupling) and no red-black layout for a level
     assert fresh_passes.get("red_black_blocks", 0) == 0
     assert sum(fresh_passes.values()) - sum(held_passes.values()) <= 3, (fresh_passes, held_passes)
+
+
+def test_block_buffers_are_not_shared_between_image_sizes_of_equal_length():
+    """H = 5, W = 7 and H = 6, W = 8 have colour classes of the same padded length: a buffer of the
+    one must not serve the other (their pads differ)."""
+    import gc
+
+    from gcrflinalg.forms.grid import scan as grid_scan
+    from gcrflinalg.forms.grid.redblack import red_black_blocks
+
+    grid_scan._POOL.clear()
+    rng = np.random.default_rng(9)
+    op = g.GridGCRF(rng.uniform(-0.1, 0.1, (2, 2, 2, 5, 7)), 2.0)
+    del op
+    gc.collect()
+    pw = rng.uniform(-0.1, 0.1, (2, 2, 2, 6, 8))
+    op = g.GridGCRF(pw, 2.0)
+    np.testing.assert_array_equal(op._rb_blocks, red_black_blocks(op._params))
+    grid_scan._POOL.clear()

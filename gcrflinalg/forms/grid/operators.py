@@ -215,10 +215,10 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         return gershgorin_check(self, exact=exact)
 
 
-def _release_blocks(blocks):
+def _release_blocks(blocks, image):
     # besides the references give_back_blocks counts: this frame, the finalizer's arguments and the
     # dying operator's own attribute (weakref callbacks run before its attributes are cleared)
-    give_back_blocks(blocks, holders=2)
+    give_back_blocks(blocks, image, holders=2)
 
 
 class GridGCRF(_GridOperator):
@@ -278,7 +278,7 @@ class GridGCRF(_GridOperator):
             raise ValueError("pairwise contains NaN or Inf")
         self._bound, self._rb_blocks, self._radii = bound, blocks, radii
         if blocks is not None:  # back to the pool when the operator is gone, unless still referenced
-            self._blocks_finalizer = weakref.finalize(self, _release_blocks, blocks)
+            self._blocks_finalizer = weakref.finalize(self, _release_blocks, blocks, (self.height, self.width))
             self._blocks_finalizer.atexit = False
         return fingerprint
 

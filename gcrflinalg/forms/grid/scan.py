@@ -96,7 +96,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     if build_blocks:
         _, wp, F = colour_dims(H, W)
         if blocks is None:
-            blocks = take_blocks((B, 2, 4, L, L, F), pw.dtype)
+            blocks = take_blocks((B, 2, 4, L, L, F), pw.dtype, (H, W))
         G = blocks
     else:
         wp = 0
@@ -131,12 +131,13 @@ POOL_MAX_BYTES = 1 << 30
 _POOL: dict = {}
 
 
-def take_blocks(shape, dtype):
-    """A block buffer of ``shape`` for :func:`scan_pairwise`: one kept from an operator of the
-    same size that is gone (its pads and out-of-image entries are zero and every other entry is
-    rewritten, so it needs no clearing, and its pages are already mapped: a network building one
-    operator per step writes its blocks into warm memory), else a new zero array."""
-    kept = _POOL.get((tuple(shape), np.dtype(dtype).str))
+def take_blocks(shape, dtype, image):
+    """A block buffer of ``shape`` for :func:`scan_pairwise` of an ``image = (H, W)`` operator: one
+    kept from an operator of the same size that is gone (its pads and out-of-image entries are
+    zero and every other entry is rewritten, so it needs no clearing, and its pages are already
+    mapped: a network building one operator per step writes its blocks into warm memory), else a
+    new zero array.  The image size is part of the key: two sizes can share ``F``, not the pads."""
+    kept = _POOL.get((tuple(shape), np.dtype(dtype).str, tuple(image)))
     if kept:
         try:
             return kept.pop()
@@ -145,7 +146,7 @@ def take_blocks(shape, dtype):
     return np.zeros(shape, dtype=dtype)  # calloc: zero pages for free
 
 
-def give_back_blocks(blocks, holders: int = 0) -> bool:
+def give_back_blocks(blocks, image, holders: int = 0) -> bool:
     """Keep ``blocks`` for reuse when nothing but the caller (and ``holders`` known references)
     refers to it -- no view, no result, no user variable -- and the pool has room."""
     import sys
@@ -153,7 +154,7 @@ def give_back_blocks(blocks, holders: int = 0) -> bool:
     # references: the caller's, this function's argument, getrefcount's own, and ``holders``
     if sys.getrefcount(blocks) > 3 + holders:
         return False
-    key = (tuple(blocks.shape), blocks.dtype.str)
+    key = (tuple(blocks.shape), blocks.dtype.str, tuple(image))
     kept = _POOL.setdefault(key, [])
     total = sum(b.nbytes for lst in _POOL.values() for b in lst)
     if len(kept) >= 2 or total + blocks.nbytes > POOL_MAX_BYTES:
