@@ -146,12 +146,13 @@ class GCRFOperator(abc.ABC):
     def _sync_parameters(self) -> bool:
         """Bring what is cached in line with the parameters as they are now.
 
-        For every watched (viewed, writeable) parameter array, recompute its fingerprint (one
+        When the operator holds anything computed from its parameters (:meth:`_holds_derived`),
+        recompute the fingerprint of every watched (viewed, writeable) parameter array (one
         read).  If one changed, check it for NaN/Inf again (``ValueError``), forget the
         positive-definiteness check and every cached factor (:meth:`_parameters_changed`).
         Returns True when something changed.  Nested calls (inside :meth:`_synced`) do nothing.
         """
-        if not getattr(self, "_watched", None) or self._sync_depth:
+        if not getattr(self, "_watched", None) or self._sync_depth or not self._holds_derived():
             return False
         from ._fingerprint import scan
 
@@ -177,6 +178,19 @@ class GCRFOperator(abc.ABC):
             yield
         finally:
             self._sync_depth -= 1
+
+    #: further attributes computed from the parameters (e.g. at construction), beyond ``_CACHED``
+    _DERIVED: tuple = ()
+
+    def _holds_derived(self) -> bool:
+        """True when the operator holds something computed from its parameters (the positive-
+        definiteness check, a factor, a bound): only then can a change make it inconsistent.
+        An operator that holds nothing yet (e.g. a fresh low-rank operator) is not re-read."""
+        if self._pd_checked:
+            return True
+        if any(getattr(self, attr, None) is not None for attr in self._CACHED + self._DERIVED):
+            return True
+        return bool(getattr(self, "_factors", None))
 
     def _parameters_changed(self) -> None:
         """The watched parameters changed: forget the positive-definiteness check and every

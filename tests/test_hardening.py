@@ -374,3 +374,20 @@ def test_video_gradients_of_an_empty_batch():
     grads = op.parameter_gradients(x, x)
     assert grads["spatial"].shape == S.shape and grads["temporal"].shape == T.shape
     assert op.matvec(x).shape == x.shape
+
+
+@pytest.mark.parametrize("method", ["direct", "auto", "cg"])
+@pytest.mark.parametrize("index", range(6))
+def test_a_write_before_the_first_solve_is_seen_by_it(index, method):
+    """Between construction and the first solve the caller writes its arrays: that solve (and the
+    next) describes the new values, whether or not the operator had computed anything yet."""
+    rng = np.random.default_rng(100 + index)
+    name, params, build = _builds(rng)[index]
+    op = build(*params)
+    for p in params[:-1]:
+        p *= 1.25
+    dense = build(*[p.copy() for p in params]).to_dense()
+    b = rng.standard_normal(op.size)
+    for _ in range(2):
+        x = g.solve(op, b, method, rtol=1e-12).x
+        np.testing.assert_allclose(x, np.linalg.solve(dense, b), rtol=1e-8, atol=1e-10)

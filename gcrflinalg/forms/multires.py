@@ -292,6 +292,10 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             new[s] = op._gauss_seidel_sweep(new[s], rhs, omega)
         return self.join_levels(new)
 
+    def _holds_derived(self):
+        # the levels' Gershgorin radii are computed at their construction
+        return super()._holds_derived() or any(op._holds_derived() for op in self.level_operators)
+
     def _parameters_changed(self):
         super()._parameters_changed()
         for op in self.level_operators:  # their cached radii and bounds describe the old values

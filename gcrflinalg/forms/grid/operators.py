@@ -61,6 +61,8 @@ class _GridOperator(SparseAssembled, GCRFOperator):
     """
 
     _potts = False
+    #: computed from the parameters at construction (:meth:`GridGCRF._scan_parameters`)
+    _DERIVED = ("_bound", "_rb_blocks", "_radii")
 
     def _setup_grid(self, *, xp, dtype, batch_shape, num_labels, height, width, neighbourhood, lam):
         self.offsets = neighbourhood_offsets(neighbourhood)
