@@ -49,6 +49,7 @@ STUDIES = {
     "timing_video": "video G-CRF: cached vs pairwise temporal products, video vs single-frame solves",
     "timing_auto": "method='auto' vs cg and direct on the low-rank and video forms, flat and decaying spectra",
     "timing_training": "training steps of the torch G-CRF layers vs forward solves and plain PyTorch; contention",
+    "timing_overhead": "fresh operator + default solve vs a held operator, in products, per form and dtype",
     "train": "train a CNN with and without a G-CRF layer (needs PyTorch)",
 }
 
