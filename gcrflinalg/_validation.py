@@ -28,9 +28,20 @@ def floating_dtype(dtype) -> np.dtype:
 
 def check_finite(arr, name: str) -> None:
     """Raise ``ValueError`` if ``arr`` holds NaN or Inf."""
+    if _scannable(arr):  # one compiled read, no temporary array
+        from ._fingerprint import scan  # Numba: imported on first use
+
+        if not scan(arr)[0]:
+            raise ValueError(f"{name} contains NaN or Inf")
+        return
     xp = get_array_module(arr)
     if arr.size and not bool(xp.isfinite(arr).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _scannable(arr) -> bool:
+    return (isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64)
+            and arr.flags.c_contiguous and arr.size >= 4096)
 
 
 #: True inside :func:`borrowed_parameters`: parameters are viewed, never copied
@@ -74,19 +85,23 @@ def readonly(arr):
     return arr
 
 
-def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
-    """A parameter array that the operator owns: nobody else can change it afterwards.
+def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool = False,
+                 check: bool = True):
+    """A parameter array of an operator: validated, cast where needed, never the caller's to lose.
 
-    The operator's products and cached factorisations must describe one matrix for its whole life,
-    so a parameter is never a view of memory the caller can still write:
+    The operator's results must describe one matrix at every call, so the input is taken as
+    follows (docs/guarantees.md, "Mutation and ownership of parameters"):
 
     - an input that needs a cast (or is not an array: lists, scalars) becomes a new array, which
       the operator owns without a further copy;
     - a read-only NumPy input (``flags.writeable`` False down to the memory it views) is viewed
       without copying;
-    - any other input (a writeable NumPy array, a CuPy array, a DLPack view of a framework's
-      tensor) is copied once, C-contiguous -- except inside :func:`borrowed_parameters`, where the
-      framework layers build their operators (their inputs cannot change during the operator's life).
+    - inside :func:`borrowed_parameters` (the framework layers' operators) any input is viewed;
+    - a writeable C-contiguous NumPy input is, with ``view=True``, viewed without copying and
+      *watched*: the operator keeps its fingerprint and re-validates it at every solve
+      (:meth:`gcrflinalg.operator.GCRFOperator._sync_parameters`);
+    - any other input (a writeable NumPy array with ``view=False`` or not C-contiguous, a CuPy
+      array, a DLPack view of a framework's tensor on the GPU) is copied once, C-contiguous.
 
     The caller's array and its flags are never modified.  Store the result behind
     :func:`readonly` when it is exposed as a public attribute.
@@ -103,6 +118,17 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
         Cast to this floating dtype; default: ``floating_dtype(x.dtype)``.
     xp : module, optional
         Required array namespace (raises when the parameter lives elsewhere).
+    view : bool
+        Watch writeable NumPy inputs instead of copying them; then returns
+        ``(array, watched, fingerprint)``.
+    check : bool
+        Check finiteness here (with ``view=True`` fused with the fingerprint in one read).  False
+        when the caller does both in a pass of its own (``fingerprint`` is then None).
+
+    Returns
+    -------
+    array, or ``(array, watched, fingerprint)`` with ``view=True`` (``fingerprint`` an int for a
+    watched array that was checked, else None)
     """
     fresh = not (isinstance(x, np.ndarray) or hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"))
     if x is None or isinstance(x, (str, bytes)):
@@ -117,12 +143,25 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None):
     target = floating_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
     if arr.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} axes; got shape {tuple(arr.shape)}")
+    watched = False
     if arr.dtype != target:
         arr = arr.astype(target, order="C")  # a new array: the operator's own
     elif not fresh and not _frozen(arr) and not _BORROWED.get():
-        arr = get_array_module(arr).array(arr, copy=True, order="C")  # the caller may still write it
-    check_finite(arr, name)
-    return arr
+        if view and isinstance(arr, np.ndarray) and arr.flags.c_contiguous:
+            watched = True  # the caller may still write it: fingerprinted, re-checked per solve
+        else:
+            arr = get_array_module(arr).array(arr, copy=True, order="C")
+    h = None
+    if check:
+        if watched:
+            from ._fingerprint import scan
+
+            finite, h = scan(arr)
+            if not finite:
+                raise ValueError(f"{name} contains NaN or Inf")
+        else:
+            check_finite(arr, name)
+    return (arr, watched, h) if view else arr
 
 
 def as_lam(lam, batch_shape: tuple, dtype, xp):

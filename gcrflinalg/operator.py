@@ -8,6 +8,7 @@ provides shape handling, the flat view, dense/LinearOperator views and the piece
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 
 import numpy as np
@@ -54,6 +55,9 @@ class GCRFOperator(abc.ABC):
         self.lam = lam
         self._lam_shape = tuple(lam_shape)
         self._pd_checked = False
+        if not hasattr(self, "_watched"):
+            self._watched = []  # [name, array, fingerprint] of viewed writeable parameters
+        self._sync_depth = 0
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -115,6 +119,87 @@ class GCRFOperator(abc.ABC):
         flat = [a.reshape((-1,) + a.shape[len(extra):]) for a in arrays]
         out = [fn(*(a[i] for a in flat)) for i in range(flat[0].shape[0])]
         return self.xp.stack(out).reshape(arrays[0].shape)
+
+    # ------------------------------------------------------------------ parameters
+    #: attributes holding what is cached from the parameter values (set to None when they change)
+    _CACHED: tuple = ()
+
+    def _watch(self, name: str, arr, fingerprint) -> None:
+        """Record a viewed writeable parameter (``as_parameter(..., view=True)``) and its
+        fingerprint; a solve re-checks it (:meth:`_sync_parameters`)."""
+        if not hasattr(self, "_watched"):
+            self._watched = []
+        if fingerprint is None:
+            from ._fingerprint import scan
+
+            finite, fingerprint = scan(arr)
+            if not finite:
+                raise ValueError(f"{name} contains NaN or Inf")
+        self._watched.append([name, arr, int(fingerprint)])
+
+    @property
+    def watches_parameters(self) -> bool:
+        """True when the operator views a writeable parameter array of the caller (no copy was
+        made): every solve then reads it once more to see whether it changed."""
+        return bool(getattr(self, "_watched", None))
+
+    def _sync_parameters(self) -> bool:
+        """Bring what is cached in line with the parameters as they are now.
+
+        When the operator holds anything computed from its parameters (:meth:`_holds_derived`),
+        recompute the fingerprint of every watched (viewed, writeable) parameter array (one
+        read).  If one changed, check it for NaN/Inf again (``ValueError``), forget the
+        positive-definiteness check and every cached factor (:meth:`_parameters_changed`).
+        Returns True when something changed.  Nested calls (inside :meth:`_synced`) do nothing.
+        """
+        if not getattr(self, "_watched", None) or self._sync_depth or not self._holds_derived():
+            return False
+        from ._fingerprint import scan
+
+        changed = False
+        for entry in self._watched:
+            name, arr, old = entry
+            finite, h = scan(arr)
+            if h != old:
+                if not finite:
+                    raise ValueError(f"{name} contains NaN or Inf (written after the operator was built)")
+                entry[2] = h
+                changed = True
+        if changed:
+            self._parameters_changed()
+        return changed
+
+    @contextlib.contextmanager
+    def _synced(self):
+        """Sync once (:meth:`_sync_parameters`); within the block further syncs do nothing."""
+        self._sync_parameters()
+        self._sync_depth += 1
+        try:
+            yield
+        finally:
+            self._sync_depth -= 1
+
+    #: further attributes computed from the parameters (e.g. at construction), beyond ``_CACHED``
+    _DERIVED: tuple = ()
+
+    def _holds_derived(self) -> bool:
+        """True when the operator holds something computed from its parameters (the positive-
+        definiteness check, a factor, a bound): only then can a change make it inconsistent.
+        An operator that holds nothing yet (e.g. a fresh low-rank operator) is not re-read."""
+        if self._pd_checked:
+            return True
+        if any(getattr(self, attr, None) is not None for attr in self._CACHED + self._DERIVED):
+            return True
+        return bool(getattr(self, "_factors", None))
+
+    def _parameters_changed(self) -> None:
+        """The watched parameters changed: forget the positive-definiteness check and every
+        attribute named in ``_CACHED``.  Forms with more to refresh extend this."""
+        self._pd_checked = False
+        for attr in self._CACHED:
+            setattr(self, attr, None)
+        if isinstance(getattr(self, "_factors", None), dict):  # sparse LU factors per system
+            self._factors.clear()
 
     # ------------------------------------------------------------------ products
     def matvec(self, v):

@@ -115,21 +115,24 @@ def solve(op, b, method: str = DEFAULT_METHOD, *, x0=None, check_pd=True, **solv
         x0flat = _flatten(op, x0arr)
     if bflat.size == 0:  # an empty batch (or no right-hand side): an empty result, nothing to solve
         return _empty_result(op, bflat, barr, flat, method)
-    level = 2 if check_pd == "exact" else int(bool(check_pd))  # checks done: 0 none, 1 cheap, 2 exact
-    if level > int(op._pd_checked):
-        op.check_positive_definite(exact=level == 2)
-        op._pd_checked = level
     solver_options.setdefault("rtol", default_rtol(op.dtype))  # one table: gcrflinalg.tolerances
     from solvers import NotPositiveDefiniteError
 
-    try:
-        result = op._solve(bflat, method, x0flat, dict(solver_options))
-        if result is NotImplemented:
-            result = _generic_solve(op, bflat, method, x0flat, solver_options)
-    except NotPositiveDefiniteError as err:
-        if err.quantity == "p^T A p / p^T p":  # CG's curvature test on M itself: name lam
-            raise _curvature_error(op, err) from err
-        raise
+    # parameters the operator views (writeable caller arrays) are re-read once: the solve and
+    # what it reuses (certificate, factors) describe the parameters as they are now
+    with op._synced():
+        level = 2 if check_pd == "exact" else int(bool(check_pd))  # checks done: 0 none, 1 cheap, 2 exact
+        if level > int(op._pd_checked):
+            op.check_positive_definite(exact=level == 2)
+            op._pd_checked = level
+        try:
+            result = op._solve(bflat, method, x0flat, dict(solver_options))
+            if result is NotImplemented:
+                result = _generic_solve(op, bflat, method, x0flat, solver_options)
+        except NotPositiveDefiniteError as err:
+            if err.quantity == "p^T A p / p^T p":  # CG's curvature test on M itself: name lam
+                raise _curvature_error(op, err) from err
+            raise
     x = result.x
     result.x = x if flat else x.reshape(barr.shape)
     result.requested_method = method

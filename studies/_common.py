@@ -49,6 +49,7 @@ STUDIES = {
     "timing_video": "video G-CRF: cached vs pairwise temporal products, video vs single-frame solves",
     "timing_auto": "method='auto' (the default) vs every other method, per form and dtype",
     "timing_training": "training steps of the torch G-CRF layers vs forward solves and plain PyTorch; contention",
+    "timing_overhead": "fresh operator + default solve vs a held operator, in products, per form and dtype",
     "train": "train a CNN with and without a G-CRF layer (needs PyTorch)",
     "uncertainty": "the G-CRF as a Gaussian: variance maps, samples, calibration; vs linear_operator and imate",
 }

@@ -33,7 +33,7 @@ from studies._common import (Outputs, Progress, array_module, best_time, study_p
 __all__ = ["FAMILIES", "run_family", "photo_peer_comparison", "run", "count_steps", "main"]
 
 #: Operator families with a ``studies.timing_<family>`` module.
-FAMILIES = ("grid", "lowrank", "video", "auto", "training")
+FAMILIES = ("grid", "lowrank", "video", "auto", "training", "overhead")
 
 PHOTO_ENTRY = "photo-peer"
 PEER_NAME = "pydensecrf2, 10 mean-field iterations"

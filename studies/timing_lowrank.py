@@ -209,7 +209,7 @@ def _sizes(quick, only_dims=None, only_images=None):
 def count_steps(*, quick: bool = False, only_dims=None, only_images=None, **_) -> int:
     """How many steps :func:`run` announces to its ``progress`` callback (one per case and form)."""
     _, _, dims, _, images, _, _ = _sizes(quick, only_dims, only_images)
-    return 2 * (len(dims) + len(images))
+    return 2 * (len(dims) + len(images)) + 1
 
 
 def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=None,
@@ -262,6 +262,16 @@ def run(*, quick: bool = False, backend: str = "cpu", progress=None, only_dims=N
     rows.extend(_potts_vs_general(rows, case_of, targets_at))
     for r in rows:
         r.pop("case_key", None)
+    if backend == "cpu":
+        # flat spectrum (i.i.d. E / sqrt(D)): a fresh operator's default solve against SciPy's cg on
+        # lam I + E^T E, same run (studies.timing_overhead)
+        from studies.timing_overhead import flat_spectrum_vs_scipy
+
+        if progress is not None:
+            progress("lowrank: flat spectrum vs SciPy cg")
+        row = flat_spectrum_vs_scipy(quick=quick, repeats=repeats, seed=seed)
+        row["entry"] = ENTRY
+        rows.append(row)
     return rows
 
 

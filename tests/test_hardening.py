@@ -329,25 +329,53 @@ def _builds(rng):
     ]
 
 
+@pytest.mark.parametrize("method", ["direct", "auto", "cg"])
 @pytest.mark.parametrize("index", range(6))
-def test_changing_the_callers_arrays_does_not_change_the_operator(index):
+def test_results_describe_the_callers_arrays_as_they_are_at_the_call(index, method):
+    """A writeable parameter array is viewed, not copied: after the caller writes it, products,
+    certificates and solves (cached factors included) describe the new values."""
     rng = np.random.default_rng(index)
     name, params, build = _builds(rng)[index]
     flags = [p.flags.writeable for p in params]
-    originals = [p.copy() for p in params]
     op = build(*params)
-    dense = op.to_dense()
+    assert op.watches_parameters
     b = rng.standard_normal(op.size)
-    x1 = g.solve(op, b, "direct").x  # caches a factorisation
-    for p in params:
+    x1 = g.solve(op, b, method, rtol=1e-12).x  # caches the certificate and any factor
+    np.testing.assert_allclose(x1, np.linalg.solve(op.to_dense(), b), rtol=1e-8, atol=1e-10)
+    for p in params[:-1]:  # not lam: one value per system, always copied
         p *= 1.5  # the caller reuses its buffers
+    originals = [p.copy() for p in params]
     assert [p.flags.writeable for p in params] == flags  # the caller's flags are untouched
-    np.testing.assert_allclose(op.to_dense(), dense, rtol=1e-14, atol=0)
-    x2 = g.solve(op, b, "direct").x
+    fresh = build(*[p.copy() for p in params])
+    dense = fresh.to_dense()
+    np.testing.assert_allclose(op.to_dense(), dense, rtol=1e-14, atol=0)  # products: the new values
+    x2 = g.solve(op, b, method, rtol=1e-12).x  # the certificate and cached factors are redone
     np.testing.assert_allclose(x2, np.linalg.solve(dense, b), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(x2, x1, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(x2, x1, rtol=1e-6, atol=0)
     for p, o in zip(params, originals):
-        np.testing.assert_array_equal(p, 1.5 * o)  # the operator never wrote them
+        np.testing.assert_array_equal(p, o)  # the operator never wrote them
+
+
+def test_a_change_that_breaks_positive_definiteness_is_caught_at_the_next_solve():
+    """The certificate is redone after the caller writes its array: lam no longer above the
+    bound on the Potts low-rank form raises, as for a fresh operator."""
+    rng = np.random.default_rng(3)
+    psi = rng.standard_normal((4, 3, 3)) * 0.1
+    op = g.LowRankPottsGCRF(psi, 1.0, 3)
+    b = rng.standard_normal(op.size)
+    g.solve(op, b)
+    psi *= 10.0
+    with pytest.raises(g.NotPositiveDefiniteError):
+        g.solve(op, b)
+
+
+def test_nan_written_after_construction_is_caught_at_the_next_solve():
+    pw = np.random.default_rng(0).uniform(-0.1, 0.1, (2, 2, 2, 3, 3))
+    op = GridGCRF(pw, 2.0)
+    g.solve(op, np.ones(op.size))
+    pw[0, 0, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        g.solve(op, np.ones(op.size))
 
 
 def test_read_only_input_is_viewed_and_public_parameters_are_read_only():
@@ -355,11 +383,17 @@ def test_read_only_input_is_viewed_and_public_parameters_are_read_only():
     pw.flags.writeable = False
     op = GridGCRF(pw, 2.0)
     assert np.shares_memory(op.pairwise, pw)  # no copy of a frozen input
+    assert not op.watches_parameters  # nobody can write it: nothing to re-check
     writeable = np.ones((2, 2, 2, 3, 3)) * 0.01
     op2 = GridGCRF(writeable, 2.0)
-    assert not np.shares_memory(op2.pairwise, writeable)  # a writeable input is copied
+    assert np.shares_memory(op2.pairwise, writeable)  # a writeable C-contiguous input is viewed
+    assert op2.watches_parameters
     assert writeable.flags.writeable
-    for arr in (op.pairwise, op2.pairwise):
+    strided = (np.ones((2, 2, 2, 3, 6)) * 0.01)[..., ::2]
+    op3 = GridGCRF(strided, 2.0)
+    assert not np.shares_memory(op3.pairwise, strided)  # not C-contiguous: copied, owned
+    assert not op3.watches_parameters
+    for arr in (op.pairwise, op2.pairwise, op3.pairwise):
         with pytest.raises(ValueError):
             arr[...] = 0.0
 
@@ -373,3 +407,20 @@ def test_video_gradients_of_an_empty_batch():
     grads = op.parameter_gradients(x, x)
     assert grads["spatial"].shape == S.shape and grads["temporal"].shape == T.shape
     assert op.matvec(x).shape == x.shape
+
+
+@pytest.mark.parametrize("method", ["direct", "auto", "cg"])
+@pytest.mark.parametrize("index", range(6))
+def test_a_write_before_the_first_solve_is_seen_by_it(index, method):
+    """Between construction and the first solve the caller writes its arrays: that solve (and the
+    next) describes the new values, whether or not the operator had computed anything yet."""
+    rng = np.random.default_rng(100 + index)
+    name, params, build = _builds(rng)[index]
+    op = build(*params)
+    for p in params[:-1]:
+        p *= 1.25
+    dense = build(*[p.copy() for p in params]).to_dense()
+    b = rng.standard_normal(op.size)
+    for _ in range(2):
+        x = g.solve(op, b, method, rtol=1e-12).x
+        np.testing.assert_allclose(x, np.linalg.solve(dense, b), rtol=1e-8, atol=1e-10)

@@ -396,10 +396,12 @@ def test_layers_borrow_parameters_and_autograd_guards_them():
 
     rng = np.random.default_rng(3)
     pw = 0.05 * rng.standard_normal((2, 2, 2, 4, 5))
-    assert not np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)  # the core API copies
-    with borrowed_parameters():
-        assert np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)
-    assert not np.shares_memory(gcrflinalg.GridGCRF(pw, 1.0).pairwise, pw)  # and the block ends
+    core = gcrflinalg.GridGCRF(pw, 1.0)  # the core API views and watches (re-checked per solve)
+    assert np.shares_memory(core.pairwise, pw) and core.watches_parameters
+    with borrowed_parameters():  # the layers' operators view without watching
+        op = gcrflinalg.GridGCRF(pw, 1.0)
+        assert np.shares_memory(op.pairwise, pw) and not op.watches_parameters
+    assert gcrflinalg.GridGCRF(pw, 1.0).watches_parameters  # and the block ends
 
     weights = (0.1 * torch.rand(2, 4, 5, dtype=torch.float64)).requires_grad_()
     b = torch.randn(3, 4, 5, dtype=torch.float64)

@@ -418,3 +418,25 @@ def test_timing_entry_quick():
         assert keys <= set(row)
         assert row["time_s"] > 0
     assert all(row["rel_residual"] < 1e-10 for row in rows if row["what"].startswith("direct"))
+
+
+def test_auto_keeps_cg_on_a_flat_spectrum():
+    """E with orthogonal rows of equal norm: M has two distinct eigenvalues and CG converges in two
+    steps.  The factorisation costs more than the probe, so auto probes CG first and keeps it, at
+    CG's own cost (no factorisation)."""
+    from gcrflinalg.forms.lowrank.operators import AUTO_PROBE_ITERATIONS
+
+    rng = np.random.default_rng(11)
+    D, L, H, W = 96, 4, 32, 32
+    q, _ = np.linalg.qr(rng.standard_normal((L * H * W, D)))
+    emb = (3.0 * q.T).reshape(D, L, H, W)
+    op = LowRankGCRF(emb, 1.0)
+    # the probe can pay off here: a factorisation of between one and two probes' cost
+    assert AUTO_PROBE_ITERATIONS + 2 < op._break_even(1) <= 2 * AUTO_PROBE_ITERATIONS + 2
+    b = rng.standard_normal(op.vector_shape)
+    cg = gcrflinalg.solve(op, b, method="cg", rtol=1e-8)
+    auto = gcrflinalg.solve(op, b, method="auto", rtol=1e-8)
+    assert auto.method == "auto(cg)" and np.all(auto.converged)
+    assert auto.matvecs <= cg.matvecs
+    assert op._factor_cache is None  # nothing factored
+    np.testing.assert_allclose(auto.x, cg.x, rtol=1e-6, atol=1e-9)

@@ -31,6 +31,7 @@ QUICK_ARGS = {
     "timing_video": [],
     "timing_training": [],
     "timing_auto": [],
+    "timing_overhead": [],
     "train": ["--steps", "4"],
     "uncertainty": [],
 }
@@ -90,7 +91,8 @@ def test_every_study_quick_run_writes_and_names_its_outputs(name, quick_runs):
 
 
 def test_timing_studies_share_one_table_format(quick_runs):
-    for name in ("timing", "timing_grid", "timing_lowrank", "timing_video", "timing_training", "timing_auto"):
+    for name in ("timing", "timing_grid", "timing_lowrank", "timing_video", "timing_training", "timing_auto",
+                 "timing_overhead"):
         out, proc = quick_runs(name)
         assert proc.returncode == 0, proc.stderr[-3000:]
         text = (out / "timing.md").read_text()

@@ -54,9 +54,9 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
     cross : sequence of ``S - 1`` arrays
         ``cross[s]`` couples level ``s`` to level ``s + 1``: shape ``(*batch, L, L, H_s, W_s)`` for
         a general coupling (block ``cross[s][:, :, i, j]`` at rows of fine pixel ``(i, j)``, columns
-        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        of its parent) or ``(*batch, H_s, W_s)`` for a Potts coupling.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     num_labels : int, optional
@@ -85,7 +85,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         for s, level in enumerate(levels):
             if isinstance(level, GeneralLevel):
                 try:
-                    op = GridGCRF(level.pairwise, lam, level.neighbourhood)
+                    op = GridGCRF._level(level.pairwise, lam, level.neighbourhood)
                 except ValueError as err:
                     raise ValueError(f"levels[{s}]: {err}") from None
                 if op.num_labels != L:
@@ -114,10 +114,13 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             raise ValueError(f"cross_forms must be 'general', 'potts' or {len(cross)} of them; got {cross_forms!r}")
         self.cross_forms = cross_forms
         self.cross = []
+        cross_watched = []
         for s, (c, form) in enumerate(zip(cross, cross_forms)):
             H, W = ops[s].height, ops[s].width
             tail = (L, L, H, W) if form == "general" else (H, W)
-            arr = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp)
+            arr, watched, fp = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp, view=True)
+            if watched and arr.dtype == dtype:
+                cross_watched.append((f"cross[{s}]", arr, fp))
             if tuple(arr.shape) != batch + tail:
                 raise ValueError(f"cross[{s}] ({form} coupling of levels {s} and {s + 1}) must have shape "
                                  f"{batch + tail}; got {tuple(arr.shape)}")
@@ -144,6 +147,10 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         super().__init__(xp=xp, dtype=dtype, batch_shape=batch, vector_shape=(int(starts[-1]),),
                          lam=ops[0].lam, lam_shape=ops[0]._lam_shape)
         self._n_systems = math.prod(batch)
+        for o in ops:  # the levels' viewed writeable parameters: a solve re-checks them here
+            self._watched.extend(o._watched)
+        for name, arr, fp in cross_watched:
+            self._watch(name, arr, fp)
 
     @staticmethod
     def _infer_labels(levels, num_labels):
@@ -285,6 +292,16 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             new[s] = op._gauss_seidel_sweep(new[s], rhs, omega)
         return self.join_levels(new)
 
+    def _holds_derived(self):
+        # the levels' Gershgorin radii are computed at their construction
+        return super()._holds_derived() or any(op._holds_derived() for op in self.level_operators)
+
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        for op in self.level_operators:  # their cached radii and bounds describe the old values
+            if op._watched:
+                op._parameters_changed()
+
     def _solve(self, b, method, x0, options):
         if method == "direct":
             return sparse_direct_solve(self, b, options)
@@ -295,8 +312,9 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
         """Largest Gershgorin radius of ``A`` (levels and couplings) per system, shape ``batch``."""
         xp = self.xp
         L = self.num_labels
-        radii = [op._gershgorin_radii().reshape(self.batch_shape + op.vector_shape)
-                 for op in self.level_operators]
+        self._sync_parameters()  # the levels' arrays are watched here (their radii refreshed on change)
+        radii = [(op._radii if getattr(op, "_radii", None) is not None else op._gershgorin_radii())
+                 .reshape(self.batch_shape + op.vector_shape) for op in self.level_operators]
         radii = [xp.array(r, copy=True) for r in radii]
         for s in range(self.num_levels - 1):
             c = xp.abs(self.cross[s])
@@ -349,7 +367,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
 
 def _rebuild(op, dtype, lam):
     if isinstance(op, GridGCRF):
-        return GridGCRF(op.pairwise.astype(dtype), lam, op.neighbourhood)
+        return GridGCRF._level(op.pairwise.astype(dtype), lam, op.neighbourhood)
     return GridPottsGCRF(op.weights.astype(dtype), lam, op.num_labels, op.neighbourhood)
 
 

@@ -16,6 +16,7 @@ section 6.  ``"auto"`` on the 8- and 12-neighbourhood general form is plain CG (
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -23,10 +24,12 @@ from ...backend import get_array_module, to_host
 from ...neighbourhoods import neighbourhood_offsets
 from ...operator import GCRFOperator
 from ...results import not_positive_definite
-from ..._validation import as_lam, as_parameter, readonly
+from ..._validation import as_lam, as_parameter, check_finite, readonly
+from . import kernels
 from .csr import assemble_csr
 from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
 from .redblack import red_black_blocks, red_black_cg
+from .scan import give_back_blocks, scan_pairwise
 from .solves import gershgorin_check, potts_split_solve, sparse_direct_solve
 
 __all__ = ["GridGCRF", "GridPottsGCRF"]
@@ -60,6 +63,8 @@ class _GridOperator(SparseAssembled, GCRFOperator):
     """
 
     _potts = False
+    #: computed from the parameters at construction (:meth:`GridGCRF._scan_parameters`)
+    _DERIVED = ("_bound", "_rb_blocks", "_radii")
 
     def _setup_grid(self, *, xp, dtype, batch_shape, num_labels, height, width, neighbourhood, lam):
         self.offsets = neighbourhood_offsets(neighbourhood)
@@ -179,8 +184,15 @@ class _GridOperator(SparseAssembled, GCRFOperator):
 
         ``lam`` above it proves ``M`` positive definite.  Returns an array of ``batch_shape``.
         """
+        if getattr(self, "_bound", None) is not None:  # from the construction's read of the parameters
+            self._sync_parameters()
+            return self._bound.reshape(self.batch_shape)
         R = self._gershgorin_radii()
         return R.reshape(self.batch_shape + (-1,)).max(axis=-1)
+
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        self._factors.clear()
 
     def check_positive_definite(self, exact: bool = False) -> bool:
         """Check ``M = lam I + A`` for positive definiteness (docs/design.md section 6).
@@ -207,6 +219,12 @@ class _GridOperator(SparseAssembled, GCRFOperator):
         return gershgorin_check(self, exact=exact)
 
 
+def _release_blocks(blocks, image):
+    # besides the references give_back_blocks counts: this frame, the finalizer's arguments and the
+    # dying operator's own attribute (weakref callbacks run before its attributes are cleared)
+    give_back_blocks(blocks, image, holders=2)
+
+
 class GridGCRF(_GridOperator):
     """Sparse grid G-CRF with general ``L x L`` pairwise blocks (docs/design.md 3.1).
 
@@ -217,22 +235,22 @@ class GridGCRF(_GridOperator):
     ----------
     pairwise : array, shape ``(*batch, K, L, L, H, W)``
         Pairwise blocks; ``K`` = 2, 4, 6 for the 4, 8, 12 neighbourhoods.  Entries of edges leaving
-        the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     neighbourhood : {4, 8, 12}
 
     Attributes
     ----------
-    pairwise : the operator's own parameter, a read-only array (a copy of a writeable input)
+    pairwise : a read-only view of the parameter (of the caller's array when it was writeable NumPy)
     num_labels, height, width, neighbourhood, offsets
     """
 
     def __init__(self, pairwise, lam, neighbourhood=4):
         offsets = neighbourhood_offsets(neighbourhood)
-        pw = as_parameter(pairwise, "pairwise", min_ndim=5)
+        pw, watched, _ = as_parameter(pairwise, "pairwise", min_ndim=5, view=True, check=False)
         K, L1, L2, H, W = pw.shape[-5:]
         if K != len(offsets) or L1 != L2:
             raise ValueError(
@@ -243,6 +261,39 @@ class GridGCRF(_GridOperator):
         self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
                          width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
+        self._rb_blocks = None
+        self._bound = self._radii = None
+        fingerprint = self._scan_parameters()
+        if watched:
+            self._watch("pairwise", pw, fingerprint)
+
+    def _scan_parameters(self):
+        """Check ``pairwise`` for NaN/Inf, and on NumPy compute in the same read its fingerprint,
+        the Gershgorin bound per system (:meth:`gershgorin_bound`) and, on the 4-neighbourhood,
+        the red-black blocks of ``method="reduced_cg"`` (:func:`gcrflinalg.forms.grid.scan.scan_pairwise`).
+        Returns the fingerprint (None off NumPy)."""
+        if not kernels._use_numba(self._params):
+            check_finite(self._params, "pairwise")
+            return None
+        eager = self.neighbourhood == 4 and getattr(self, "_eager_layout", True)
+        finite, fingerprint, bound, blocks, radii = scan_pairwise(self._params, self.offsets,
+                                                                  build_blocks=eager)
+        if not finite:
+            raise ValueError("pairwise contains NaN or Inf")
+        self._bound, self._rb_blocks, self._radii = bound, blocks, radii
+        if blocks is not None:  # back to the pool when the operator is gone, unless still referenced
+            self._blocks_finalizer = weakref.finalize(self, _release_blocks, blocks, (self.height, self.width))
+            self._blocks_finalizer.atexit = False
+        return fingerprint
+
+    def _parameters_changed(self):
+        super()._parameters_changed()
+        finalizer = getattr(self, "_blocks_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()  # the old blocks may still be held by a caller: not pooled
+        self._rb_blocks = None
+        self._bound = self._radii = None
+        self._scan_parameters()
 
     def _accumulate_pairwise(self, v, out):
         pairwise_product(self._params, v, out, self.offsets)
@@ -262,8 +313,10 @@ class GridGCRF(_GridOperator):
     def red_black_layout(self):
         """The colour-ordered blocks of the red-black reduction used by ``method="reduced_cg"``.
 
-        Built on first use and cached (as many bytes as ``pairwise``); calling it ahead of a solve
-        moves that set-up cost out of the first solve.  4-neighbourhood only.
+        On NumPy built at construction, in the same read of ``pairwise`` as the finiteness check and
+        the Gershgorin bound (:func:`gcrflinalg.forms.grid.scan.scan_pairwise`); elsewhere built on
+        first use.  Cached (as many bytes as ``pairwise``) and rebuilt when a watched ``pairwise``
+        changed.  4-neighbourhood only.
 
         Returns
         -------
@@ -274,6 +327,7 @@ class GridGCRF(_GridOperator):
         if self.neighbourhood != 4:
             raise ValueError("the red-black layout needs neighbourhood=4; "
                              f"this operator has neighbourhood={self.neighbourhood}")
+        self._sync_parameters()
         if getattr(self, "_rb_blocks", None) is None:
             self._rb_blocks = red_black_blocks(self._params)
         return self._rb_blocks
@@ -300,7 +354,24 @@ class GridGCRF(_GridOperator):
             grad[..., k, :, :, pi, pj] = -(gp * xq + xp_ * gq)
         return {"pairwise": grad}
 
+    @classmethod
+    def _level(cls, pairwise, lam, neighbourhood=4):
+        """An operator used as a part of a larger one (a multi-resolution level): its solves are not
+        run, so no red-black layout is built up front."""
+        op = cls.__new__(cls)
+        op._eager_layout = False
+        op.__init__(pairwise, lam, neighbourhood)
+        return op
+
     def _gershgorin_radii(self):
+        """Gershgorin radii per row, ``(B, L, H, W)``: on NumPy from the construction's read of the
+        parameters (:meth:`_scan_parameters`), else computed."""
+        if getattr(self, "_radii", None) is not None:
+            self._sync_parameters()
+            return self._radii
+        return self._gershgorin_radii_xp()
+
+    def _gershgorin_radii_xp(self):
         # R[m, p] = sum over edges at p of sum_n |pairwise[k, m, n, p]| (p as the edge's first end)
         #         + sum over edges into p of sum_m' |pairwise[k, m', m, p - d]| (p as its second end)
         xp = self.xp
@@ -330,9 +401,9 @@ class GridPottsGCRF(_GridOperator):
     Parameters
     ----------
     weights : array, shape ``(*batch, K, H, W)``
-        Edge weights; entries of edges leaving the image are ignored.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        Edge weights; entries of edges leaving the image are ignored.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of shape ``batch``
         Diagonal shift; ``M`` is positive definite iff ``lam > lambda_max(W)`` and
         ``lam > -(L-1) lambda_min(W)`` (:meth:`check_positive_definite`).
@@ -345,7 +416,7 @@ class GridPottsGCRF(_GridOperator):
 
     def __init__(self, weights, lam, num_labels, neighbourhood=4):
         offsets = neighbourhood_offsets(neighbourhood)
-        wt = as_parameter(weights, "weights", min_ndim=3)
+        wt, watched, fingerprint = as_parameter(weights, "weights", min_ndim=3, view=True)
         K, H, W = wt.shape[-3:]
         if K != len(offsets):
             raise ValueError(
@@ -358,6 +429,8 @@ class GridPottsGCRF(_GridOperator):
         self._setup_grid(xp=xp, dtype=wt.dtype, batch_shape=wt.shape[:-3], num_labels=int(num_labels),
                          height=H, width=W, neighbourhood=neighbourhood, lam=lam)
         self._params = xp.ascontiguousarray(wt.reshape((self._n_systems, K, H, W)))
+        if watched:
+            self._watch("weights", wt, fingerprint)
 
     def _accumulate_pairwise(self, v, out):
         # (A v)_l = W (s - v_l), s = sum_l v_l: every weight read once for all labels.

@@ -124,42 +124,48 @@ def from_colours(red, black, height: int, width: int):
 # colour-ordered blocks
 
 
+@numba.njit(inline="always")
+def write_block_row(G, b, k, m, n, src, wp):  # pragma: no cover - compiled
+    """Write the stored block row ``src = pw[b, k, m, n]`` ``(H, W)`` into ``G``: its entries at
+    black pixels q are A[(m, q), (n, q + d)] (right, k = 0; down, k = 1); its entries at red pixels
+    p are the transposed blocks A[(n, q), (m, p)] of the black neighbour q = p + d (left, up).
+    Edges that leave the image are not written (G holds zeros there)."""
+    H, W = src.shape
+    for i in range(H):
+        row = src[i]
+        pi = i % 2
+        j0 = 1 - pi  # first black column of row i
+        nb = (W - j0 + 1) // 2
+        if k == 0:
+            out = G[b, pi, 0, m, n][(i // 2 + 1) * wp + 1:]
+            last = nb - 1 if j0 + 2 * (nb - 1) == W - 1 else nb  # no right neighbour at W - 1
+            for c in range(last):
+                out[c] = row[j0 + 2 * c]
+            out = G[b, pi, 1, n, m][(i // 2 + 1) * wp + 1:]
+            for c in range(1 if j0 == 0 else 0, nb):  # black j >= 1: its left edge sits at j - 1
+                out[c] = row[j0 + 2 * c - 1]
+        elif i + 1 < H:
+            out = G[b, pi, 2, m, n][(i // 2 + 1) * wp + 1:]
+            for c in range(nb):
+                out[c] = row[j0 + 2 * c]
+            # black pixels of row i + 1 (columns 1 - pi1 + 2c) take this edge as their up block
+            pi1 = (i + 1) % 2
+            j1 = 1 - pi1
+            out = G[b, pi1, 3, n, m][((i + 1) // 2 + 1) * wp + 1:]
+            for c in range((W - j1 + 1) // 2):
+                out[c] = row[j1 + 2 * c]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _red_black_blocks_nb(pw, G, ha, wp):  # pragma: no cover - compiled
-    # One item per stored block row pw[b, k, m, n] (read once): its entries at black pixels q are
-    # A[(m, q), (n, q + d)] (right, k = 0; down, k = 1); its entries at red pixels p are the
-    # transposed blocks A[(n, q), (m, p)] of the black neighbour q = p + d (left, up).  G must be
-    # zero on entry (edges that leave the image are not written).
+    # One item per stored block row pw[b, k, m, n] (read once); G must be zero on entry.
     B, K, L, _, H, W = pw.shape
     for it in numba.prange(B * K * L * L):
         n = it % L
         m = (it // L) % L
         k = (it // (L * L)) % K
         b = it // (K * L * L)
-        src = pw[b, k, m, n]
-        for i in range(H):
-            row = src[i]
-            pi = i % 2
-            j0 = 1 - pi  # first black column of row i
-            nb = (W - j0 + 1) // 2
-            if k == 0:
-                out = G[b, pi, 0, m, n][(i // 2 + 1) * wp + 1:]
-                last = nb - 1 if j0 + 2 * (nb - 1) == W - 1 else nb  # no right neighbour at W - 1
-                for c in range(last):
-                    out[c] = row[j0 + 2 * c]
-                out = G[b, pi, 1, n, m][(i // 2 + 1) * wp + 1:]
-                for c in range(1 if j0 == 0 else 0, nb):  # black j >= 1: its left edge sits at j - 1
-                    out[c] = row[j0 + 2 * c - 1]
-            elif i + 1 < H:
-                out = G[b, pi, 2, m, n][(i // 2 + 1) * wp + 1:]
-                for c in range(nb):
-                    out[c] = row[j0 + 2 * c]
-                # black pixels of row i + 1 (columns 1 - pi1 + 2c) take this edge as their up block
-                pi1 = (i + 1) % 2
-                j1 = 1 - pi1
-                out = G[b, pi1, 3, n, m][((i + 1) // 2 + 1) * wp + 1:]
-                for c in range((W - j1 + 1) // 2):
-                    out[c] = row[j1 + 2 * c]
+        write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
 
 
 def _red_black_blocks_xp(xp, pw, G, ha, wp):

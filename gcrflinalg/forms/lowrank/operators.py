@@ -103,11 +103,12 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     problem.
 
     The factorisation costs about ``break_even`` products (:func:`break_even_products`).  With the
-    factor cached, or a break-even of at most ``2 AUTO_PROBE_ITERATIONS + 2`` products (where the
-    probe's cost could not be won back), the direct solve runs at once
-    (the result's ``method`` is ``"direct"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps;
-    the rate of its last steps predicts the iterations still needed, and when they cost more than the
-    factorisation the direct solve takes over from scratch (``"cg+direct"``; exact, so the CG
+    factor cached, or a break-even of at most ``AUTO_PROBE_ITERATIONS + 2`` products (a
+    factorisation no dearer than the probe and the direct solve's own two products: the probe
+    could not be won back), the direct solve runs at once (the result's ``method`` is
+    ``"direct"``).  Otherwise CG runs :data:`AUTO_PROBE_ITERATIONS` steps; the rate of its last
+    steps predicts the iterations still needed, and when they cost more than the factorisation the
+    direct solve takes over from scratch (``"cg+direct"``; exact, so the CG
     iterate is not needed).  Else CG goes on from its iterate for at most ``break_even`` more
     steps, and hands over to the direct solve if that did not suffice (bounding the loss at about
     twice the better method); a CG answer reports ``"cg"``.  ``matvecs`` counts every
@@ -118,8 +119,10 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     if {"callback", "M", "restart", "omega"} & set(options):
         return NotImplemented
     exact_options = {k: v for k, v in options.items() if k in ("rtol", "atol", "refine", "check_residual")}
-    # a factorisation worth at most two probes and a product: the probe could not pay for itself
-    if factored or break_even <= 2 * AUTO_PROBE_ITERATIONS + 2:
+    # a factorisation no dearer than the probe: the probe could not pay for itself.  Above that
+    # CG is probed first: on a flat spectrum (E E^T close to a multiple of I) it converges in
+    # about as many products as the factorisation costs, and the probe says so
+    if factored or break_even <= AUTO_PROBE_ITERATIONS + 2:
         result = direct(b, exact_options)
         result.method = "direct"
         return result
@@ -161,6 +164,8 @@ class _LowRankOperator(GCRFOperator):
     dispatch.  Subclasses define ``_apply_flat``, ``_direct_flat``, the factor and the cost model."""
 
     _factor_cache = None
+    #: what is cached from the embeddings (dropped when watched embeddings change)
+    _CACHED = ("_factor_cache", "_twin64", "_rows", "_gram")
 
     # ------------------------------------------------------------------ products
     def _flatten(self, arr):
@@ -184,7 +189,9 @@ class _LowRankOperator(GCRFOperator):
 
     # ------------------------------------------------------------------ direct solve
     def factorize(self):
-        """Compute (once) and return the cached Woodbury factorisation of this operator."""
+        """Compute (once) and return the cached Woodbury factorisation of this operator (recomputed
+        when watched embeddings changed since)."""
+        self._sync_parameters()
         if self._factor_cache is None:
             self._factor_cache = self._compute_factor()
         return self._factor_cache
@@ -265,9 +272,9 @@ class LowRankGCRF(_LowRankOperator):
     ----------
     embeddings : array, shape ``(..., D, L, H, W)``
         ``E``; leading axes are batch axes.  NumPy, CuPy or any DLPack-exporting array; float32 or
-        float64 (other real dtypes become float64).  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        float64 (other real dtypes become float64).  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
 
@@ -285,7 +292,9 @@ class LowRankGCRF(_LowRankOperator):
     """
 
     def __init__(self, embeddings, lam):
-        emb = as_parameter(embeddings, "embeddings", min_ndim=4)
+        emb, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=4, view=True)
+        if watched:
+            self._watch("embeddings", emb, fingerprint)
         xp = get_array_module(emb)
         _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
         batch_shape = tuple(emb.shape[:-4])
@@ -411,9 +420,9 @@ class LowRankPottsGCRF(_LowRankOperator):
     Parameters
     ----------
     embeddings : array, shape ``(..., D, H, W)``
-        ``psi``; leading axes are batch axes.  Never modified.  The operator owns its parameters (docs/guarantees.md): a writeable input is
-        copied once at construction, a read-only or cast input is not; the public attribute is a
-        read-only view, so products and cached factors always describe one matrix.
+        ``psi``; leading axes are batch axes.  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
+        a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
+        are rebuilt when it changed); the public attribute is a read-only view.
     lam : float or array of the batch shape
         The diagonal shift, ``> 0``.
     num_labels : int
@@ -447,7 +456,9 @@ class LowRankPottsGCRF(_LowRankOperator):
             raise TypeError(f"num_labels must be an integer >= 1; got {num_labels!r}") from None
         if n_labels < 1:
             raise ValueError(f"num_labels must be >= 1; got {n_labels}")
-        psi = as_parameter(embeddings, "embeddings", min_ndim=3)
+        psi, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=3, view=True)
+        if watched:
+            self._watch("embeddings", psi, fingerprint)
         xp = get_array_module(psi)
         _check_dims(psi.shape[-3:], ("D", "H", "W"), "embeddings (..., D, H, W)")
         batch_shape = tuple(psi.shape[:-3])

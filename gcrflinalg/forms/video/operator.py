@@ -48,9 +48,9 @@ class VideoGCRF(GCRFOperator):
         Temporal embeddings ``T``: frames ``u != v`` at a distance in the neighbourhood are coupled
         through the block ``T_u^T T_v``.  Same batch axes as ``spatial``.  ``Dt = 0`` is allowed
         (no temporal coupling: ``M`` is block-diagonal over the frames); ``Ds = 0``, ``V = 0`` and
-        empty image axes are a ``ValueError``.  Both embeddings are owned by the operator
-        (docs/guarantees.md): a writeable input is copied once, a read-only or cast one is not,
-        and the attributes ``spatial`` and ``temporal`` are read-only.
+        empty image axes are a ``ValueError``.  Results describe the embeddings as they are at
+        the call (docs/guarantees.md): a writeable NumPy input is viewed, not copied, and
+        re-checked by every solve; the attributes ``spatial`` and ``temporal`` are read-only.
     lam : float or array of shape ``batch_shape``
         The diagonal shift, ``> 0``.
     neighbourhood : "fc" or iterable of int
@@ -72,11 +72,19 @@ class VideoGCRF(GCRFOperator):
     :meth:`sufficient_lam`).
     """
 
+    #: what is cached from the embeddings (dropped when watched embeddings change)
+    _CACHED = ("_capacitance_matrices_cache", "_capacitance_cache", "_spatial_sq_cache", "_sweep_rows",
+               "_twin64")
+
     def __init__(self, spatial, temporal, lam, neighbourhood="fc", *, product: str = "cached"):
-        S = as_parameter(spatial, "spatial", min_ndim=5)
+        S, watch_s, fp_s = as_parameter(spatial, "spatial", min_ndim=5, view=True)
         xp = get_array_module(S)
-        T = as_parameter(temporal, "temporal", min_ndim=5, xp=xp)
+        T, watch_t, fp_t = as_parameter(temporal, "temporal", min_ndim=5, xp=xp, view=True)
         dtype = np.result_type(S.dtype, T.dtype)
+        # a watched array stays watched unless the common dtype needs a cast (then it is owned)
+        for name, arr, watched, fp in (("spatial", S, watch_s, fp_s), ("temporal", T, watch_t, fp_t)):
+            if watched and arr.dtype == dtype:
+                self._watch(name, arr, fp)
         S, T = S.astype(dtype, copy=False), T.astype(dtype, copy=False)
         batch_shape = tuple(S.shape[:-5])
         n_frames, ds, n_labels, height, width = S.shape[-5:]

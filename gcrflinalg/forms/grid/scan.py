@@ -1,0 +1,163 @@
+"""One read of the general grid form's pairwise blocks for everything an operator needs up front.
+
+:func:`scan_pairwise` reads ``pairwise`` ``(B, K, L, L, H, W)`` once and, in the same pass,
+
+- checks that every entry is finite (NaN/Inf anywhere make the radii below NaN),
+- computes its fingerprint (:mod:`gcrflinalg._fingerprint`),
+- accumulates the Gershgorin radii ``R[m, p] = sum_{c != (m, p)} |A_{(m, p), c}|`` and returns
+  their maximum per system (the default positive-definiteness certificate, docs/design.md
+  section 6),
+- and, on the 4-neighbourhood, writes the colour-ordered blocks of the red-black reduction
+  (:func:`gcrflinalg.forms.grid.redblack.red_black_blocks`) that ``method="reduced_cg"`` (the
+  ``"auto"`` choice there) solves with.
+
+So a fresh operator and its default solve read the parameters once before the solve itself,
+instead of once for each job (and once more for a defensive copy).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ... import threads as threads_policy
+from ..._fingerprint import hash_run
+from .redblack import colour_dims, write_block_row
+
+__all__ = ["scan_pairwise", "take_blocks", "give_back_blocks", "POOL_MAX_BYTES"]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _scan_pairwise_nb(pw, bits, mask, shift, R, partial, G, build, wp):  # pragma: no cover - compiled
+    # Items (system, range of first labels m); each owns R[b, part], so no two items write the same
+    # entry.  Every block row pw[b, k, m, n] (H W entries, contiguous, in cache while it is used) is
+    # read by flat loops: the fingerprint, then |A| into the radii of both ends of its edges.  The
+    # edge mask multiplies |A| (so entries of edges leaving the image add 0, unless they are NaN or
+    # Inf: then the radii are NaN, which is how non-finite entries anywhere are found).
+    B, K, L, _, H, W = pw.shape
+    P = H * W
+    parts = R.shape[1]
+    for it in numba.prange(B * parts):
+        b = it // parts
+        part = it % parts
+        h = np.uint64(0)
+        acc = R[b, part]
+        for m in range(part * L // parts, (part + 1) * L // parts):
+            first = acc[m].reshape(P)
+            for k in range(K):
+                mk = mask[k]
+                s = shift[k]
+                lo, hi = max(0, -s), min(P, P - s)
+                for n in range(L):
+                    src = pw[b, k, m, n].reshape(P)
+                    h += hash_run(bits[b, k, m, n].reshape(P), (((b * K + k) * L + m) * L + n) * P)
+                    for p in range(P):
+                        first[p] += abs(src[p]) * mk[p]
+                    second = acc[n].reshape(P)
+                    for p in range(lo, hi):
+                        second[p + s] += abs(src[p]) * mk[p]
+                    if build:
+                        write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
+        partial[it] = h
+
+
+def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
+    """Read ``pw`` ``(B, K, L, L, H, W)`` (C-contiguous NumPy float array) once.
+
+    Parameters
+    ----------
+    pw : ndarray
+        The pairwise blocks of ``B`` systems.
+    offsets : sequence of (int, int)
+        The ``K`` edge offsets of the neighbourhood.
+    blocks : ndarray, optional
+        A zero-initialised (or previously written, same ``H, W``) red-black block array
+        ``(B, 2, 4, L, L, F)`` to write into; taken from :func:`take_blocks` when
+        ``build_blocks`` and not given.
+    build_blocks : bool
+        Write the red-black blocks (4-neighbourhood only).
+
+    Returns
+    -------
+    finite : bool
+    fingerprint : int
+    bound : ndarray, shape ``(B,)``
+        Largest Gershgorin radius of ``A`` per system.
+    blocks : ndarray or None
+    radii : ndarray, shape ``(B, L, H, W)``
+        The Gershgorin radii per row of ``A``.
+    """
+    B, K, L, _, H, W = pw.shape
+    if build_blocks and K != 2:
+        raise ValueError("the red-black blocks need the 4-neighbourhood (K = 2)")
+    threads = threads_policy.get_num_threads()
+    parts = max(1, min(L, 2 * threads if pw.size >= (1 << 20) else 1))
+    R = np.zeros((B, parts, L, H, W), dtype=pw.dtype)
+    partial = np.empty(B * parts, dtype=np.uint64)
+    if build_blocks:
+        _, wp, F = colour_dims(H, W)
+        if blocks is None:
+            blocks = take_blocks((B, 2, 4, L, L, F), pw.dtype, (H, W))
+        G = blocks
+    else:
+        wp = 0
+        G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
+    mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, H * W), dtype=pw.dtype)
+    shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
+    bits = pw.view(np.uint64 if pw.dtype.itemsize == 8 else np.uint32)
+    with threads_policy.parallel_kernel(min(threads, B * parts)):
+        _scan_pairwise_nb(pw, bits, mask, shift, R, partial, G, bool(build_blocks), wp)
+    radii = R.sum(axis=1) if parts > 1 else R[:, 0]
+    bound = radii.reshape(B, -1).max(axis=1) if radii.size else np.zeros(B, dtype=pw.dtype)
+    finite = bool(np.isfinite(bound).all())
+    if not finite:  # NaN/Inf somewhere, or finite entries whose radius overflowed
+        finite = bool(np.isfinite(pw).all())
+        bound = np.where(np.isfinite(bound), bound, np.inf).astype(pw.dtype)
+    return finite, int(partial.sum(dtype=np.uint64)), bound, (blocks if build_blocks else None), radii
+
+
+def edge_mask_of(offsets, height, width):
+    """``(K, H, W)``: 1 where edge ``k`` at ``(i, j)`` stays inside the image, else 0."""
+    mask = np.zeros((len(offsets), height, width))
+    for k, (di, dj) in enumerate(offsets):
+        mask[k, max(0, -di):min(height, height - di), max(0, -dj):min(width, width - dj)] = 1.0
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# red-black block buffers of operators that are gone, for the next operator of the same size
+
+#: at most this many bytes of block buffers are kept for reuse
+POOL_MAX_BYTES = 1 << 30
+_POOL: dict = {}
+
+
+def take_blocks(shape, dtype, image):
+    """A block buffer of ``shape`` for :func:`scan_pairwise` of an ``image = (H, W)`` operator: one
+    kept from an operator of the same size that is gone (its pads and out-of-image entries are
+    zero and every other entry is rewritten, so it needs no clearing, and its pages are already
+    mapped: a network building one operator per step writes its blocks into warm memory), else a
+    new zero array.  The image size is part of the key: two sizes can share ``F``, not the pads."""
+    kept = _POOL.get((tuple(shape), np.dtype(dtype).str, tuple(image)))
+    if kept:
+        try:
+            return kept.pop()
+        except IndexError:  # taken meanwhile by another thread
+            pass
+    return np.zeros(shape, dtype=dtype)  # calloc: zero pages for free
+
+
+def give_back_blocks(blocks, image, holders: int = 0) -> bool:
+    """Keep ``blocks`` for reuse when nothing but the caller (and ``holders`` known references)
+    refers to it -- no view, no result, no user variable -- and the pool has room."""
+    import sys
+
+    # references: the caller's, this function's argument, getrefcount's own, and ``holders``
+    if sys.getrefcount(blocks) > 3 + holders:
+        return False
+    key = (tuple(blocks.shape), blocks.dtype.str, tuple(image))
+    kept = _POOL.setdefault(key, [])
+    total = sum(b.nbytes for lst in _POOL.values() for b in lst)
+    if len(kept) >= 2 or total + blocks.nbytes > POOL_MAX_BYTES:
+        return False
+    kept.append(blocks)
+    return True
