@@ -59,6 +59,9 @@ class SolveResult:
         solver that needed it (:func:`solvers.sor` with ``omega=None``); None otherwise.
     eig_bounds : tuple of two floats or None
         The eigenvalue interval ``(lower, upper)`` a Chebyshev iteration ran with.
+    setup_time_s : float or None
+        The part of ``time_s`` spent building a preconditioner in the call (:func:`solvers.ssor_cg`,
+        :func:`solvers.amg_cg`); None for the others.
     """
 
     x: Any
@@ -75,6 +78,7 @@ class SolveResult:
     omega: Any = None
     jacobi_radius: Any = None
     eig_bounds: Any = None
+    setup_time_s: Any = None
 
     def __iter__(self):
         # SciPy-style unpacking: x, info = solver(A, b)
