@@ -110,7 +110,7 @@ _STYLE = {
 #: Columns of ``runs.csv`` (``runs.json`` has these and the residual histories).
 RUN_COLUMNS = ("form", "method", "preconditioner", "margin", "regime", "size", "num_labels", "N", "dtype",
                "rtol", "problem", "index", "source", "converged", "info", "iterations", "matvecs",
-               "setup_s", "solve_s", "time_s", "rel_residual", "predicted_iterations", "jacobi_radius",
+               "setup_s", "solve_s", "time_s", "build_s", "rel_residual", "predicted_iterations", "jacobi_radius",
                "consistently_ordered", "lambda_min", "lambda_max", "kappa", "omega", "error")
 
 _WARMED = set()
@@ -346,10 +346,10 @@ def _solve_problem(form, index, *, seed, size, methods, rtol, maxiter, restart, 
         if row["method"] in ("pcg", "ssor_cg", "amg_cg", "reduced_cg"):
             own_kappa = _finite(getattr(res, "condition_estimate", None)) if res is not None else None
         row.update(jacobi_radius=rho_j, consistently_ordered=ordered, lambda_min=lmin, lambda_max=lmax,
-                   kappa=own_kappa,
+                   kappa=own_kappa, build_s=build_s + theory_s,
                    predicted_iterations=predicted_iterations(row["method"], rtol, jacobi_radius=rho_j,
                                                              kappa=own_kappa, consistently_ordered=ordered))
-    meta = dict(problem.meta, build_s=build_s, theory_s=theory_s, regime=str(margin), study_size=size)
+    meta = dict(problem.meta, regime=str(margin), study_size=size)
     return rows, meta
 
 
@@ -892,10 +892,12 @@ def report(runs, problems_meta, opts, *, header) -> str:
     errors = sorted({(r["form"], r["method"], r["error"]) for r in runs if r["error"]})
     if errors:
         sections.append("## Errors\n\n" + "\n".join(f"- {f} / {m}: {e}" for f, m, e in errors))
-    build = [m.get("build_s") for m in problems_meta if m.get("build_s") is not None]
+    build = list({(r["problem"], r["regime"], r["size"], r["dtype"], r["rtol"]): r["build_s"] for r in runs
+                  if r.get("build_s") is not None}.values())
     if build:
-        sections.append(f"Building the problems (with rho(B)) took {np.median(build):.3g} s per problem (median), "
-                        f"{np.max(build):.3g} s at most.")
+        sections.append(f"Building a problem with its spectral facts (rho(B) for lam, the Jacobi radius, kappa "
+                        f"from CG's Ritz values) took {np.median(build):.3g} s (median), {np.max(build):.3g} s at "
+                        "most (column build_s of runs.csv).")
     sections.append("Figures: `iterations_vs_margin.png`, `time_vs_margin.png` (medians and quartiles against the "
                     "margin, predicted lines dashed), `residual_vs_iteration.png`, `residual_vs_time.png` "
                     "(representative problem of each form, index 0, first regime).  Every run: `runs.json`, "
