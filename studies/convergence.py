@@ -817,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the thesis's Fig. 2.3 side by side: the seed regime at the thesis's size (100 x 85 "
                              "pixels, 21 labels), grid forms, Jacobi / Gauss-Seidel / GMRES / CG (long: a Dask "
                              "cluster or overnight)")
+    parser.add_argument("--report", metavar="PATH", default=None,
+                        help="run (or resume, from results/convergence-report/) the sweeps of the report and write it "
+                             "to PATH (docs/studies/convergence.md), its figures to studies/figures/")
     parser.add_argument("--resume", action="store_true",
                         help="keep the problems already finished in --out (runs.jsonl) and run only the others")
     parser.add_argument("--dask", metavar="ADDRESS", default=None,
@@ -905,10 +908,187 @@ def report(runs, problems_meta, opts, *, header) -> str:
     return "\n\n".join(sections) + "\n", summary
 
 
+#: The sweeps of the report (docs/studies/convergence.md), each ``(name, arguments)``.
+REPORT_SWEEPS = (
+    ("thesis", ["--thesis", "--count", "3"]),
+    ("medium", ["--margins", "0.001", "0.01", "0.1", "1", "seed", "--sizes", "medium", "--count", "3",
+                "--maxiter", "5000"]),
+    ("large", ["--forms", "grid", "grid_potts", "--margins", "0.001", "0.01", "0.1", "1", "--sizes", "large",
+               "--count", "2", "--maxiter", "5000"]),
+)
+REPORT_COMMAND = "python -m studies.convergence --report docs/studies/convergence.md"
+
+
+def write_report(path, *, results="results/convergence-report", figures="studies/figures", progress=False) -> str:
+    """Run (or resume) the report's sweeps (:data:`REPORT_SWEEPS`) and write the report to ``path``.
+
+    Each sweep writes into ``results/<name>/`` and resumes what is there; the figures go to
+    ``figures`` (linked from the report).  Returns the report's text.
+    """
+    import json
+    import shutil
+
+    records = {}
+    for name, argv in REPORT_SWEEPS:
+        folder = os.path.join(results, name)
+        main(argv + ["--out", folder, "--resume"] + ([] if progress else ["--no-progress"]))
+        with open(os.path.join(folder, "runs.json"), encoding="utf-8") as fh:
+            records[name] = json.load(fh)
+    os.makedirs(figures, exist_ok=True)
+    rel = os.path.relpath(figures, os.path.dirname(os.path.abspath(path)) or ".")
+    for name in ("medium", "large"):
+        for fig in ("iterations_vs_margin.png", "time_vs_margin.png"):
+            shutil.copyfile(os.path.join(results, name, fig), os.path.join(figures, f"convergence_{name}_{fig}"))
+    text = report_text(records, figures=rel)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {path}")
+    return text
+
+
+def _thesis_numbers(runs):
+    out = {}
+    for form in ("grid", "grid_potts"):
+        sel = [r for r in runs if r["form"] == form and r["regime"] == "seed" and r["converged"]]
+        its = {m: [r["iterations"] for r in sel if r["method"] == m] for m in ("jacobi", "gauss_seidel", "cg")}
+        out[form] = {m: float(np.mean(v)) if v else float("nan") for m, v in its.items()}
+    return out
+
+
+def report_text(records, *, figures="../../studies/figures") -> str:
+    """The markdown of docs/studies/convergence.md from the report's sweeps (``name -> runs.json``)."""
+    med, large, thesis = records["medium"], records["large"], records["thesis"]
+    env = med["environment"]
+
+    def header(rec, name):
+        o = rec["options"]
+        return (f"`{name}`: {o['count']} problem(s) per form and regime, sizes {' '.join(o['sizes'])}, margins "
+                f"{' '.join(o['margins'])}, rtol {' '.join(f'{r:g}' for r in o['rtols'])}, maxiter {o['maxiter']}, "
+                f"{len(rec['runs'])} runs")
+
+    tn = _thesis_numbers(thesis["runs"])
+    lines = [
+        "# Convergence of the solvers",
+        "",
+        "Jacobi, Gauss–Seidel, SOR with Young's relaxation, Chebyshev, GMRES, CG, PCG (block Jacobi, SSOR, "
+        "algebraic multigrid) and the direct solves on built-in problems of every form, swept over the margin "
+        "of `lam` above the Jacobi bound, the size and the tolerance, with the theory's predicted iterations "
+        "beside every measurement.  Every method stops on the same rule, the true residual "
+        "`||b - M x|| <= rtol ||b||`.",
+        "",
+        "This page is generated; regenerate it (and its figures in `studies/figures/`) with",
+        "",
+        "```",
+        REPORT_COMMAND,
+        "```",
+        "",
+        "which runs (or resumes, from `results/convergence-report/`) the three sweeps below on the CPU.  "
+        f"Measured on {env['cpus']} CPU cores shared with other work ({env['platform']}), so the times are "
+        "noisy; iteration counts are exact.",
+        "",
+    ] + [f"- {header(records[name], name)}" for name, _ in REPORT_SWEEPS] + [
+        "",
+        "The everyday commands: `python -m studies.convergence` (25 problems per form at the medium size, "
+        "margins drawn in [0.05, 0.3]; about a minute), `--quick` (under a minute), `--sweep` (every form and "
+        "method, margins 1e-3 1e-2 0.1 1, sizes medium and large, 25 problems: the long sweep, about "
+        "30 minutes on 2 free cores), `--thesis` (the seed regime at the thesis's size, 25 problems: a Dask "
+        "cluster, `--dask ADDRESS`, or overnight).  `--resume` continues an interrupted sweep from "
+        "`runs.jsonl`.",
+        "",
+        "## Regimes",
+        "",
+        "`lam = (1 + margin) rho(B)` with `B = A - diag(A)`, so on the grid and multi-resolution forms "
+        "(`diag(A) = 0`) the Jacobi iteration matrix has radius exactly `rho_J = 1/(1 + margin)`.  The "
+        "`seed` regime takes the margin at which Jacobi's predicted count `ln(rtol)/ln(rho_J)` is 25 at "
+        "rtol 1e-6 (margin = 10^(6/25) - 1 = 0.738), the regime of the thesis's Fig. 2.3 (Jacobi 24.8 "
+        "iterations on average).",
+        "",
+        "## Iterations against the margin",
+        "",
+        "Medians over the problems with quartile bars; dashed: the theory (Jacobi `ln(rtol)/ln(rho_J)`, "
+        "Gauss–Seidel by Young `rho_GS = rho_J^2`, SOR with `omega* = 2/(1 + sqrt(1 - rho_J^2))`, CG "
+        "`sqrt(kappa) ln(2/rtol)/2` with `kappa` from CG's own Ritz values).  Hollow markers: not converged "
+        "within `--maxiter`, drawn at the limit.",
+        "",
+        f"![iterations against margin, medium size]({figures}/convergence_medium_iterations_vs_margin.png)",
+        "",
+        f"![iterations against margin, whole photograph at stride 8]({figures}/convergence_large_iterations_vs_margin.png)",
+        "",
+        "## Wall time against the margin (setup included)",
+        "",
+        f"![time against margin, medium size]({figures}/convergence_medium_time_vs_margin.png)",
+        "",
+        f"![time against margin, whole photograph at stride 8]({figures}/convergence_large_time_vs_margin.png)",
+        "",
+        "## Measured and predicted iterations",
+        "",
+        "Medians over the problems; the ratio is measured / predicted per problem (median).  Gauss–Seidel and "
+        "SOR are split by whether the sweep is consistently ordered (red-black on the 4-neighbourhood grids, "
+        "where Young's theorem holds) or not (8- and 12-neighbourhoods, four or five colours; the "
+        "multi-resolution and low-rank sweeps): Young's prediction holds only in the first case.  The "
+        "residual-based counts of the stationary methods fall a roughly constant number of iterations "
+        "below `ln(rtol)/ln(rho)` (the start residual has little weight on the slowest modes), so their "
+        "ratios sit a little under 1 and approach it as rtol shrinks; an unconverged run counts with its "
+        "iteration limit.",
+        "",
+        theory_table(med["runs"]),
+        "",
+        theory_table(large["runs"]),
+        "",
+        "## Fastest method per form and regime",
+        "",
+        "Median wall time per solve, setup included (the SSOR colouring, the AMG hierarchy, the SOR and "
+        "Chebyshev spectral estimates); the last two columns locate the crossover between plain CG and "
+        "AMG-preconditioned CG.",
+        "",
+        fastest_table(summarise(med["runs"], med["options"]["forms"], med["options"]["methods"])),
+        "",
+        fastest_table(summarise(large["runs"], large["options"]["forms"], large["options"]["methods"])),
+        "",
+        "## The thesis's Fig. 2.3 side by side",
+        "",
+        thesis_table(thesis["runs"]) or "(no seed-regime runs)",
+        "",
+        "Where ours differ and why.  In the seed regime our Jacobi averages "
+        f"{tn['grid']['jacobi']:.1f} (general grid) and {tn['grid_potts']['jacobi']:.1f} (Potts grid) iterations "
+        f"against the thesis's 24.8, and Gauss–Seidel {tn['grid']['gauss_seidel']:.1f} / "
+        f"{tn['grid_potts']['gauss_seidel']:.1f} against 16.4.  The seed margin is chosen so that the "
+        "*predicted* Jacobi count is 25; our stopping rule is the residual, which falls faster than the "
+        "asymptotic rate at first, so the measured count lands a few iterations lower.  Our Gauss–Seidel "
+        "sweeps red-black (the multicolour order that runs vectorised), where Young's theorem gives about half "
+        "of Jacobi's count on the 4-neighbourhood problems; the thesis's 16.4 / 24.8 = 0.66 is what a "
+        "sweep that is not consistently ordered, or problems with larger neighbourhoods, give (our 8- and "
+        "12-neighbourhood problems sit between the two).  The thesis's systems come from trained networks on "
+        "its images; ours from the photograph with contrast-based weights, at the thesis's size (the whole "
+        "photograph at stride 6: 100 x 85 pixels, 21 labels, N = 178,500).  The time ratio 'Jacobi / CG' "
+        "compares parallel mean-field (Jacobi is parallel mean-field for a Gaussian model) with CG in the "
+        "same process; the thesis's 'up to 2.5x' was measured on a GPU, ours on the CPU.",
+        "",
+        "## Building the problems",
+        "",
+        "`lam` needs `rho(B)`.  The problems get it from the operator's own product: one Lanczos run (ARPACK, "
+        "relative tolerance 1e-6) where the form's two-colouring makes the spectrum of `B` symmetric (the grid "
+        "forms on 4-neighbourhoods), two elsewhere.  The per-problem build time, spectral facts included, is "
+        "the `build_s` column of `runs.csv`.",
+        "",
+    ]
+    for name, _ in REPORT_SWEEPS:
+        runs = records[name]["runs"]
+        build = list({(r["problem"], r["regime"]): r["build_s"] for r in runs if r.get("build_s") is not None}.values())
+        cg = [r["time_s"] for r in runs if r["method"] == "cg" and r["time_s"] is not None]
+        if build and cg:
+            lines.append(f"- `{name}`: building {np.median(build):.3g} s per problem (median, {np.max(build):.3g} s "
+                         f"at most) against {np.median(cg):.3g} s for its CG solve (median).")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     """Run the study; returns the process exit status."""
     args = build_parser().parse_args(argv)
     array_module(args.backend)  # fail early and clearly without a GPU
+    if args.report:
+        write_report(args.report, progress=not args.no_progress)
+        return 0
     opts = _options(args)
     if opts["count"] < 1:
         raise SystemExit("error: --count must be >= 1")

@@ -477,3 +477,28 @@ def test_convergence_sweep_flags_parse():
     assert sweep["count"] == 25 and sweep["methods"] == list(convergence.METHODS)
     thesis = convergence._options(convergence.build_parser().parse_args(["--thesis"]))
     assert thesis["sizes"] == ["thesis"] and thesis["margins"] == ["seed"] and thesis["forms"] == ["grid", "grid_potts"]
+
+
+def test_convergence_report_is_regenerated_by_one_command(tmp_path, monkeypatch):
+    tiny = ["--forms", "grid", "grid_potts", "--methods", "jacobi", "gauss_seidel", "cg", "--count", "1",
+            "--sizes", "tiny"]
+    monkeypatch.setattr(convergence, "REPORT_SWEEPS", (
+        ("thesis", tiny + ["--margins", "seed"]),
+        ("medium", tiny + ["--margins", "0.1", "1", "seed"]),
+        ("large", tiny + ["--margins", "0.1", "1"]),
+    ))
+    doc = tmp_path / "docs" / "convergence.md"
+    doc.parent.mkdir()
+    text = convergence.write_report(str(doc), results=str(tmp_path / "results"), figures=str(tmp_path / "figures"))
+    assert doc.read_text() == text
+    assert convergence.REPORT_COMMAND in text
+    for heading in ("## Iterations against the margin", "## Measured and predicted iterations",
+                    "## Fastest method per form and regime", "## The thesis's Fig. 2.3 side by side"):
+        assert heading in text
+    assert "24.8" in text and "16.4" in text
+    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (doc.parent / link).resolve().is_file(), link
+    # regenerating resumes every sweep: nothing is solved again
+    monkeypatch.setattr(convergence, "_task", lambda **task: pytest.fail(f"ran {task}"))
+    assert convergence.write_report(str(doc), results=str(tmp_path / "results"),
+                                    figures=str(tmp_path / "figures")) == text
