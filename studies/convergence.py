@@ -911,7 +911,7 @@ def report(runs, problems_meta, opts, *, header) -> str:
 #: The sweeps of the report (docs/studies/convergence.md), each ``(name, arguments)``.
 REPORT_SWEEPS = (
     ("thesis", ["--thesis", "--count", "3"]),
-    ("medium", ["--margins", "0.001", "0.01", "0.1", "1", "seed", "--sizes", "medium", "--count", "3",
+    ("medium", ["--margins", "0.001", "0.01", "0.1", "1", "seed", "--sizes", "medium", "--count", "2",
                 "--maxiter", "5000"]),
     ("large", ["--forms", "grid", "grid_potts", "--margins", "0.001", "0.01", "0.1", "1", "--sizes", "large",
                "--count", "2", "--maxiter", "5000"]),
