@@ -44,7 +44,8 @@ __all__ = [
 
 #: Every study runnable as ``python -m studies.<name>``, with its one-line description.
 STUDIES = {
-    "convergence": "iterations, products and time of every solver on built-in problems of every form",
+    "convergence": "iterations, products and time of every solver on built-in problems of every form, swept "
+                   "over margins, sizes, dtypes and tolerances, beside the theory's predicted iterations",
     "meanfield": "Gaussian mean-field inference is Jacobi (parallel) / Gauss-Seidel (sequential)",
     "timing": "every operator family's timing entries against their peers, and the photograph vs pydensecrf2",
     "timing_grid": "grid G-CRFs (general and Potts) against SciPy cg on the assembled CSR matrix",
