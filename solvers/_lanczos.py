@@ -73,11 +73,12 @@ class LanczosRecord:
         self.end = xp.full(self.batch, -1, dtype=np.int64)  # -1: still recording
 
     def alpha(self, a, used):
-        self.alphas.append(self.xp.asarray(a))
-        self.alpha_used.append(self.xp.asarray(used))
+        # copies (``batch``-shaped, small): the solver may update its masks in place later
+        self.alphas.append(self.xp.array(a, copy=True))
+        self.alpha_used.append(self.xp.array(used, copy=True))
 
     def beta(self, b):
-        self.betas.append(self.xp.asarray(b))
+        self.betas.append(self.xp.array(b, copy=True))
 
     def stop(self, mask):
         """End the record of the systems of ``mask`` (a boolean array of the batch shape) here."""
