@@ -1,4 +1,5 @@
-"""Iterative solvers for ``A x = b``: CG, GMRES, Jacobi, Gauss-Seidel/SOR, and ``compare``.
+"""Iterative solvers for ``A x = b``: CG, GMRES, Jacobi, Gauss-Seidel/SOR, Chebyshev, SSOR- and
+AMG-preconditioned CG, and ``compare``.
 
 Backend-agnostic (NumPy/SciPy or CuPy/cupyx, taken from the inputs) and unaware of G-CRFs.  Every
 solver follows SciPy's call shape and one stopping rule::
@@ -28,6 +29,15 @@ _EXPORTS = {
     "NotPositiveDefiniteError": "_errors",
     "block_jacobi_preconditioner": "_preconditioners",
     "check_options": "_options",
+    "sor": "_sor",
+    "young_omega": "_sor",
+    "chebyshev": "_chebyshev",
+    "ssor_preconditioner": "_ssor",
+    "amg_preconditioner": "_amg",
+    "ssor_cg": "_accelerated",
+    "amg_cg": "_accelerated",
+    "estimate_jacobi_radius": "_spectral",
+    "ritz_bounds": "_spectral",
     "OptionTypeError": "_options",
 }
 

@@ -6,6 +6,7 @@ import numpy as np
 from .backend import array_kernels_on, to_host
 
 from ._errors import NotPositiveDefiniteError
+from ._lanczos import LanczosRecord
 from ._operator import dots, finish, initial_guess, norms, prepare
 from ._preconditioners import as_preconditioner
 
@@ -188,6 +189,12 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         the documented extras: one for ``r_0`` when ``x0`` is given, one per true-residual
         replacement (every 50 iterations), one for the final true residual and one per restart,
         and one per system that stops on a non-positive ``p^T A p`` (its direction's product).
+        ``ritz_values`` and ``condition_estimate``: the spectrum CG saw, from the Lanczos
+        tridiagonal of its coefficients ``alpha_k``, ``beta_k`` (no extra product; see
+        :mod:`solvers._lanczos`), of ``A``, or of ``M A`` with a preconditioner: those of the
+        uninterrupted run from the start, up to a restart or to a residual replacement that moved
+        ``r`` by more than ``sqrt(eps)`` relative (near the attainable accuracy), where the Lanczos
+        relation breaks.
 
     Raises
     ------
@@ -244,6 +251,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     active &= ~bad_rho
     p = z.copy() if fused else z
     since_true = 0
+    lanczos = LanczosRecord(xp, pb.batch)  # alpha_k, beta_k per system: the Ritz values at the end
     k = 0
     any_active = bool(xp.any(active))
     stopped = False  # by the monitor
@@ -272,6 +280,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
                 rho = xp.where(fail, dots(xp, r, z_new), rho)
                 p = xp.where(fail[..., None], z_new, p)
                 active = active | fail
+                lanczos.stop(fail)
                 since_true = 0
                 any_active = True
                 continue
@@ -313,6 +322,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
             broken |= bad
             active &= ~bad
         alpha = xp.where(active, rho / xp.where(nonpos | (pAp == 0), one, pAp), zero)
+        lanczos.alpha(alpha, active)
         # Step 3: x += alpha p, r -= alpha A p (alpha = 0 freezes stopped systems)
         if step_fused:
             acc = np.empty(n_sys)
@@ -327,7 +337,11 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         since_true += 1
         if since_true >= TRUE_RESIDUAL_EVERY:
             # residual replacement: r = b - A x, keeps float32 honest
+            r_rec = r
             r = xp.where(active[..., None], b - op.apply(x), r)
+            # a replacement that moves r by more than sqrt(eps) relative ends the Lanczos record
+            moved = norms(xp, r - r_rec) > np.sqrt(eps) * norms(xp, r_rec)
+            lanczos.stop(active & moved)
             matvecs += 1
             since_true = 0
             rr = None
@@ -348,6 +362,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         broken |= bad_rho
         active &= ~bad_rho
         beta = xp.where(active, rho_new / xp.where(rho == 0, one, rho), zero)
+        lanczos.beta(beta)
         if fused and _fusable(xp, dt, p, z) and p is not z:
             _direction_nb(p.reshape(n_sys, -1), z.reshape(n_sys, -1),
                           np.ascontiguousarray(beta, dtype=dt).reshape(n_sys),
@@ -374,7 +389,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         any_active = bool(flags[1])
         if monitor is not None and any_active and monitor(k, to_host(rnorm)):
             stopped, maxiter = True, k
-    return finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
+    ritz, kappa = lanczos.ritz()
+    result = finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
+    result.ritz_values, result.condition_estimate = ritz, kappa
+    return result
 
 
 def _rounding_level(xp, b, x, norm_est, eps):

@@ -12,11 +12,15 @@ from ._cg import cg
 from ._gauss_seidel import gauss_seidel
 from ._gmres import gmres
 from ._jacobi import jacobi
+from ._accelerated import amg_cg, ssor_cg
+from ._chebyshev import chebyshev
+from ._sor import sor
 
 __all__ = ["compare", "Comparison", "ComparisonRow", "SOLVERS"]
 
 #: the solvers ``compare`` knows by name
-SOLVERS = {"jacobi": jacobi, "gauss_seidel": gauss_seidel, "gmres": gmres, "cg": cg}
+SOLVERS = {"jacobi": jacobi, "gauss_seidel": gauss_seidel, "sor": sor, "chebyshev": chebyshev, "gmres": gmres,
+           "cg": cg, "ssor_cg": ssor_cg, "amg_cg": amg_cg}
 
 
 @dataclasses.dataclass
@@ -164,7 +168,9 @@ def compare(A, b, methods=("jacobi", "gauss_seidel", "gmres", "cg"), *, options=
     ----------
     A, b : as for the solvers (``b`` of shape ``(n,)`` or ``(*batch, n)``).
     methods : sequence
-        Each entry is a solver name (``"jacobi"``, ``"gauss_seidel"``, ``"gmres"``, ``"cg"``), a pair
+        Each entry is a solver name (``"jacobi"``, ``"gauss_seidel"``, ``"sor"``, ``"chebyshev"``,
+        ``"gmres"``, ``"cg"``, ``"ssor_cg"``, ``"amg_cg"``; the last two build their preconditioner
+        in the call, and their ``time_s`` includes it), a pair
         ``(label, callable)`` with ``callable(A, b, **kwargs) -> SolveResult``, or a pair
         ``(label, {"method": name, **options})`` (e.g. ``("sor-1.5", {"method": "gauss_seidel",
         "omega": 1.5})``).

@@ -47,6 +47,26 @@ class SolveResult:
     requested_method : str or None
         The ``method`` the caller passed to :func:`gcrflinalg.solve` (``"auto"`` by default; the
         path it chose is :attr:`method`); None from the plain solvers of this package.
+    ritz_values : numpy.ndarray or None
+        CG and PCG only (else None): the eigenvalues of the Lanczos tridiagonal built from CG's step
+        coefficients, ascending, on the host; for PCG those of the preconditioned operator ``P A``.
+        Shape ``(m,)`` for one system, ``(*batch, m_max)`` for a batch (each row padded with NaN
+        after its own ``m`` values).  They lie in ``[lambda_min, lambda_max]`` up to rounding and
+        the extreme ones approach the extreme eigenvalues as CG iterates (no extra products).
+    condition_estimate : float, numpy.ndarray of shape ``batch``, or None
+        CG and PCG only: ``max(ritz) / min(ritz)``, a lower estimate of ``kappa(A)`` (``kappa(P A)``)
+        that sharpens with the iterations; NaN for a system that took no step.
+    omega : float or None
+        The relaxation factor an SOR or SSOR run used (:func:`solvers.sor` chooses Young's optimum
+        when not given); None for the other solvers.
+    jacobi_radius : float or None
+        The spectral radius ``rho(I - D^{-1} A)`` of the Jacobi iteration matrix estimated by a
+        solver that needed it (:func:`solvers.sor` with ``omega=None``); None otherwise.
+    eig_bounds : tuple of two floats or None
+        The eigenvalue interval ``(lower, upper)`` a Chebyshev iteration ran with.
+    setup_time_s : float or None
+        The part of ``time_s`` spent building a preconditioner in the call (:func:`solvers.ssor_cg`,
+        :func:`solvers.amg_cg`); None for the others.
     """
 
     x: Any
@@ -59,6 +79,12 @@ class SolveResult:
     method: str
     b_norm: Any = None
     requested_method: Any = None
+    ritz_values: Any = None
+    condition_estimate: Any = None
+    omega: Any = None
+    jacobi_radius: Any = None
+    eig_bounds: Any = None
+    setup_time_s: Any = None
 
     def __iter__(self):
         # SciPy-style unpacking: x, info = solver(A, b)

@@ -37,11 +37,15 @@ __all__ = [
     "plot_timing_bars",
     "write_timing",
     "family_main",
+    "RunLog",
+    "run_sweep",
+    "quartiles",
 ]
 
 #: Every study runnable as ``python -m studies.<name>``, with its one-line description.
 STUDIES = {
-    "convergence": "iterations, products and time of every solver on built-in problems of every form",
+    "convergence": "iterations, products and time of every solver on built-in problems of every form, swept "
+                   "over margins, sizes, dtypes and tolerances, beside the theory's predicted iterations",
     "meanfield": "Gaussian mean-field inference is Jacobi (parallel) / Gauss-Seidel (sequential)",
     "timing": "every operator family's timing entries against their peers, and the photograph vs pydensecrf2",
     "timing_grid": "grid G-CRFs (general and Potts) against SciPy cg on the assembled CSR matrix",
@@ -384,6 +388,138 @@ class Outputs:
         for p in self.paths:
             print(f"  {p}", file=stream)
         stream.flush()
+
+
+# --------------------------------------------------------------------------- sweeps that survive
+class RunLog:
+    """The finished tasks of a sweep, one JSON line each, written as each task finishes.
+
+    A task is a JSON-able dict (e.g. ``{"form": ..., "index": ..., "margin": ...}``); its result
+    any JSON-able value.  With ``resume=True`` the tasks already in ``path`` are kept and
+    :func:`run_sweep` skips them; otherwise the file starts empty.  Results go through a JSON
+    round trip when recorded, so a resumed sweep returns exactly what an uninterrupted one does.
+
+    Parameters
+    ----------
+    path : str
+        The log file (e.g. ``<out>/runs.jsonl``).
+    resume : bool
+    """
+
+    def __init__(self, path, *, resume: bool = False):
+        self.path = str(path)
+        self.results: dict[str, object] = {}
+        if resume and os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the interruption
+                        continue
+                    self.results[self.key(entry["task"])] = entry["result"]
+        else:
+            prepare_out(os.path.dirname(self.path) or ".")
+            open(self.path, "w", encoding="utf-8").close()
+
+    @staticmethod
+    def key(task) -> str:
+        return json.dumps(to_jsonable(task), sort_keys=True)
+
+    def __contains__(self, task) -> bool:
+        return self.key(task) in self.results
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def get(self, task):
+        return self.results[self.key(task)]
+
+    def record(self, task, result):
+        """Append ``task`` and its result (flushed to disk at once); returns the stored result."""
+        stored = json.loads(json.dumps(to_jsonable(result), allow_nan=False))
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"task": to_jsonable(task), "result": stored}, allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.results[self.key(task)] = stored
+        return stored
+
+
+def run_sweep(tasks, fn, *, log: RunLog | None = None, progress: bool = True, label: str = "sweep",
+              dask_address=None, describe=None):
+    """Run ``fn(**task)`` for every task not already in ``log``, recording each as it finishes.
+
+    Parameters
+    ----------
+    tasks : list of dict
+        JSON-able keyword arguments of ``fn``, one dict per task.
+    fn : callable
+        Returns a JSON-able result (on a Dask cluster it runs on the workers, so it should rebuild
+        what it needs from the task).
+    log : RunLog, optional
+        Where finished tasks go (and which are skipped); None keeps them in memory only.
+    dask_address : str or distributed.Client, optional
+        Run the pending tasks on an existing ``dask.distributed`` cluster, one task each.
+    describe : callable, optional
+        ``describe(task) -> str`` for the progress line.
+
+    Returns
+    -------
+    list
+        The results in the order of ``tasks`` (recorded ones from the log).
+    """
+    log = log if log is not None else _MemoryLog()
+    pending = [t for t in tasks if t not in log]
+    with Progress(len(tasks), label, enabled=progress, unit="task") as bar:
+        bar.update(len(tasks) - len(pending))
+        if dask_address is None:
+            for task in pending:
+                if describe is not None:
+                    bar.set_description(f"{label}: {describe(task)}")
+                log.record(task, fn(**task))
+                bar.update()
+        else:
+            _sweep_on_dask(dask_address, pending, fn, log, bar)
+    return [log.get(t) for t in tasks]
+
+
+class _MemoryLog(RunLog):
+    def __init__(self):
+        self.results = {}
+
+    def record(self, task, result):
+        stored = json.loads(json.dumps(to_jsonable(result), allow_nan=False))
+        self.results[self.key(task)] = stored
+        return stored
+
+
+def _sweep_on_dask(address, tasks, fn, log, bar):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise SystemExit("error: --dask needs dask.distributed; pip install -e '.[dask]'") from None
+    own_client = not isinstance(address, Client)
+    client = Client(address) if own_client else address
+    try:
+        futures = {client.submit(fn, pure=False, **task): task for task in tasks}
+        for future in as_completed(futures):
+            log.record(futures[future], future.result())
+            bar.update()
+    finally:
+        if own_client:
+            client.close()
+
+
+def quartiles(values):
+    """``(q1, median, q3)`` of the finite values (None each when there are none)."""
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if vals.size == 0:
+        return None, None, None
+    q1, med, q3 = np.percentile(vals, [25, 50, 75])
+    return float(q1), float(med), float(q3)
 
 
 # --------------------------------------------------------------------------- timing tables

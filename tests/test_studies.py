@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ from studies._common import (STUDIES, Progress, markdown_table, speed_words, tim
                              write_csv)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_KEYS = ("time_s",)
+TIMING_KEYS = ("time_s", "setup_s", "solve_s", "build_s")
 
 #: the extra arguments that keep each study's quick run short in the tests
 QUICK_ARGS = {
@@ -327,3 +328,180 @@ def test_photo_comparison_skips_cleanly_without_the_peer(monkeypatch):
     (row,) = timing.photo_peer_comparison(quick=True, repeats=1)
     assert row["skipped"] and row["ratio"] is None and row["met"] is None
     assert "not installed" in row["peer"] and row["time_s"] > 0 and row["rel_residual"] < 1e-8
+
+
+# ---------------------------------------------------------------------------- the regime sweep
+_SWEEP = dict(forms=["grid", "lowrank"], count=2, sizes=["tiny"], margins=["0.1", "1"], progress=False,
+              methods=["jacobi", "gauss_seidel", "sor", "cg"])
+_TIMINGS = TIMING_KEYS
+
+
+def _untimed(runs):
+    return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in runs]
+
+
+def test_convergence_resume_after_an_interruption_gives_the_uninterrupted_table(tmp_path, monkeypatch):
+    argv = ["--forms", "grid", "lowrank", "--count", "2", "--sizes", "tiny", "--margins", "0.1", "1",
+            "--methods", "jacobi", "cg", "--no-progress"]
+    whole = tmp_path / "whole"
+    assert convergence.main(argv + ["--out", str(whole)]) == 0
+    cut = tmp_path / "cut"
+    calls = []
+    original = convergence._task
+
+    def interrupted(**task):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if stopped by the user after three problems
+        calls.append(task)
+        return original(**task)
+
+    monkeypatch.setattr(convergence, "_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convergence.main(argv + ["--out", str(cut)])
+    with open(cut / "runs.jsonl") as fh:
+        assert len(fh.read().splitlines()) == 3  # every finished problem was written as it finished
+    assert not (cut / "runs.csv").exists()
+    monkeypatch.setattr(convergence, "_task", original)
+    done = []
+    monkeypatch.setattr(convergence, "_task", lambda **task: done.append(task) or original(**task))
+    assert convergence.main(argv + ["--out", str(cut), "--resume"]) == 0
+    assert len(done) == 8 - 3  # only the problems still missing ran
+    a = json.loads((whole / "runs.json").read_text())
+    b = json.loads((cut / "runs.json").read_text())
+    assert _untimed(b["runs"]) == _untimed(a["runs"])
+    assert b["problems"] == a["problems"]
+    # the tables without timings are the same text
+    assert convergence.theory_table(b["runs"]) == convergence.theory_table(a["runs"])
+    sa, sb = (convergence.summarise(x["runs"], ["grid", "lowrank"]) for x in (a, b))
+    keep = ("form", "method", "size", "regime", "problems", "converged", "iterations", "iterations_median",
+            "iterations_q1", "iterations_q3", "predicted_median", "ratio_median")
+    assert [{k: s[k] for k in keep} for s in sb] == [{k: s[k] for k in keep} for s in sa]
+    with open(cut / "runs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(a["runs"]) and {r["margin"] for r in rows} and "predicted_iterations" in rows[0]
+    # without --resume the log starts afresh
+    assert convergence.main(argv + ["--out", str(cut)]) == 0
+    with open(cut / "runs.jsonl") as fh:
+        assert len(fh.read().splitlines()) == 8
+
+
+def test_convergence_runs_are_tidy_rows_with_theory():
+    runs, meta = convergence.run_study(**_SWEEP)
+    assert len(meta) == 2 * 2 * 2
+    for col in ("margin", "size", "predicted_iterations", "regime", "dtype", "rtol", "jacobi_radius", "kappa"):
+        assert all(col in r for r in runs), col
+    assert set(convergence.RUN_COLUMNS) <= set(runs[0])
+    for r in runs:
+        if r["form"] == "grid" and r["regime"] in ("0.1", "1"):
+            # lam = (1 + margin) rho(B) and diag(A) = 0: rho_J = 1 / (1 + margin)
+            assert r["margin"] == float(r["regime"])
+            assert r["jacobi_radius"] == pytest.approx(1 / (1 + r["margin"]), rel=1e-6)
+        assert r["size"] == "tiny" and r["dtype"] == "float64" and r["rtol"] == 1e-6
+        if r["method"] in ("jacobi", "gauss_seidel", "sor", "cg"):
+            assert r["predicted_iterations"] > 0
+        assert r["kappa"] is None or r["kappa"] >= 1
+    # a smaller margin takes more iterations, as predicted
+    for form in ("grid", "lowrank"):
+        for method in ("jacobi", "cg"):
+            small = [r["iterations"] for r in runs if r["form"] == form and r["method"] == method and r["regime"] == "0.1"]
+            big = [r["iterations"] for r in runs if r["form"] == form and r["method"] == method and r["regime"] == "1"]
+            assert np.median(small) > np.median(big), (form, method)
+    summary = convergence.summarise(runs, ["grid", "lowrank"])
+    s = next(s for s in summary if s["form"] == "grid" and s["method"] == "jacobi" and s["regime"] == "0.1")
+    assert s["iterations_q1"] <= s["iterations_median"] <= s["iterations_q3"] and s["problems"] == 2
+
+
+def test_predicted_jacobi_iterations_match_the_measured():
+    # grid problem at margin 0.1: rho_J = 1/1.1; Jacobi's residual contracts by rho_J per iteration
+    rows = convergence.run_problem("grid", 0, size="small", methods=["jacobi"], rtol=1e-10, margin="0.1",
+                                   keep_history=True)
+    r = rows[0]
+    assert r["converged"]
+    pred = r["predicted_iterations"]
+    # ||r_k|| <= rho_J^k ||r_0|| (the iteration matrix is symmetric): never more than predicted, and
+    # the start's small weight on the slowest modes saves a bounded number of iterations
+    assert r["iterations"] <= math.ceil(pred) and r["iterations"] >= 0.8 * pred
+    # the rate itself: iterations from one residual level to another, within 10% of the theory
+    hist = np.asarray(r["residual_history"])
+    k1, k2 = int(np.argmax(hist <= 1e-4)), int(np.argmax(hist <= 1e-10))
+    rate_pred = math.log(1e-6) / math.log(r["jacobi_radius"])
+    assert abs((k2 - k1) / rate_pred - 1) < 0.1, (k2 - k1, rate_pred)
+
+
+def test_seed_regime_puts_jacobi_at_25_iterations():
+    assert convergence.seed_margin(1e-6) == pytest.approx(10 ** (6 / 25) - 1)
+    rows = convergence.run_problem("grid_potts", 0, size="tiny", methods=["jacobi"], rtol=1e-6, margin="seed",
+                                   keep_history=False)
+    assert rows[0]["predicted_iterations"] == pytest.approx(25, rel=1e-6)
+    assert 15 <= rows[0]["iterations"] <= 25
+
+
+def test_iterations_vs_margin_figure_has_axes_and_series():
+    runs, _ = convergence.run_study(**_SWEEP)
+    fig = convergence.plot_vs_margin(runs, ["grid", "lowrank"], what="iterations")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2
+    for ax, form in zip(axes, ("grid", "lowrank")):
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert "margin" in ax.get_xlabel() and ax.get_ylabel() == "iterations"
+        assert convergence.FORM_LABELS[form] in ax.get_title()
+        labels = ax.get_legend_handles_labels()[1]
+        for method in ("jacobi", "gauss_seidel", "sor", "cg"):
+            assert convergence.METHOD_LABELS[method] in labels, (form, method, labels)
+            assert f"{convergence.METHOD_LABELS[method]} predicted" in labels, (form, method)
+        # the predicted Jacobi line runs through the medians of the predicted counts at both margins
+        line = next(l for l in ax.get_lines() if l.get_label() == "Jacobi predicted")
+        xs, ys = line.get_data()
+        assert len(xs) == 2 and list(xs) == sorted(xs)
+        expected = [np.median([r["predicted_iterations"] for r in runs if r["form"] == form
+                               and r["method"] == "jacobi" and r["regime"] == reg]) for reg in ("0.1", "1")]
+        np.testing.assert_allclose(ys, expected)
+        # the measured series falls with the margin
+        measured = next(c for c in ax.containers if c.get_label() == "Jacobi")
+        my = measured.lines[0].get_ydata()
+        assert my[0] > my[-1]
+    tfig = convergence.plot_vs_margin(runs, ["grid"], what="time")
+    ax = [a for a in tfig.axes if a.get_visible()][0]
+    assert "time" in ax.get_ylabel() and ax.get_xscale() == "log"
+    assert not any("predicted" in lab for lab in ax.get_legend_handles_labels()[1])
+
+
+def test_convergence_sweep_flags_parse():
+    args = convergence.build_parser().parse_args(
+        ["--margins", "1e-3", "seed", "drawn", "--sizes", "large", "thesis", "--dtypes", "float32", "--rtols",
+         "1e-6", "1e-8", "--resume"])
+    opts = convergence._options(args)
+    assert opts["margins"] == ["1e-3", "seed", "drawn"] and opts["sizes"] == ["large", "thesis"]
+    assert opts["dtypes"] == ["float32"] and opts["rtols"] == [1e-6, 1e-8] and args.resume
+    with pytest.raises(SystemExit):
+        convergence.build_parser().parse_args(["--margins", "-1"])
+    sweep = convergence._options(convergence.build_parser().parse_args(["--sweep"]))
+    assert sweep["margins"] == list(convergence.SWEEP_MARGINS) and sweep["sizes"] == ["medium", "large"]
+    assert sweep["count"] == 25 and sweep["methods"] == list(convergence.METHODS)
+    thesis = convergence._options(convergence.build_parser().parse_args(["--thesis"]))
+    assert thesis["sizes"] == ["thesis"] and thesis["margins"] == ["seed"] and thesis["forms"] == ["grid", "grid_potts"]
+
+
+def test_convergence_report_is_regenerated_by_one_command(tmp_path, monkeypatch):
+    tiny = ["--forms", "grid", "grid_potts", "--methods", "jacobi", "gauss_seidel", "cg", "--count", "1",
+            "--sizes", "tiny"]
+    monkeypatch.setattr(convergence, "REPORT_SWEEPS", (
+        ("thesis", tiny + ["--margins", "seed"]),
+        ("medium", tiny + ["--margins", "0.1", "1", "seed"]),
+        ("large", tiny + ["--margins", "0.1", "1"]),
+    ))
+    doc = tmp_path / "docs" / "convergence.md"
+    doc.parent.mkdir()
+    text = convergence.write_report(str(doc), results=str(tmp_path / "results"), figures=str(tmp_path / "figures"))
+    assert doc.read_text() == text
+    assert convergence.REPORT_COMMAND in text
+    for heading in ("## Iterations against the margin", "## Measured and predicted iterations",
+                    "## Fastest method per form and regime", "## The thesis's Fig. 2.3 side by side"):
+        assert heading in text
+    assert "24.8" in text and "16.4" in text
+    for link in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (doc.parent / link).resolve().is_file(), link
+    # regenerating resumes every sweep: nothing is solved again
+    monkeypatch.setattr(convergence, "_task", lambda **task: pytest.fail(f"ran {task}"))
+    assert convergence.write_report(str(doc), results=str(tmp_path / "results"),
+                                    figures=str(tmp_path / "figures")) == text

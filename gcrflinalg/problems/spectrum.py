@@ -11,40 +11,112 @@ import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["extreme_eigenvalues", "offdiag_spectrum"]
+__all__ = ["extreme_eigenvalues", "lanczos_extremes", "offdiag_spectrum", "spectrum_tolerance", "LANCZOS_TOL"]
 
 #: a bound below this fraction of ``rho(B)`` is rounding of a structural zero (e.g. ``E^T E`` is PSD)
 _ZERO = 1e-9
 
+#: Systems up to this size get their extreme eigenvalues exactly, from a dense ``eigvalsh``.
+DENSE_MAX = 800
 
-def extreme_eigenvalues(matvec, n, rng):
+#: Relative accuracy of the Lanczos estimates when no margin sets it (see
+#: :func:`spectrum_tolerance`).
+LANCZOS_TOL = 1e-6
+
+
+def spectrum_tolerance(margin=None) -> float:
+    """The relative accuracy ``rho(B)`` needs for ``lam = (1 + margin) rho(B)``: a hundredth of the
+    margin (so the margin is met to 1%), at most ``1e-2``; :data:`LANCZOS_TOL` without a margin.
+
+    A looser tolerance is what keeps building a large problem near the cost of one CG solve: Lanczos
+    needs far fewer steps for ``rho`` to ``1e-3`` than to ``1e-8``.
+    """
+    if margin is None:
+        return LANCZOS_TOL
+    return float(min(1e-2, max(1e-10, float(margin) / 100.0)))
+
+
+def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None):
+    """``(lower, upper, products)``: the extreme eigenvalues of a symmetric operator by Lanczos.
+
+    Plain three-term Lanczos from a seeded random start (no reorthogonalisation: its copies of
+    converged Ritz values leave the extremes alone), stopped when the residual bound
+    ``beta_k |s_k|`` of each extreme Ritz pair wanted (``ends``: ``"both"``, ``"max"``) is at most
+    ``tol |theta|``: an eigenvalue lies that close, so the estimate is good to ``tol`` relative.
+    The values returned are the extreme Ritz values widened by those bounds (``theta_min - r``,
+    ``theta_max + r``), so that they enclose the spectrum rather than fall inside it: ``lam`` set
+    from them keeps Jacobi's radius at most ``1 / (1 + margin)``.
+    Each step is one product and two vector updates (no ARPACK restarts).
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    maxiter = int(maxiter or min(n, 2000))
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    v_prev = np.zeros(n)
+    alpha, beta = [], []
+    b = 0.0
+    lo = hi = None
+    for k in range(maxiter):
+        w = np.asarray(matvec(v), dtype=np.float64).reshape(n) - b * v_prev
+        a = float(v @ w)
+        w -= a * v
+        alpha.append(a)
+        b = float(np.linalg.norm(w))
+        if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
+            m = len(alpha)
+            theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(0, m - 1)) \
+                if m > 1 else (np.array(alpha), np.ones((1, 1)))
+            r_lo, r_hi = b * abs(S[-1, 0]), b * abs(S[-1, -1])
+            # widened by the residual bounds: an eigenvalue lies within r of each Ritz value, so the
+            # interval encloses the extremes once the extreme Ritz values have found them
+            lo, hi = float(theta[0]) - r_lo, float(theta[-1]) + r_hi
+            scale = max(abs(lo), abs(hi), np.finfo(float).tiny)
+            if b == 0.0 or (r_hi <= tol * scale and (ends == "max" or r_lo <= tol * scale)):
+                return lo, hi, k + 1
+        if b == 0.0:
+            break
+        beta.append(b)
+        v_prev, v = v, w / b
+    return lo, hi, maxiter
+
+
+def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL):
     """``(lambda_min, lambda_max)`` of a symmetric operator ``(n, n)`` given by ``matvec``.
 
-    Dense ``eigvalsh`` for small ``n``; otherwise Lanczos (ARPACK) for the eigenvalue ``mu`` of
-    largest magnitude, then for the largest-magnitude eigenvalue of ``A - mu I``, which is the other
-    end of the spectrum shifted by ``mu``.  The start vector is seeded, so the result is reproducible.
+    Dense ``eigvalsh`` for small ``n``; otherwise one Lanczos run for both ends
+    (:func:`lanczos_extremes`, relative tolerance ``tol`` of the largest magnitude).  The start
+    vector is seeded, so the result is reproducible.
     """
-    import scipy.sparse.linalg as spla
-
-    if n <= 150:
+    if n <= DENSE_MAX:
         dense = np.asarray(matvec(np.eye(n)))
         ev = np.linalg.eigvalsh((dense + dense.T) / 2.0)
         return float(ev[0]), float(ev[-1])
-    v0 = rng.standard_normal(n)
-
-    def top(mv):
-        op = spla.LinearOperator((n, n), matvec=mv, matmat=mv, dtype=np.float64)
-        ev = spla.eigsh(op, k=1, which="LM", v0=v0, tol=1e-8, maxiter=max(1000, 20 * n),
-                        return_eigenvectors=False)
-        return float(ev[0])
-
-    mu = top(matvec)
-    other = top(lambda v: matvec(v) - mu * v) + mu
-    return (min(mu, other), max(mu, other))
+    lo, hi, _ = lanczos_extremes(matvec, n, rng, tol)
+    return lo, hi
 
 
+def _bipartite_signs(op, b_matvec, n, rng):
+    """``+-1`` per unknown from the operator's two-colouring, when ``B`` couples only unknowns of
+    different colours (checked with one random product pair); else None."""
+    classes = getattr(op, "colour_classes", None)
+    if not callable(classes):
+        return None
+    masks = np.asarray(to_host(classes()))
+    if masks.ndim != 2 or masks.shape != (2, n):
+        return None
+    signs = np.where(masks[0], 1.0, -1.0)
+    v = rng.standard_normal(n)
+    bv = b_matvec(v)
+    gap = np.linalg.norm(b_matvec(signs * v) + signs * bv)
+    return signs if gap <= 1e-10 * max(np.linalg.norm(bv), np.finfo(float).tiny) else None
 
-def offdiag_spectrum(op, rng):
+
+def _largest_algebraic(matvec, n, rng, tol):
+    return lanczos_extremes(matvec, n, rng, tol, ends="max")[1]
+
+
+def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     """``(rho(B), pd_bound)`` of an unbatched float64 NumPy operator ``op`` (``M = lam I + A``).
 
     Parameters
@@ -53,6 +125,13 @@ def offdiag_spectrum(op, rng):
         The problem's operator, any ``lam``.
     rng : numpy.random.Generator
         Seeds the Lanczos start vector.
+    tol : float
+        Relative accuracy of the Lanczos estimates (:func:`spectrum_tolerance`).
+
+    A form whose unknowns split in two colours that ``B`` only couples across (the grid forms on
+    4-neighbourhoods, through their ``colour_classes()``) has a symmetric spectrum: ``lambda_max(B)``
+    alone gives ``rho(B)`` and the bound.  Plain Lanczos to the tolerance the margin needs costs
+    a few dozen products, about one CG solve's.
 
     Returns
     -------
@@ -71,12 +150,19 @@ def offdiag_spectrum(op, rng):
     def b_matvec(v):
         return (to_host(op.matvec(np.ascontiguousarray(v.T))) - diag * v.T).T
 
-    bmin, bmax = extreme_eigenvalues(b_matvec, n, rng)
+    signs = _bipartite_signs(op, b_matvec, n, rng) if np.all(diag == lam) and n > DENSE_MAX else None
+    if signs is not None:
+        # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
+        # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
+        bmax = _largest_algebraic(b_matvec, n, rng, tol)
+        bmin = -bmax
+    else:
+        bmin, bmax = extreme_eigenvalues(b_matvec, n, rng, tol)
     rho = max(abs(bmin), abs(bmax))
     if np.all(diag == lam):  # diag(A) = 0 (grid, Potts, multi-resolution): A = B
         amin = bmin
     else:
-        amin, _ = extreme_eigenvalues(a_matvec, n, rng)
+        amin, _ = extreme_eigenvalues(a_matvec, n, rng, tol)
     pd_bound = max(-amin, 0.0)
     if pd_bound <= _ZERO * max(rho, np.finfo(float).tiny):
         pd_bound = 0.0

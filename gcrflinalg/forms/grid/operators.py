@@ -27,7 +27,8 @@ from ...results import not_positive_definite
 from ..._validation import as_lam, as_parameter, check_finite, readonly
 from . import kernels
 from .csr import assemble_csr
-from .kernels import edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep, weight_product
+from .kernels import (colour_masks, edge_ranges, pairwise_colour_sweep, pairwise_product, potts_colour_sweep,
+                      weight_product)
 from .redblack import red_black_blocks, red_black_cg
 from .scan import give_back_blocks, scan_pairwise
 from .solves import gershgorin_check, potts_split_solve, sparse_direct_solve
@@ -160,6 +161,18 @@ class _GridOperator(SparseAssembled, GCRFOperator):
                             self.num_labels, self.neighbourhood, self._potts)
 
     # ------------------------------------------------------------------ solver hooks
+    def colour_classes(self):
+        """Boolean ``(C, N)``: the unknowns of colour ``c``, no two of which are coupled.
+
+        The pixel colouring of the multicolour sweeps (red-black on 4-neighbourhoods), every label
+        of a pixel in its pixel's colour (the pixel blocks are ``lam I``).  Lets
+        :func:`solvers.ssor_preconditioner` sweep matrix-free.
+        """
+        masks = colour_masks(self.neighbourhood, self.height, self.width)  # (C, H, W)
+        C = masks.shape[0]
+        full = np.broadcast_to(masks[:, None], (C, self.num_labels, self.height, self.width))
+        return self.xp.asarray(np.ascontiguousarray(full).reshape(C, -1))
+
     def _gauss_seidel_sweep(self, x, b, omega):
         # Multicolour sweep on one batch-shaped x (copied: the caller's array is kept).
         xp = self.xp
