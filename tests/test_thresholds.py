@@ -1,0 +1,164 @@
+"""The constants behind CG's decisions, pinned by what they decide: the curvature tolerance (which
+side of ``-c eps ||A||`` a Rayleigh quotient falls), the residual replacement period (which
+products are spent), the restart rule (restarts that pay, no endless ones) and the breakdowns of a
+singular or indefinite matrix, with ``iterations``, ``matvecs`` and ``info`` that agree.
+
+Each system is built so that the quantity in question is known in closed form (diagonal matrices
+whose ``p^T A p`` is exact in floating point), so a constant moved by one or by 1000x changes the
+outcome.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import solvers
+from solvers import NotPositiveDefiniteError
+
+#: solvers.cg's documented curvature tolerance (docs/guarantees.md): ``c`` in ``-c eps ||A||_est``
+C = 128.0
+#: its documented residual replacement period
+PERIOD = 50
+
+
+def split_diagonal(k, dtype):
+    """``diag(1, -(1 + k eps))`` and ``b = (1, 1)``: ``p_0 = b`` has ``p^T A p = -k eps`` exactly,
+    Rayleigh quotient ``-k eps / 2`` and ``||A p|| / ||p|| = sqrt(1 + (1 + k eps)^2) / sqrt(2)``."""
+    eps = np.finfo(dtype).eps
+    d = np.array([1.0, -(1.0 + k * eps)], dtype=dtype)
+    assert float(d[0]) + float(d[1]) == -k * float(eps)  # exact in the dtype
+    return np.diag(d), np.ones(2, dtype=dtype), float(eps), float(np.hypot(d[0], d[1]) / np.sqrt(2.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_curvature_beyond_rounding_names_the_threshold(dtype):
+    # quotient -8 c eps: below -c eps ||A||_est, a proof whatever the residual
+    A, b, eps, gain = split_diagonal(16 * C, dtype)
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        solvers.cg(A, b, rtol=1e-8)
+    err = info.value
+    assert err.value == pytest.approx(-8 * C * eps, rel=1e-6)
+    assert err.bound == pytest.approx(-C * eps * gain, rel=1e-6)
+    assert err.quantity == "p^T A p / p^T p"
+    assert "beyond rounding" in str(err)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_curvature_within_rounding_but_residual_far_above_it_raises_with_bound_zero(dtype):
+    # quotient -eps c / 4: within rounding of p^T A p, but ||r|| = ||b|| is far above rounding level
+    A, b, eps, _ = split_diagonal(C / 2, dtype)
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        solvers.cg(A, b, rtol=1e-8)
+    assert info.value.value == pytest.approx(-C * eps / 4, rel=1e-6)
+    assert info.value.bound == 0.0
+    assert "far above rounding" in str(info.value)
+
+
+@pytest.mark.parametrize("k", [C / 2, 16 * C])
+def test_breakdown_without_check_counts_the_direction(k):
+    # check_pd=False: the system stops with info -1, no step taken; the direction's product and the
+    # closing true residual are the only products
+    A, b, _, _ = split_diagonal(k, np.float64)
+    res = solvers.cg(A, b, rtol=1e-8, check_pd=False)
+    assert res.info == -1 and not res.converged and res.iterations == 0
+    assert res.matvecs == 2
+    assert np.all(res.x == 0)
+
+
+def test_zero_curvature_on_the_first_direction_raises():
+    # p_0 = b with p^T A p = 0 exactly while ||r|| = ||b||: no SPD matrix does that
+    A = np.diag(np.r_[np.ones(10), -np.ones(10)])
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        solvers.cg(A, np.ones(20), rtol=1e-10, maxiter=100)
+    assert info.value.value == 0.0 and info.value.bound == 0.0
+    res = solvers.cg(A, np.ones(20), rtol=1e-10, maxiter=100, check_pd=False)
+    assert res.info == -1 and res.iterations == 0 and res.matvecs == 2
+
+
+def test_indefinite_found_late_reports_its_iteration_and_counts():
+    # diag(1, 2, 3, -1) with a small negative component: the first directions are positive
+    d = np.array([1.0, 2.0, 3.0, -1.0])
+    b = np.array([1.0, 1.0, 1.0, 1e-3])
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        solvers.cg(np.diag(d), b, rtol=1e-12)
+    assert info.value.value < 0 and "at iteration" in str(info.value)
+    res = solvers.cg(np.diag(d), b, rtol=1e-12, check_pd=False)
+    k = int(res.iterations)
+    assert res.info == -1 and 1 <= k <= 4
+    # every step's product, the failed direction's product, the closing true residual
+    assert res.matvecs == k + 2
+
+
+@pytest.mark.parametrize("maxiter", [PERIOD, 2 * PERIOD - 1, 3 * PERIOD])
+def test_residual_replacement_period_is_paid_exactly(maxiter):
+    # an unreachable tolerance on a slow system: exactly maxiter steps, one replacement per PERIOD
+    n = 300
+    d = np.geomspace(1.0, 1e5, n)
+    b = np.cos(np.arange(n))
+    res = solvers.cg(np.diag(d), b, rtol=1e-14, maxiter=maxiter)
+    assert res.iterations == maxiter and res.info == maxiter
+    assert res.matvecs == maxiter + maxiter // PERIOD + 1
+    # the replaced row holds the true residual of the iterate of that step
+    seen = []
+    solvers.cg(np.diag(d), b, rtol=1e-14, maxiter=PERIOD, callback=lambda x: seen.append(x.copy()))
+    assert res.residual_norms[PERIOD] == pytest.approx(np.linalg.norm(b - d * seen[PERIOD - 1]), rel=1e-12)
+
+
+def test_restarts_stop_when_they_no_longer_pay():
+    # float32 just beyond what it resolves: the recursive residual claims convergence, the true one
+    # does not; restarts go on only while each halves the true residual, far short of maxiter
+    n = 200
+    rng = np.random.default_rng(7)
+    d = np.geomspace(1.0, 1e3, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x64 = b.astype(np.float64) / d.astype(np.float64)
+    for rtol in (3e-7, 1e-7):
+        res = solvers.cg(np.diag(d), b, rtol=rtol, maxiter=20 * n)
+        k = int(res.iterations)
+        # float64 textbook CG reaches 1e-6 in about as many steps: restarts add a few, not thousands
+        assert k <= len(textbook_steps(d, b, 1e-6)) + 3 * PERIOD
+        assert res.info == (0 if res.converged else k)
+        # each restart costs one product, every step one, the replacements one each, the close one
+        assert 1 <= res.matvecs - k - k // PERIOD <= 4
+        assert np.linalg.norm(res.x - x64) <= 1e-4 * np.linalg.norm(x64)
+        r64 = b.astype(np.float64) - d.astype(np.float64) * res.x.astype(np.float64)
+        assert np.linalg.norm(r64) <= 1e-6 * np.linalg.norm(b)  # float32's reach
+
+
+def textbook_steps(d, b, rtol):
+    """Textbook CG steps on ``diag(d)`` (float64) until ``||r|| <= rtol ||b||``."""
+    d, b = d.astype(np.float64), b.astype(np.float64)
+    x, r = np.zeros_like(b), b.copy()
+    p, rr, steps = r.copy(), r @ r, []
+    while np.sqrt(rr) > rtol * np.linalg.norm(b):
+        q = d * p
+        alpha = rr / (p @ q)
+        x, r = x + alpha * p, r - alpha * q
+        rr, rr_old = r @ r, rr
+        p = r + (rr / rr_old) * p
+        steps.append(x)
+    return steps
+
+
+def test_singular_psd_matrix_stops_as_a_breakdown_without_overflow():
+    # b excites the null space of a PSD matrix: no solution; CG must stop, finite, counts agreeing
+    d = np.array([1.0, 2.0, 3.0, 0.0])
+    b = np.ones(4)
+    res = solvers.cg(np.diag(d), b, rtol=1e-10, maxiter=1000, check_pd=False)
+    assert not res.converged and res.info == -1
+    assert np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.residual_norms))
+    k = int(res.iterations)
+    assert 3 <= k <= 10
+    assert k + 1 <= res.matvecs <= k + 2
+    # before the breakdown it is an iteration limit like any other
+    r3 = solvers.cg(np.diag(d), b, rtol=1e-10, maxiter=3, check_pd=False)
+    assert r3.info == 3 and r3.iterations == 3 and r3.matvecs == 4
+
+
+def test_negative_definite_at_every_lam_scale():
+    # -lam I for lam over four decades: quotient -lam, bound -c eps lam
+    for lam in (0.01, 1.0, 100.0):
+        with pytest.raises(NotPositiveDefiniteError) as info:
+            solvers.cg(-lam * np.eye(5), np.arange(1.0, 6.0))
+        assert info.value.value == pytest.approx(-lam, rel=1e-12)
+        assert info.value.bound == pytest.approx(-C * np.finfo(float).eps * lam, rel=1e-9)
