@@ -20,6 +20,15 @@ from operator_cases import dense_grid_coupling, dense_grid_general, dense_grid_p
 REPLACEMENT_PERIOD = 50
 
 
+
+@pytest.fixture(params=["compiled", "array"])
+def branch(request, monkeypatch):
+    """CG's two code paths on NumPy: the fused compiled updates, and the array expressions that
+    CuPy (or a machine without Numba) runs."""
+    if request.param == "array":
+        monkeypatch.setattr("solvers._cg._numba", None)
+    return request.param
+
 def textbook_cg(A, b, rtol, maxiter=1000):
     """Unpreconditioned CG from ``x = 0`` until ``||r_k|| <= rtol ||b||`` (recursive residual).
 
@@ -55,7 +64,7 @@ def distinct_diagonal(rng, values, n):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("lam", [0.01, 1.0, 100.0])
-def test_cg_takes_one_step_per_distinct_eigenvalue(rng, k, lam):
+def test_cg_takes_one_step_per_distinct_eigenvalue(rng, k, lam, branch):
     # exact arithmetic: CG ends after as many steps as A has distinct eigenvalues excited by b;
     # the products are one per step plus the closing true residual
     values = lam * np.geomspace(1.0, 4.0, k)
@@ -67,7 +76,7 @@ def test_cg_takes_one_step_per_distinct_eigenvalue(rng, k, lam):
     np.testing.assert_allclose(res.x, b / np.diag(A), rtol=1e-9)
 
 
-def test_cg_iterates_are_the_textbook_iterates(rng):
+def test_cg_iterates_are_the_textbook_iterates(rng, branch):
     n = 30
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     for lam in (0.01, 1.0, 100.0):
@@ -89,7 +98,7 @@ def test_cg_iterates_are_the_textbook_iterates(rng):
         assert res.residual_norms[-1] == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-6)
 
 
-def test_cg_with_x0_pays_one_product_for_the_initial_residual(rng):
+def test_cg_with_x0_pays_one_product_for_the_initial_residual(rng, branch):
     A, b = distinct_diagonal(rng, np.array([2.0, 3.0, 5.0]), 9)
     x0 = rng.standard_normal(9)
     res = solvers.cg(A, b, x0=x0, rtol=1e-10)
@@ -99,7 +108,7 @@ def test_cg_with_x0_pays_one_product_for_the_initial_residual(rng):
     assert res.iterations == 3 and res.matvecs == 3 + 2
 
 
-def test_cg_batch_counts_each_system(rng):
+def test_cg_batch_counts_each_system(rng, branch):
     # three systems with 1, 2 and 4 distinct eigenvalues: per-system steps, products for the slowest
     As, bs = zip(*[distinct_diagonal(rng, v, 10) for v in
                    (np.array([2.0]), np.array([1.0, 3.0]), np.array([0.5, 1.0, 2.0, 4.0]))])
@@ -119,7 +128,7 @@ def test_cg_batch_counts_each_system(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_cg_replaces_the_residual_every_period(rng, dtype):
+def test_cg_replaces_the_residual_every_period(rng, dtype, branch):
     # a slow system: one product per step, one per residual replacement, one closing product
     n = 400
     d = np.geomspace(1.0, 1e4, n)
@@ -135,7 +144,7 @@ def test_cg_replaces_the_residual_every_period(rng, dtype):
     assert np.linalg.norm(b - d * res.x) <= (1e-6 if dtype == np.float64 else 1e-4) * np.linalg.norm(b)
 
 
-def test_cg_iteration_limit_is_counted(rng):
+def test_cg_iteration_limit_is_counted(rng, branch):
     A, b = distinct_diagonal(rng, np.geomspace(1.0, 100.0, 8), 8)
     res = solvers.cg(A, b, rtol=1e-12, maxiter=3)
     assert not res.converged and res.info == 3 and res.iterations == 3
@@ -145,7 +154,7 @@ def test_cg_iteration_limit_is_counted(rng):
     assert res.iterations == 0 and res.matvecs == 1 and np.all(res.x == 0)
 
 
-def test_cg_zero_rhs_and_converged_x0_cost_nothing_more(rng):
+def test_cg_zero_rhs_and_converged_x0_cost_nothing_more(rng, branch):
     A, b = distinct_diagonal(rng, np.array([1.0, 2.0]), 6)
     res = solvers.cg(A, np.zeros(6))
     assert res.converged and res.iterations == 0 and res.matvecs == 1 and np.all(res.x == 0)
@@ -153,7 +162,7 @@ def test_cg_zero_rhs_and_converged_x0_cost_nothing_more(rng):
     assert res.converged and res.iterations == 0 and res.matvecs == 2
 
 
-def test_cg_stops_on_an_absolute_tolerance(rng):
+def test_cg_stops_on_an_absolute_tolerance(rng, branch):
     A, b = distinct_diagonal(rng, np.geomspace(1.0, 100.0, 8), 8)
     ref = textbook_cg(A, b, 1e-3 / np.linalg.norm(b))
     res = solvers.cg(A, b, rtol=0.0, atol=1e-3)
@@ -163,7 +172,7 @@ def test_cg_stops_on_an_absolute_tolerance(rng):
     assert res.iterations == len(ref)
 
 
-def test_cg_preconditioned_counts_match_textbook_on_the_scaled_system(rng):
+def test_cg_preconditioned_counts_match_textbook_on_the_scaled_system(rng, branch):
     # Jacobi on a diagonal-times-k-values matrix: the preconditioned system has k distinct values
     n = 12
     s = rng.uniform(0.01, 100.0, n)

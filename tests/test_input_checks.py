@@ -134,13 +134,36 @@ def test_as_parameter_owns_what_it_keeps():
 
 
 @pytest.mark.parametrize("bad, error, word", [
-    (None, TypeError, "w must be a real numeric array"), ("abc", TypeError, "w must be a real numeric array"),
+    (None, TypeError, "w must be a real numeric array; got NoneType"),
+    ("abc", TypeError, "w must be a real numeric array; got str"),
     (np.ones((2, 2), dtype=complex), ValueError, "complex"), (np.array([["a"]]), TypeError, "dtype"),
     (np.ones(3), ValueError, "at least 2 axes"), (np.array([[1.0, np.nan]]), ValueError, "NaN"),
 ])
 def test_as_parameter_rejects(bad, error, word):
     with pytest.raises(error, match=word):
         v.as_parameter(bad, "w", min_ndim=2)
+
+
+class _DLPackOnly:
+    """A writeable CPU array seen only through the DLPack protocol (as a framework tensor is)."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, **kwargs):
+        return self.arr.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.arr.__dlpack_device__()
+
+
+def test_as_parameter_copies_dlpack_views_of_writeable_memory():
+    x = np.arange(6.0).reshape(2, 3)
+    kept = v.as_parameter(_DLPackOnly(x), "w", min_ndim=2)
+    x[0, 0] = 99.0  # the framework writes its tensor: the operator's parameter must not change
+    assert kept[0, 0] == 0.0 and not np.shares_memory(kept, x)
+    with v.borrowed_parameters():
+        assert np.shares_memory(v.as_parameter(_DLPackOnly(x), "w", min_ndim=2), x)
 
 
 def test_readonly_leaves_the_input_alone():

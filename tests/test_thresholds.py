@@ -21,19 +21,30 @@ C = 128.0
 PERIOD = 50
 
 
-def split_diagonal(k, dtype):
-    """``diag(1, -(1 + k eps))`` and ``b = (1, 1)``: ``p_0 = b`` has ``p^T A p = -k eps`` exactly,
-    Rayleigh quotient ``-k eps / 2`` and ``||A p|| / ||p|| = sqrt(1 + (1 + k eps)^2) / sqrt(2)``."""
+
+@pytest.fixture(params=["compiled", "array"])
+def branch(request, monkeypatch):
+    """CG's two code paths on NumPy: the fused compiled updates, and the array expressions that
+    CuPy (or a machine without Numba) runs."""
+    if request.param == "array":
+        monkeypatch.setattr("solvers._cg._numba", None)
+    return request.param
+
+def split_diagonal(k, dtype, scale=1.0):
+    """``diag(1, -(1 + k eps))`` and ``b = scale (1, 1)`` (``scale`` a power of 2): ``p_0 = b`` has
+    ``p^T A p / p^T p = -k eps / 2`` exactly and ``||A p|| / ||p|| = sqrt(1 + (1 + k eps)^2) / sqrt(2)``."""
     eps = np.finfo(dtype).eps
     d = np.array([1.0, -(1.0 + k * eps)], dtype=dtype)
     assert float(d[0]) + float(d[1]) == -k * float(eps)  # exact in the dtype
-    return np.diag(d), np.ones(2, dtype=dtype), float(eps), float(np.hypot(d[0], d[1]) / np.sqrt(2.0))
+    b = np.full(2, scale, dtype=dtype)
+    return np.diag(d), b, float(eps), float(np.hypot(d[0], d[1]) / np.sqrt(2.0))
 
 
+@pytest.mark.parametrize("scale", [2.0**-10, 1.0, 2.0**10])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_curvature_beyond_rounding_names_the_threshold(dtype):
-    # quotient -8 c eps: below -c eps ||A||_est, a proof whatever the residual
-    A, b, eps, gain = split_diagonal(16 * C, dtype)
+def test_curvature_beyond_rounding_names_the_threshold(dtype, scale, branch):
+    # quotient -8 c eps: below -c eps ||A||_est, a proof whatever the residual (and whatever ||b||)
+    A, b, eps, gain = split_diagonal(16 * C, dtype, scale)
     with pytest.raises(NotPositiveDefiniteError) as info:
         solvers.cg(A, b, rtol=1e-8)
     err = info.value
@@ -43,10 +54,11 @@ def test_curvature_beyond_rounding_names_the_threshold(dtype):
     assert "beyond rounding" in str(err)
 
 
+@pytest.mark.parametrize("scale", [2.0**-10, 1.0, 2.0**10])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_curvature_within_rounding_but_residual_far_above_it_raises_with_bound_zero(dtype):
+def test_curvature_within_rounding_but_residual_far_above_it_raises_with_bound_zero(dtype, scale, branch):
     # quotient -eps c / 4: within rounding of p^T A p, but ||r|| = ||b|| is far above rounding level
-    A, b, eps, _ = split_diagonal(C / 2, dtype)
+    A, b, eps, _ = split_diagonal(C / 2, dtype, scale)
     with pytest.raises(NotPositiveDefiniteError) as info:
         solvers.cg(A, b, rtol=1e-8)
     assert info.value.value == pytest.approx(-C * eps / 4, rel=1e-6)
@@ -55,7 +67,7 @@ def test_curvature_within_rounding_but_residual_far_above_it_raises_with_bound_z
 
 
 @pytest.mark.parametrize("k", [C / 2, 16 * C])
-def test_breakdown_without_check_counts_the_direction(k):
+def test_breakdown_without_check_counts_the_direction(k, branch):
     # check_pd=False: the system stops with info -1, no step taken; the direction's product and the
     # closing true residual are the only products
     A, b, _, _ = split_diagonal(k, np.float64)
@@ -65,7 +77,7 @@ def test_breakdown_without_check_counts_the_direction(k):
     assert np.all(res.x == 0)
 
 
-def test_zero_curvature_on_the_first_direction_raises():
+def test_zero_curvature_on_the_first_direction_raises(branch):
     # p_0 = b with p^T A p = 0 exactly while ||r|| = ||b||: no SPD matrix does that
     A = np.diag(np.r_[np.ones(10), -np.ones(10)])
     with pytest.raises(NotPositiveDefiniteError) as info:
@@ -75,7 +87,7 @@ def test_zero_curvature_on_the_first_direction_raises():
     assert res.info == -1 and res.iterations == 0 and res.matvecs == 2
 
 
-def test_indefinite_found_late_reports_its_iteration_and_counts():
+def test_indefinite_found_late_reports_its_iteration_and_counts(branch):
     # diag(1, 2, 3, -1) with a small negative component: the first directions are positive
     d = np.array([1.0, 2.0, 3.0, -1.0])
     b = np.array([1.0, 1.0, 1.0, 1e-3])
@@ -90,7 +102,7 @@ def test_indefinite_found_late_reports_its_iteration_and_counts():
 
 
 @pytest.mark.parametrize("maxiter", [PERIOD, 2 * PERIOD - 1, 3 * PERIOD])
-def test_residual_replacement_period_is_paid_exactly(maxiter):
+def test_residual_replacement_period_is_paid_exactly(maxiter, branch):
     # an unreachable tolerance on a slow system: exactly maxiter steps, one replacement per PERIOD
     n = 300
     d = np.geomspace(1.0, 1e5, n)
@@ -104,7 +116,7 @@ def test_residual_replacement_period_is_paid_exactly(maxiter):
     assert res.residual_norms[PERIOD] == pytest.approx(np.linalg.norm(b - d * seen[PERIOD - 1]), rel=1e-12)
 
 
-def test_restarts_stop_when_they_no_longer_pay():
+def test_restarts_stop_when_they_no_longer_pay(branch):
     # float32 just beyond what it resolves: the recursive residual claims convergence, the true one
     # does not; restarts go on only while each halves the true residual, far short of maxiter
     n = 200
@@ -140,7 +152,7 @@ def textbook_steps(d, b, rtol):
     return steps
 
 
-def test_singular_psd_matrix_stops_as_a_breakdown_without_overflow():
+def test_singular_psd_matrix_stops_as_a_breakdown_without_overflow(branch):
     # b excites the null space of a PSD matrix: no solution; CG must stop, finite, counts agreeing
     d = np.array([1.0, 2.0, 3.0, 0.0])
     b = np.ones(4)
@@ -155,10 +167,27 @@ def test_singular_psd_matrix_stops_as_a_breakdown_without_overflow():
     assert r3.info == 3 and r3.iterations == 3 and r3.matvecs == 4
 
 
-def test_negative_definite_at_every_lam_scale():
+def test_negative_definite_at_every_lam_scale(branch):
     # -lam I for lam over four decades: quotient -lam, bound -c eps lam
     for lam in (0.01, 1.0, 100.0):
         with pytest.raises(NotPositiveDefiniteError) as info:
             solvers.cg(-lam * np.eye(5), np.arange(1.0, 6.0))
         assert info.value.value == pytest.approx(-lam, rel=1e-12)
         assert info.value.bound == pytest.approx(-C * np.finfo(float).eps * lam, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1.0, 1e2])
+def test_indefinite_preconditioner_is_a_breakdown_at_the_start(scale, branch):
+    # r_0^T M r_0 < 0: no step, info -1, the closing true residual the only product
+    A, b = np.diag([1.0, 2.0, 3.0]), scale * np.ones(3)
+    res = solvers.cg(A, b, M=-np.eye(3))
+    assert res.info == -1 and res.iterations == 0 and res.matvecs == 1 and np.all(res.x == 0)
+
+
+def test_preconditioner_indefinite_later_is_a_breakdown_then(branch):
+    # M = diag(1, 1, -1) with b exciting the third coordinate little: r_0^T M r_0 > 0, later < 0
+    A, b = np.diag([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.1])
+    res = solvers.cg(A, b, M=np.diag([1.0, 1.0, -1.0]), rtol=1e-12)
+    k = int(res.iterations)
+    assert res.info == -1 and 1 <= k <= 3 and not res.converged
+    assert res.matvecs == k + 1

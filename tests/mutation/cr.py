@@ -75,16 +75,27 @@ def _scope_lines(module: Path, names):
     lines = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
-            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-            lines.update(range(first, node.end_lineno + 1))
+            lines.update(range(node.lineno, node.end_lineno + 1))
     missing = set(names) - {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     if missing:
         raise SystemExit(f"{module}: no top-level function or class {sorted(missing)}")
     return lines
 
 
+def _decorator_lines(module: Path):
+    """Lines of decorator expressions (``@numba.njit(cache=True, nogil=True, ...)``): their
+    options change how a kernel is compiled, not what it computes, and with the JIT off (as the
+    mutation run has it) they do nothing; mutants there are skipped."""
+    lines = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        for dec in getattr(node, "decorator_list", []):
+            lines.update(range(dec.lineno, dec.end_lineno + 1))
+    return lines
+
+
 def _apply_scope(config_path, session):
-    """Mark mutants outside ``[cosmic-ray.scope] functions`` as skipped; return their count."""
+    """Mark mutants outside ``[cosmic-ray.scope] functions`` (and on decorator lines) as skipped;
+    return their count."""
     from cosmic_ray.config import load_config
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
@@ -92,10 +103,12 @@ def _apply_scope(config_path, session):
     config = load_config(config_path)
     names = config.sub("scope").get("functions", [])
     lines = _scope_lines(Path(config["module-path"]), names)
+    decorators = _decorator_lines(Path(config["module-path"]))
     skipped = 0
     with use_db(session, WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
-            if lines is not None and not all(m.start_pos[0] in lines for m in item.mutations):
+            rows = [m.start_pos[0] for m in item.mutations]
+            if any(r in decorators for r in rows) or (lines is not None and not all(r in lines for r in rows)):
                 db.set_result(item.job_id, WorkResult(output="outside the scope",
                                                       worker_outcome=WorkerOutcome.SKIPPED))
                 skipped += 1
