@@ -27,6 +27,12 @@ def branch(request, monkeypatch):
     CuPy (or a machine without Numba) runs."""
     if request.param == "array":
         monkeypatch.setattr("solvers._cg._numba", None)
+
+        def compiled(*args):
+            raise AssertionError("the array branch ran a compiled update")
+
+        for name in ("_step_nb", "_direction_nb", "_curvature_nb"):
+            monkeypatch.setattr(f"solvers._cg.{name}", compiled)
     return request.param
 
 def textbook_cg(A, b, rtol, maxiter=1000):
@@ -96,6 +102,18 @@ def test_cg_iterates_are_the_textbook_iterates(rng, branch):
         assert len(res.residual_norms) == res.iterations + 1
         assert res.residual_norms[0] == pytest.approx(np.linalg.norm(b), rel=1e-14)
         assert res.residual_norms[-1] == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-6)
+
+
+def test_cg_default_tolerance_is_scipys(rng, branch):
+    # rtol = 1e-5, atol = 0 (SciPy's defaults): the same steps as textbook CG to 1e-5
+    n = 60
+    A = np.diag(np.geomspace(1.0, 1e3, n))
+    b = rng.standard_normal(n)
+    res = solvers.cg(A, b)
+    steps = len(textbook_cg(A, b, 1e-5))
+    assert abs(res.iterations - steps) <= 1 and res.iterations != len(textbook_cg(A, b, 1e-2))
+    assert res.iterations != len(textbook_cg(A, b, 1e-8))
+    assert np.linalg.norm(b - A @ res.x) <= 1e-5 * np.linalg.norm(b)
 
 
 def test_cg_with_x0_pays_one_product_for_the_initial_residual(rng, branch):

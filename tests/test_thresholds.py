@@ -28,6 +28,12 @@ def branch(request, monkeypatch):
     CuPy (or a machine without Numba) runs."""
     if request.param == "array":
         monkeypatch.setattr("solvers._cg._numba", None)
+
+        def compiled(*args):
+            raise AssertionError("the array branch ran a compiled update")
+
+        for name in ("_step_nb", "_direction_nb", "_curvature_nb"):
+            monkeypatch.setattr(f"solvers._cg.{name}", compiled)
     return request.param
 
 def split_diagonal(k, dtype, scale=1.0):
@@ -191,3 +197,42 @@ def test_preconditioner_indefinite_later_is_a_breakdown_then(branch):
     k = int(res.iterations)
     assert res.info == -1 and 1 <= k <= 3 and not res.converged
     assert res.matvecs == k + 1
+
+
+def test_singular_preconditioner_is_a_breakdown_when_r_falls_in_its_null_space(branch):
+    # M = diag(1, 1, 0): p_0 = M b = (1, 0, 0), alpha = 1, r_1 = (0, 0, 1) and r_1^T M r_1 = 0
+    A, b = np.diag([1.0, 2.0, 3.0]), np.array([1.0, 0.0, 1.0])
+    res = solvers.cg(A, b, M=np.diag([1.0, 1.0, 0.0]), rtol=1e-12)
+    assert res.info == -1 and res.iterations == 1 and res.matvecs == 2
+    np.testing.assert_array_equal(res.x, [1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_tolerance_zero_solves_at_any_scale_of_b(scale, branch):
+    # rtol = atol = 0: iterate to the dtype's accuracy, whatever ||b|| (the recursive residual's
+    # floor is relative to ||b||)
+    d = np.array([1.0, 2.0, 4.0, 8.0, 1.0, 2.0])
+    b = scale * np.array([1.0, -1.0, 2.0, 0.5, 3.0, 1.0])
+    res = solvers.cg(np.diag(d), b, rtol=0.0, atol=0.0, maxiter=12)
+    assert res.iterations >= 4 and res.info != -1
+    np.testing.assert_allclose(res.x, b / d, rtol=1e-13)
+
+
+@pytest.mark.filterwarnings("error")
+def test_batch_with_zero_and_converged_systems_warns_nothing(branch):
+    # a zero right-hand side (p = 0, rho = 0) next to systems still iterating: no 0/0 anywhere
+    A = np.diag([1.0, 2.0, 3.0, 4.0])
+    b = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+
+    class Batched:
+        shape = (4, 4)
+        dtype = np.dtype(np.float64)
+
+        def matvec(self, X):
+            return X @ A
+
+    for M in (None, np.eye(4)):
+        res = solvers.cg(Batched(), b, rtol=1e-12, M=M)
+        np.testing.assert_array_equal(res.iterations, [0, 4, 1])
+        assert np.all(res.converged) and res.matvecs == 4 + 1
+        np.testing.assert_allclose(res.x, b / np.diag(A), rtol=1e-12, atol=0)

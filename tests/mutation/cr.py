@@ -5,6 +5,7 @@ Usage (from a copy of the repository; ``tests/mutation/run.sh`` makes one and ca
     python tests/mutation/cr.py init   TARGET.toml SESSION.sqlite   # mutants in scope, nothing run
     python tests/mutation/cr.py exec   TARGET.toml SESSION.sqlite   # run the test command per mutant
     python tests/mutation/cr.py report SESSION.sqlite               # score and surviving mutants
+    python tests/mutation/cr.py survivors SESSION.sqlite            # forget the survivors' results
 
 The operators are the single-point slips a person makes in numerical code: ``+ - * /`` swapped,
 a comparison turned into another, a sign or a ``not`` dropped, ``and``/``or``, ``True``/``False``
@@ -143,11 +144,24 @@ def _report(session):
                 print(f"      {line}")
 
 
+def _forget_survivors(session):
+    """Drop the results of the surviving mutants, so that ``exec`` runs them (only them) again."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        count = db.execute("DELETE FROM work_results WHERE worker_outcome = 'NORMAL' "
+                           "AND test_outcome = 'SURVIVED'").rowcount
+    print(f"{session}: {count} surviving mutants to run again")
+
+
 def main(argv):
     command = argv[0]
     _install_operators()
     if command == "report":
         _report(argv[1])
+        return 0
+    if command == "survivors":
+        _forget_survivors(argv[1])
         return 0
     from cosmic_ray.cli import cli
 

@@ -4,6 +4,9 @@
 #
 #   bash tests/mutation/run.sh                 # every target below
 #   bash tests/mutation/run.sh cg potts        # some targets (names of tests/mutation/*.toml)
+#   MUTATION_SURVIVORS=1 bash tests/mutation/run.sh cg
+#                                              # only the survivors of the last run of cg, again
+#   MUTATION_RESUME=1 bash tests/mutation/run.sh cg    # the mutants an interrupted run left
 #
 # Needs `pip install cosmic-ray` (8.x).  Each target is a Cosmic Ray config: the module, the
 # functions in scope and the fast test selection that must kill its mutants.  The run works on a
@@ -30,7 +33,13 @@ for target in "${TARGETS[@]}"; do
     [ -f "$config" ] || { echo "no target $target ($config)" >&2; exit 2; }
     session="$OUT/$target.sqlite"
     start=$(date +%s)
-    python tests/mutation/cr.py init "$config" "$session"
+    if [ -n "${MUTATION_SURVIVORS:-}" ] && [ -f "$session" ]; then
+        python tests/mutation/cr.py survivors "$session"
+    elif [ -n "${MUTATION_RESUME:-}" ] && [ -f "$session" ]; then
+        echo "$session: resumed"
+    else
+        python tests/mutation/cr.py init "$config" "$session"
+    fi
     # the unmutated code must pass the selection, or every mutant would count as killed
     eval "$(python -c "import tomllib,sys; print(tomllib.load(open(sys.argv[1],'rb'))['cosmic-ray']['test-command'])" "$config")" >/dev/null \
         || { echo "$target: the test selection fails on the unmutated code" >&2; exit 1; }
