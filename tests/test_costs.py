@@ -358,3 +358,171 @@ def test_potts_split_budget_and_batch(rng):
         assert np.linalg.norm(b[s] - M @ res.x[s]) <= 1e-10 * np.linalg.norm(b[s])
     res = gcrflinalg.solve(op, b, method="cg", rtol=1e-12, maxiter=3)
     assert np.all(np.asarray(res.iterations) <= 3) and not np.all(res.converged)
+
+
+# ------------------------------------------------- grid solves: scales, batches, budgets, history
+
+
+@pytest.fixture(params=["compiled", "array"])
+def grid_branch(request, monkeypatch):
+    """The grid kernels' two code paths on NumPy: Numba, and the array expressions CuPy runs."""
+    if request.param == "array":
+        monkeypatch.setattr("gcrflinalg.forms.grid.kernels._use_numba", lambda arr: False)
+    return request.param
+
+
+def _potts_system(rng, lam, L=2, H=4, W=5, strength=0.2):
+    wt = np.abs(rng.standard_normal((2, H, W))) * (strength * lam / L)
+    return wt, dense_grid_potts(wt, lam, L, 4)
+
+
+def _general_system(rng, lam, L=2, H=4, W=5, strength=0.05):
+    pw = rng.standard_normal((2, L, L, H, W)) * (strength * lam)
+    return pw, dense_grid_general(pw, lam, 4)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+@pytest.mark.parametrize("method", ["reduced_cg", "potts"])
+def test_grid_reduced_and_potts_stop_relative_to_b(rng, method, scale, grid_branch):
+    # the stopping rule is relative to ||b||: scaling b scales x and leaves the steps alone
+    lam = 0.3
+    if method == "potts":
+        par, M = _potts_system(rng, lam)
+        make, name = (lambda: GridPottsGCRF(par, lam, 2, 4)), "cg"
+    else:
+        par, M = _general_system(rng, lam)
+        make, name = (lambda: GridGCRF(par, lam)), "reduced_cg"
+    b = rng.standard_normal(M.shape[0])
+    one = gcrflinalg.solve(make(), b, method=name, rtol=1e-6)
+    scaled = gcrflinalg.solve(make(), scale * b, method=name, rtol=1e-6)
+    assert one.converged and scaled.converged
+    assert scaled.iterations == one.iterations and scaled.matvecs == one.matvecs
+    np.testing.assert_allclose(scaled.x, scale * one.x, rtol=1e-9, atol=0)
+    r = scale * b - M @ scaled.x
+    assert np.linalg.norm(r) <= 1e-6 * scale * np.linalg.norm(b)
+    assert scaled.relative_residual == pytest.approx(np.linalg.norm(r) / (scale * np.linalg.norm(b)), rel=1e-3)
+    # the default tolerance is the table's (gcrflinalg.tolerances: 1e-8 in float64)
+    default = gcrflinalg.solve(make(), b, method=name)
+    explicit = gcrflinalg.solve(make(), b, method=name, rtol=1e-8)
+    assert default.iterations == explicit.iterations and default.matvecs == explicit.matvecs
+
+
+@pytest.mark.parametrize("method", ["reduced_cg", "potts"])
+def test_grid_reduced_and_potts_several_right_hand_sides_and_mixed_batch(rng, method, grid_branch):
+    # extra leading axes of b are further right-hand sides; a batch mixing an easy system, a hard
+    # one (near its bound) and a zero one gives each the answer it gets alone, and no 0/0 warning
+    L, H, W = 2, 4, 4
+    lam = np.array([20.0, 1.0, 0.05])
+    if method == "potts":
+        wt = np.abs(rng.standard_normal((3, 2, H, W)))
+        wt[1] *= 0.9 / np.linalg.eigvalsh(_potts_parts(wt[1], 0.0, L)[2])[-1]  # lam_max(W) = 0.9
+        wt[0] *= 0.01
+        wt[2] *= 0.001
+        make = (lambda w, l: GridPottsGCRF(w, l, L, 4)) 
+        mats = [dense_grid_potts(wt[s], lam[s], L, 4) for s in range(3)]
+        par, name = wt, "cg"
+    else:
+        pw = rng.standard_normal((3, 2, L, L, H, W))
+        for s, target in enumerate([0.1 * lam[0], 0.95, 0.2 * lam[2]]):
+            bound = -np.linalg.eigvalsh(dense_grid_general(pw[s], 0.0, 4))[0]
+            pw[s] *= target / bound
+        make = (lambda p, l: GridGCRF(p, l))
+        mats = [dense_grid_general(pw[s], lam[s], 4) for s in range(3)]
+        par, name = pw, "reduced_cg"
+    b = rng.standard_normal((2, 3, L * H * W))
+    b[:, 2] *= 1e-3
+    b[1, 0] = 0.0
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")
+        res = gcrflinalg.solve(make(par, lam), b, method=name, rtol=1e-10)
+    assert res.x.shape == b.shape and np.all(res.converged)
+    for e in range(2):
+        for s in range(3):
+            r = b[e, s] - mats[s] @ res.x[e, s]
+            assert np.linalg.norm(r) <= 1e-10 * np.linalg.norm(b[e, s])
+            # the last history row is each system's own true residual
+            assert res.residual_norms[-1][e, s] == pytest.approx(np.linalg.norm(r), rel=1e-3, abs=1e-300)
+            alone = gcrflinalg.solve(make(par[s], lam[s]), b[e, s], method=name, rtol=1e-10)
+            assert int(alone.iterations) == int(res.iterations[e, s])
+            np.testing.assert_allclose(res.x[e, s], alone.x, rtol=1e-12, atol=1e-15 * np.abs(alone.x).max(initial=0))
+    assert np.all(res.x[1, 0] == 0) and res.iterations[1, 0] == 0
+
+
+def test_reduced_cg_history_and_callback_follow_the_full_residual(rng, grid_branch):
+    # the reduced residual over lam is the full residual of the back-substituted iterate; the
+    # history holds one row per reduced step plus the start
+    lam = 0.2
+    pw, M = _general_system(rng, lam, L=2, H=5, W=4)
+    b = rng.standard_normal(M.shape[0])
+    seen = []
+    res = gcrflinalg.solve(GridGCRF(pw, lam), b, method="reduced_cg", rtol=1e-8, callback=lambda x: seen.append(x.copy()))
+    k = int(res.iterations)
+    assert len(seen) == k and len(res.residual_norms) == k + 1
+    assert res.residual_norms[0] == pytest.approx(np.linalg.norm(b), rel=1e-12)
+    for j, x in enumerate(seen[:-1], start=1):
+        assert res.residual_norms[j] == pytest.approx(np.linalg.norm(b - M @ x), rel=1e-4)
+    np.testing.assert_allclose(seen[-1], res.x, rtol=1e-6, atol=1e-9 * np.abs(res.x).max())
+
+
+def test_reduced_cg_rtol_zero_iterates_to_the_dtype_accuracy(rng, grid_branch):
+    pw, M = _general_system(rng, 1.0)
+    b = 1e-3 * rng.standard_normal(M.shape[0])
+    res = gcrflinalg.solve(GridGCRF(pw, 1.0), b, method="reduced_cg", rtol=0.0, maxiter=200)
+    assert np.linalg.norm(b - M @ res.x) <= 1e-13 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("method", ["reduced_cg", "cg"])
+def test_grid_budget_holds_over_refinement_rounds(rng, method, grid_branch):
+    # float32 at a tolerance that needs refinement rounds: no maxiter is ever exceeded, and rounds
+    # that no longer halve the residual stop
+    L, H, W = 2, 4, 5
+    if method == "cg":
+        par, M = _potts_system(rng, 1.0, L, H, W)
+        par *= 0.9 / np.linalg.eigvalsh(_potts_parts(par, 0.0, L)[2])[-1]  # lam_max(W) = 0.9: slow
+        M = dense_grid_potts(par, 1.0, L, 4)
+        make = lambda: GridPottsGCRF(par.astype(np.float32), 1.0, L, 4)  # noqa: E731
+    else:
+        par, M = _general_system(rng, 1.0, L, H, W, strength=0.15)
+        make = lambda: GridGCRF(par.astype(np.float32), 1.0)  # noqa: E731
+    b = rng.standard_normal(M.shape[0]).astype(np.float32)
+    free = gcrflinalg.solve(make(), b, method=method, rtol=1e-12)
+    assert not free.converged and int(free.iterations) <= 10 * len(textbook_cg(M, b.astype(np.float64), 1e-7))
+    extra = free.matvecs - (int(free.iterations) + 1 if method == "cg" else 2 * int(free.iterations))
+    per_round = 4 if method == "cg" else 3
+    assert extra % per_round == 0 and extra // per_round <= 4  # a few rounds, not ten
+    for maxiter in range(1, int(free.iterations) + 2):
+        res = gcrflinalg.solve(make(), b, method=method, rtol=1e-12, maxiter=maxiter)
+        assert int(res.iterations) <= maxiter
+
+
+def test_reduced_cg_not_positive_definite_names_the_system_and_a_true_bound(rng):
+    L, H, W = 2, 4, 4
+    pw = rng.standard_normal((2, 2, L, L, H, W))
+    bounds = np.array([-np.linalg.eigvalsh(dense_grid_general(pw[s], 0.0, 4))[0] for s in range(2)])
+    for scale in (0.05, 20.0):
+        lam = scale * np.array([2.0, 0.5]) * bounds  # the second system is below its bound
+        with pytest.raises(solvers.NotPositiveDefiniteError) as info:
+            gcrflinalg.solve(GridGCRF(pw * scale, lam), np.ones((2, L * H * W)), method="reduced_cg")
+        err = info.value
+        assert err.system == (1,) and err.value == pytest.approx(lam[1])
+        # a proven lower bound of -lambda_min(A), above lam
+        assert lam[1] < err.bound <= scale * bounds[1] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", ["reduced_cg", "potts"])
+def test_grid_curvature_test_stays_on_without_the_upfront_check(rng, method, grid_branch):
+    # check_pd=False skips the operator's certificate only: CG's curvature test still raises
+    L, H, W = 2, 4, 4
+    if method == "potts":
+        wt = np.abs(rng.standard_normal((2, H, W)))
+        lam = 0.5 * np.linalg.eigvalsh(_potts_parts(wt, 0.0, L)[2])[-1]
+        op, name = GridPottsGCRF(wt, lam, L, 4), "cg"
+    else:
+        pw = rng.standard_normal((2, L, L, H, W))
+        lam = 0.5 * -np.linalg.eigvalsh(dense_grid_general(pw, 0.0, 4))[0]
+        op, name = GridGCRF(pw, lam), "reduced_cg"
+    b = rng.standard_normal(op.size)
+    for check_pd in (True, False):
+        with pytest.raises(solvers.NotPositiveDefiniteError) as info:
+            gcrflinalg.solve(op, b, method=name, check_pd=check_pd)
+        assert info.value.value == pytest.approx(lam) and info.value.bound > lam
