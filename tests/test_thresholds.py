@@ -236,3 +236,78 @@ def test_batch_with_zero_and_converged_systems_warns_nothing(branch):
         np.testing.assert_array_equal(res.iterations, [0, 4, 1])
         assert np.all(res.converged) and res.matvecs == 4 + 1
         np.testing.assert_allclose(res.x, b / np.diag(A), rtol=1e-12, atol=0)
+
+
+class _Float32Products:
+    """``diag(d)`` whose products are rounded to float32: a float64 CG whose recursive residual
+    keeps falling below the true one, which stalls near ``1e-7`` (the products' accuracy)."""
+
+    def __init__(self, d):
+        self.d = d
+        self.shape = (len(d), len(d))
+        self.dtype = np.dtype(np.float64)
+
+    def matvec(self, X):
+        return (X.astype(np.float32) * self.d.astype(np.float32)).astype(np.float64)
+
+
+def test_restart_pays_once_then_stops_short_of_maxiter(branch):
+    n = 60
+    d = np.geomspace(1.0, 1e2, n)
+    b = np.cos(np.arange(n) + 0.5)
+    op = _Float32Products(d)
+    # 1e-8: the recursive residual claims it, the true one (~4e-8) does not: one restart (one
+    # product), which does not halve it; no more restarts, and far fewer steps than maxiter
+    res = solvers.cg(op, b, rtol=1e-8, maxiter=2000)
+    k = int(res.iterations)
+    assert not res.converged and res.info == k and k <= 150
+    assert res.matvecs - k - k // PERIOD - 1 in (1, 2)  # the restart(s)
+    assert np.linalg.norm(b - d * res.x) <= 1e-7 * np.linalg.norm(b)
+    # 1e-10: it stalls at rounding level; a stall at rounding level is not restarted
+    res = solvers.cg(op, b, rtol=1e-10, maxiter=2000)
+    k = int(res.iterations)
+    assert not res.converged and res.info == k and k <= 200
+    assert res.matvecs == k + k // PERIOD + 1
+    # 1e-6: reached without a restart
+    res = solvers.cg(op, b, rtol=1e-6, maxiter=2000)
+    k = int(res.iterations)
+    assert res.converged and res.matvecs == k + k // PERIOD + 1
+
+
+def test_monitor_stop_spends_no_closing_product(branch):
+    A = np.diag(np.geomspace(1.0, 1e3, 40))
+    b = np.ones(40)
+    seen = []
+
+    def monitor(k, rnorm):
+        seen.append((k, float(rnorm)))
+        return k == 3
+
+    res = solvers.cg(A, b, rtol=1e-12, monitor=monitor)
+    assert res.iterations == 3 and res.info == 3 and not res.converged
+    assert res.matvecs == 3  # the steps' products only
+    assert [k for k, _ in seen] == [1, 2, 3]
+    assert res.residual_norms[-1] == pytest.approx(seen[-1][1], rel=1e-12)
+
+
+def test_numpy_floats_take_the_compiled_updates(monkeypatch):
+    # documented: on NumPy float32/float64 the vector updates run as compiled loops, one pass each
+    import solvers._cg as cg_module
+
+    calls = {"_step_nb": 0, "_direction_nb": 0, "_curvature_nb": 0}
+    for name in calls:
+        original = getattr(cg_module, name)
+
+        def counted(*args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(cg_module, name, counted)
+    A = np.diag([1.0, 2.0, 3.0, 4.0])
+    for dtype in (np.float64, np.float32):
+        for b in (np.ones(4), np.ones((2, 4))):
+            for name in calls:
+                calls[name] = 0
+            res = solvers.cg(A.astype(dtype), b.astype(dtype), rtol=1e-6)
+            assert res.iterations.max() == 4
+            assert calls == {"_step_nb": 4, "_direction_nb": 4, "_curvature_nb": 4}
