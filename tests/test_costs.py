@@ -493,6 +493,10 @@ def test_grid_budget_holds_over_refinement_rounds(rng, method, grid_branch):
     for maxiter in range(1, int(free.iterations) + 2):
         res = gcrflinalg.solve(make(), b, method=method, rtol=1e-12, maxiter=maxiter)
         assert int(res.iterations) <= maxiter
+        # every product counted: per round the steps (and one start product per split phase)
+        k = int(res.iterations)
+        extra = res.matvecs - (k + 1 if method == "cg" else 2 * k)
+        assert extra > 0 and extra % per_round == 0
 
 
 def test_reduced_cg_not_positive_definite_names_the_system_and_a_true_bound(rng):
@@ -526,3 +530,12 @@ def test_grid_curvature_test_stays_on_without_the_upfront_check(rng, method, gri
         with pytest.raises(solvers.NotPositiveDefiniteError) as info:
             gcrflinalg.solve(op, b, method=name, check_pd=check_pd)
         assert info.value.value == pytest.approx(lam) and info.value.bound > lam
+
+
+def test_reduced_cg_absolute_tolerance_costs_what_the_relative_one_does(rng, grid_branch):
+    # atol = rtol ||b|| is the same stopping rule: the same steps, the same products
+    pw, M = _general_system(rng, 0.5)
+    b = rng.standard_normal(M.shape[0])
+    rel = gcrflinalg.solve(GridGCRF(pw, 0.5), b, method="reduced_cg", rtol=1e-6)
+    ab = gcrflinalg.solve(GridGCRF(pw, 0.5), b, method="reduced_cg", rtol=0.0, atol=1e-6 * np.linalg.norm(b))
+    assert ab.converged and ab.iterations == rel.iterations and ab.matvecs == rel.matvecs
