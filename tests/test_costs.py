@@ -489,7 +489,9 @@ def test_grid_budget_holds_over_refinement_rounds(rng, method, grid_branch):
     assert not free.converged and int(free.iterations) <= 10 * len(textbook_cg(M, b.astype(np.float64), 1e-7))
     extra = free.matvecs - (int(free.iterations) + 1 if method == "cg" else 2 * int(free.iterations))
     per_round = 4 if method == "cg" else 3
-    assert extra % per_round == 0 and extra // per_round <= 4  # a few rounds, not ten
+    # a round that still halves the residual is followed by another; one that does not ends it
+    assert extra % per_round == 0 and 2 <= extra // per_round <= 4
+    assert 0 <= free.time_s < 60
     for maxiter in range(1, int(free.iterations) + 2):
         res = gcrflinalg.solve(make(), b, method=method, rtol=1e-12, maxiter=maxiter)
         assert int(res.iterations) <= maxiter
@@ -539,3 +541,11 @@ def test_reduced_cg_absolute_tolerance_costs_what_the_relative_one_does(rng, gri
     rel = gcrflinalg.solve(GridGCRF(pw, 0.5), b, method="reduced_cg", rtol=1e-6)
     ab = gcrflinalg.solve(GridGCRF(pw, 0.5), b, method="reduced_cg", rtol=0.0, atol=1e-6 * np.linalg.norm(b))
     assert ab.converged and ab.iterations == rel.iterations and ab.matvecs == rel.matvecs
+
+
+def test_potts_split_rtol_zero_iterates_to_the_dtype_accuracy(rng, grid_branch):
+    wt, M = _potts_system(rng, 0.5, L=3)
+    b = 1e-3 * rng.standard_normal(M.shape[0])
+    res = gcrflinalg.solve(GridPottsGCRF(wt, 0.5, 3, 4), b, method="cg", rtol=0.0, maxiter=300)
+    assert np.linalg.norm(b - M @ res.x) <= 1e-13 * np.linalg.norm(b)
+    assert int(res.iterations) <= 300
