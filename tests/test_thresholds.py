@@ -311,3 +311,46 @@ def test_numpy_floats_take_the_compiled_updates(monkeypatch):
             res = solvers.cg(A.astype(dtype), b.astype(dtype), rtol=1e-6)
             assert np.max(res.iterations) == 4
             assert calls == {"_step_nb": 4, "_direction_nb": 4, "_curvature_nb": 4}
+
+
+def test_preconditioner_with_b_in_its_null_space_is_a_breakdown_at_the_start(branch):
+    # r_0^T M r_0 = 0 for r_0 = b != 0: M is not positive definite, no step is taken
+    res = solvers.cg(np.diag([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 1.0]), M=np.diag([1.0, 1.0, 0.0]))
+    assert res.info == -1 and res.iterations == 0 and res.matvecs == 1
+
+
+def test_infinite_tolerance_converges_at_once_for_small_b(branch):
+    for scale in (1e-3, 1.0, 1e3):
+        res = solvers.cg(np.diag([1.0, 2.0]), scale * np.ones(2), rtol=np.inf)
+        assert res.converged and res.iterations == 0 and res.matvecs == 1
+
+
+def test_x0_mb_with_a_zero_system_leaves_it_at_zero(branch):
+    A = np.diag([1.0, 2.0, 4.0])
+
+    class Batched:
+        shape = (3, 3)
+        dtype = np.dtype(np.float64)
+
+        def matvec(self, X):
+            return X @ A
+
+    b = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    res = solvers.cg(Batched(), b, x0="Mb", M=np.diag([1.0, 0.5, 0.25]), rtol=1e-12)
+    np.testing.assert_array_equal(res.iterations, [0, 0])  # M = A^{-1}: x0 = M b is the solution
+    np.testing.assert_array_equal(res.x[0], 0.0)
+    np.testing.assert_allclose(res.x[1], [1.0, 0.5, 0.25], rtol=1e-15)
+
+
+def test_potts_kernel_reports_the_quotient_within_rounding():
+    # lam I + W on a 1x2 image, W = [[0, w], [w, 0]], w = -(1.25 + 2^-50), rhs p = (2, 1):
+    # p^T A p = 5 + 4 w = -2^-48 exactly, within rounding of p^T A p but with ||r|| = ||rhs||
+    # far above rounding: a proof, reported with its Rayleigh quotient -2^-48 / 5
+    from gcrflinalg.forms.grid import kernels
+
+    wt = np.zeros((1, 2, 1, 2))
+    wt[0, 0, 0, 0] = -(1.25 + 2.0**-50)
+    rhs = np.array([2.0, 1.0]).reshape(1, 1, 1, 1, 2)
+    its, failed, rayleigh = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, np.zeros_like(rhs),
+                                                      ((0, 1), (1, 0)), 1e-10, 50)
+    assert failed == 0 and rayleigh == -(2.0**-48) / 5
