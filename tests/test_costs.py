@@ -170,6 +170,8 @@ def test_cg_iteration_limit_is_counted(rng, branch):
     np.testing.assert_allclose(res.x, textbook_cg(A, b, 1e-12, maxiter=3)[-1], rtol=1e-10)
     res = solvers.cg(A, b, rtol=1e-12, maxiter=0)
     assert res.iterations == 0 and res.matvecs == 1 and np.all(res.x == 0)
+    assert res.info == 1 and not res.converged  # unconverged: info is the iterations, at least 1
+    assert 0 <= res.time_s < 60
 
 
 def test_cg_zero_rhs_and_converged_x0_cost_nothing_more(rng, branch):

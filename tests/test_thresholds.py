@@ -320,9 +320,9 @@ def test_preconditioner_with_b_in_its_null_space_is_a_breakdown_at_the_start(bra
 
 
 def test_infinite_tolerance_converges_at_once_for_small_b(branch):
-    for scale in (1e-3, 1.0, 1e3):
+    for scale in (0.0, 1e-3, 1.0, 1e3):
         res = solvers.cg(np.diag([1.0, 2.0]), scale * np.ones(2), rtol=np.inf)
-        assert res.converged and res.iterations == 0 and res.matvecs == 1
+        assert res.converged and res.iterations == 0 and res.matvecs == 1 and res.info == 0
 
 
 def test_x0_mb_with_a_zero_system_leaves_it_at_zero(branch):
