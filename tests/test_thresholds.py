@@ -354,3 +354,11 @@ def test_potts_kernel_reports_the_quotient_within_rounding():
     its, failed, rayleigh = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, np.zeros_like(rhs),
                                                       ((0, 1), (1, 0)), 1e-10, 50)
     assert failed == 0 and rayleigh == -(2.0**-48) / 5
+
+
+@pytest.mark.parametrize("n", [20, 40])
+def test_default_maxiter_is_ten_n(n, branch):
+    # SciPy's default: 10 n steps; rtol = 0 on a well-separated spectrum never stalls before it
+    res = solvers.cg(np.diag(np.logspace(-3, 3, n)), np.ones(n), rtol=0.0)
+    assert res.iterations == res.info == 10 * n
+    assert res.matvecs == 10 * n + (10 * n) // PERIOD + 1
