@@ -563,3 +563,5 @@ def test_potts_split_not_positive_definite_names_the_system(rng, grid_branch):
     with pytest.raises(solvers.NotPositiveDefiniteError) as info:
         gcrflinalg.solve(GridPottsGCRF(wt, lam, L, 4), np.ones((3, L * H * W)), method="cg")
     assert info.value.system == (2,) and info.value.value == pytest.approx(lam[2])
+    # the bound lam - rho from a Rayleigh quotient rho < 0 of lam I - W: above lam, at most lam_max(W)
+    assert lam[2] * (1 + 1e-6) < info.value.bound <= top[2] * (1 + 1e-9)
