@@ -362,3 +362,20 @@ def test_default_maxiter_is_ten_n(n, branch):
     res = solvers.cg(np.diag(np.logspace(-3, 3, n)), np.ones(n), rtol=0.0)
     assert res.iterations == res.info == 10 * n
     assert res.matvecs == 10 * n + (10 * n) // PERIOD + 1
+
+
+def test_error_names_the_first_failing_system_of_a_batch(branch):
+    # systems 1 and 2 fail on the same step: the error names the first
+    A = np.stack([np.eye(3), -np.eye(3), -2 * np.eye(3)])
+
+    class Batched:
+        shape = (3, 3)
+        dtype = np.dtype(np.float64)
+
+        def matvec(self, X):
+            return np.einsum("sij,sj->si", A, X)
+
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        solvers.cg(Batched(), np.ones((3, 3)))
+    assert info.value.system == (1,) and info.value.value == pytest.approx(-1.0)
+    assert "for system (1,)" in str(info.value)
