@@ -24,6 +24,7 @@ fi
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gcrflinalg-mutation.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' INT TERM  # the copy is removed on an interrupted run too
 # the checkout as git sees it (tracked and untracked, not ignored), uncommitted changes included
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$WORK")
 cd "$WORK"
