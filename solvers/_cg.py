@@ -174,7 +174,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     ``||r_k|| <= sqrt(kappa) ||r_0||``: a residual that grows past ``||r_0|| / sqrt(eps)`` shows
     ``A`` singular to working precision (``kappa > 1 / eps``, e.g. a positive semi-definite ``A``
     whose null space ``b`` excites) or not SPD, and stops that system as a breakdown
-    (``info = -1``) before it overflows.  CG sees ``A`` only along its Krylov
+    (``info = -1``) before it overflows, returning its iterate from before that step.  CG sees ``A`` only along its Krylov
     directions: an indefinite ``A`` whose negative eigenvectors ``b`` barely excites may converge
     without meeting a negative curvature.
 
@@ -373,7 +373,9 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         k += 1
         # one small device-to-host transfer per iteration:
         # [any proof of indefiniteness, any still active, any non-positive p^T A p above it]
-        flags = to_host(xp.stack([xp.any(bad), xp.any(active), xp.any(stall)]))
+        flags = to_host(xp.stack([xp.any(bad), xp.any(active), xp.any(stall), xp.any(diverged)]))
+        if flags[3]:  # return the iterate before the step that diverged, not the diverging one
+            x = xp.where(diverged[..., None], x - alpha[..., None] * p, x)
         if flags[2]:
             # p^T A p <= 0 with the residual far above rounding level: no SPD matrix does that
             level = _rounding_level(xp, b, x, norm_est, eps)

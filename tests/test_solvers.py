@@ -727,6 +727,8 @@ def test_singular_matrix_is_a_breakdown_for_cg(dtype, check_pd):
     assert np.all(np.isfinite(res.x)) and np.isfinite(res.final_residual_norm)
     assert res.final_residual_norm > np.linalg.norm(b) / np.sqrt(np.finfo(dtype).eps) * 0.5
     assert res.iterations < 60 and res.matvecs <= res.iterations + 2
+    # the returned iterate is the one before the diverging step: no entry past ||b|| / (eps lambda_min)
+    assert np.abs(res.x).max() < np.linalg.norm(b) / np.sqrt(np.finfo(dtype).eps) * 1e3
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
