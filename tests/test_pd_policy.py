@@ -261,3 +261,30 @@ def test_potts_split_cg_zero_curvature_far_from_rounding_is_a_proof():
     its, failed, _ = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, x, ((0, 1), (1, 0)), 1e-12, 50)
     assert failed == -1 and its[0, 0, 0] == 2
     np.testing.assert_allclose(x.ravel(), np.linalg.solve([[1.0, -0.5], [-0.5, 1.0]], [2.0, 1.0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("w,rhs_ok,rhs_bad", [
+    (-2.0, (1.0, -1.0), (1.0, 1.0)),    # p^T A p = -2: clearly negative
+    (-1.25, (1.0, -1.0), (2.0, 1.0)),   # p^T A p = 0 while the residual is ||rhs||
+])
+def test_potts_split_cg_names_the_failing_system(w, rhs_ok, rhs_bad):
+    """The compiled split CG returns the flat index ``(e B + b) R + r`` of the first system that
+    fails, wherever it sits in the stack (not only at index 0)."""
+    from gcrflinalg.forms.grid import kernels
+
+    offsets = ((0, 1), (1, 0))
+    # one weight matrix, two right-hand sides: r = 0 an eigenvector of eigenvalue 1 - w > 0
+    wt = np.zeros((1, 2, 1, 2))
+    wt[0, 0, 0, 0] = w
+    rhs = np.array([rhs_ok, rhs_bad]).reshape(1, 1, 2, 1, 2)
+    its, failed, rayleigh = kernels.shifted_weight_cg(wt, np.array([1.0]), rhs, np.zeros_like(rhs), offsets,
+                                                      1e-12, 50)
+    assert failed == 1 and rayleigh <= 0.0
+    # two weight matrices, the second indefinite, over two stacked right-hand-side groups:
+    # the first failure is e = 0, b = 1, r = 0 -> flat index 1
+    wt2 = np.zeros((2, 2, 1, 2))
+    wt2[0, 0, 0, 0], wt2[1, 0, 0, 0] = -0.5, w
+    rhs2 = np.broadcast_to(np.array(rhs_bad).reshape(1, 1, 1, 1, 2), (2, 2, 1, 1, 2)).copy()
+    its, failed, _ = kernels.shifted_weight_cg(wt2, np.array([1.0, 1.0]), rhs2, np.zeros_like(rhs2), offsets,
+                                               1e-12, 50)
+    assert failed == 1

@@ -743,3 +743,24 @@ def test_tolerance_beyond_the_dtype_is_quiet_and_counted(dtype):
     assert res.info == res.iterations == 400 and not res.converged
     assert res.matvecs == 400 + 400 // 50 + 1
     assert np.all(np.isfinite(res.x)) and res.info > 0
+
+
+def test_x0_strings_and_scalar_b():
+    """``x0="Mb"`` is the preconditioner applied to ``b`` for CG and GMRES; any other string, or
+    ``"Mb"`` for a solver without a preconditioner, is a ValueError; a 0-d ``b`` too."""
+    A = np.diag([2.0, 3.0, 4.0])
+    b = np.array([1.0, 2.0, 3.0])
+    P = np.diag([0.5, 1.0 / 3.0, 0.25])  # M = A^{-1}: M b is the solution
+    for solver in (solvers.cg, solvers.gmres):
+        res = solver(A, b, x0="Mb", M=P, rtol=1e-12)
+        assert res.converged and res.iterations == 0 and np.allclose(res.x, b / np.diag(A))
+        plain = solver(A, b, x0="Mb", rtol=1e-12)  # no M: x0 = b
+        ref = solver(A, b, x0=b.copy(), rtol=1e-12)
+        assert plain.iterations == ref.iterations and np.allclose(plain.x, ref.x)
+        with pytest.raises(ValueError, match="x0"):
+            solver(A, b, x0="zeros")
+        with pytest.raises(ValueError, match="scalar"):
+            solver(A, np.float64(1.0))
+    for solver in (solvers.jacobi, solvers.gauss_seidel):
+        with pytest.raises(ValueError, match="x0"):
+            solver(A, b, x0="Mb")
