@@ -170,7 +170,7 @@ def test_potts_split_solve(rng):
     np.testing.assert_allclose(res.residual_norms[-1], true, rtol=1e-6, atol=1e-12)
     assert np.all(true <= 1e-12 * np.linalg.norm(b, axis=-1) * 1.0001)
     # the form's own L + 1 split answered, not the generic solver
-    assert op._solve(b.reshape(3, 2, -1), "cg", None, {"rtol": 1e-8}) is not NotImplemented
+    assert op._solve(b.reshape(3, 2, -1), "potts_split", None, {"rtol": 1e-8}) is not NotImplemented
     # float32
     op32 = GridPottsGCRF(wt.astype(np.float32), lam, L, 8)
     res32 = gcrflinalg.solve(op32, b[0].astype(np.float32), method="cg", rtol=1e-5)
@@ -369,12 +369,12 @@ def test_indefinite_potts_raises(rng):
         gcrflinalg.solve(GridPottsGCRF(np.stack([wt, wt]), lam, L), np.ones((2, bad.size)))
     # opting out skips the check (CG then detects the indefinite system itself), in the generic
     # solver and in the Potts split
-    for method in ("pcg", "cg"):
+    for method in ("pcg", "cg", "potts_split"):
         with pytest.raises(NotPositiveDefiniteError):
             gcrflinalg.solve(bad, rng.standard_normal(bad.size), check_pd=False, method=method, rtol=1e-12,
                              maxiter=5000)
     # ... or, told not to raise, the split stops unconverged
-    res = bad._solve(rng.standard_normal(bad.size), "cg", None, {"rtol": 1e-12, "check_pd": False})
+    res = bad._solve(rng.standard_normal(bad.size), "potts_split", None, {"rtol": 1e-12, "check_pd": False})
     assert not res.converged and res.info > 0
 
 

@@ -238,7 +238,7 @@ def test_check_solver_options_normalises_only_what_is_given():
 def _ops(rng):
     pw = rng.standard_normal((2, 2, 2, 4, 4)) * 0.05
     wt = np.abs(rng.standard_normal((2, 4, 4))) * 0.05
-    return [(GridGCRF(pw, 1.0), "reduced_cg"), (GridGCRF(pw, 1.0), "cg"), (GridPottsGCRF(wt, 1.0, 2, 4), "cg"),
+    return [(GridGCRF(pw, 1.0), "reduced_cg"), (GridGCRF(pw, 1.0), "cg"), (GridPottsGCRF(wt, 1.0, 2, 4), "potts_split"),
             (GridGCRF(pw, 1.0), "auto"), (GridPottsGCRF(wt, 1.0, 2, 4), "auto")]
 
 
