@@ -69,6 +69,12 @@ def block_product(op):
     xp = op.xp
     if hasattr(op, "to_sparse") and math.prod(op.batch_shape) <= 64:
         mats = {idx: op.to_sparse(idx).astype(np.float64).tocsr() for idx in np.ndindex(*op.batch_shape)}
+        if not op.batch_shape:
+            # one system: M V^T on the (N, k) transpose, no copy for a Fortran-ordered V (the
+            # probe-minor layout in which SLQ keeps its Lanczos vectors), and the result returned
+            # as the transposed view (Fortran-ordered (k, N))
+            mat = mats[()]
+            return lambda v: (mat @ v.T).T
 
         def apply(v):
             out = xp.empty(v.shape, dtype=np.float64)

@@ -23,6 +23,8 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
+from ._kernels import fused_lanczos_available, lanczos_update
+
 __all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
 
 #: up to this many probes the tridiagonals are diagonalised one by one by LAPACK's tridiagonal
@@ -84,6 +86,8 @@ class LanczosState:
         self.sizes = xp.zeros(self.norms.shape, dtype=np.int64)
         self.scale = xp.zeros(self.norms.shape)
         self.matvecs = 0
+        self._scratch = None
+        self._fused = None
 
     @property
     def steps(self) -> int:
@@ -94,15 +98,28 @@ class LanczosState:
         xp = self.xp
         w = self.apply(self.q)
         self.matvecs += 1
-        a = xp.einsum("...n,...n->...", self.q, w)
-        w -= a[..., None] * self.q
-        w -= self.beta_prev[..., None] * self.q_prev
-        if self.reorthogonalize:
-            Q = self._basis[: self._stored]  # (j, *probes, N)
-            for _ in range(2):  # classical Gram-Schmidt, twice
-                c = xp.einsum("k...n,...n->k...", Q, w)
-                w -= xp.einsum("k...n,k...->...n", Q, c)
-        b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
+        if self._fused is None:  # decided once per run (the layout stays the same)
+            self._fused = not self.reorthogonalize and fused_lanczos_available(w, self.q, self.q_prev)
+        if self._fused:
+            # compiled: both passes of the recurrence per probe while its vectors are in cache
+            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev)
+            b = np.sqrt(b2)
+        else:
+            a = xp.einsum("...n,...n->...", self.q, w)
+            # w -= a q + beta_prev q_prev, through one scratch array (no N-sized temporaries per step)
+            if self._scratch is None:
+                self._scratch = xp.empty_like(w)
+            tmp = self._scratch
+            xp.multiply(self.q, a[..., None], out=tmp)
+            w -= tmp
+            xp.multiply(self.q_prev, self.beta_prev[..., None], out=tmp)
+            w -= tmp
+            if self.reorthogonalize:
+                Q = self._basis[: self._stored]  # (j, *probes, N)
+                for _ in range(2):  # classical Gram-Schmidt, twice
+                    c = xp.einsum("k...n,...n->k...", Q, w)
+                    w -= xp.einsum("k...n,k...->...n", Q, c)
+            b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
         a = xp.where(self.active, a, 1.0)  # stopped probes: a decoupled 1 x 1 block
         self.sizes = self.sizes + self.active
         self.scale = xp.maximum(self.scale, xp.abs(a) + b)

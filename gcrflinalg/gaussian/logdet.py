@@ -117,6 +117,9 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False)
     gen = as_generator(rng)
     n = op.size
     z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
+    if not op.batch_shape and op.xp is np:
+        # probe-minor layout: a CSR block product M Z^T reads it without a copy (see block_product)
+        z = np.asfortranarray(z)
     state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
                          breakdown=256 * np.finfo(op.dtype).eps)
     state.run(min(degree, n))

@@ -1,0 +1,90 @@
+"""Compiled (Numba) step of the lock-step Lanczos recurrence on the CPU.
+
+The recurrence's passes are fused: ``alpha = q . w``, then ``w <- w - alpha q - beta_prev q_prev``
+together with ``||w||^2``; one probe at a time (its three vectors fit in cache) for probe-major
+(C-ordered ``(K, N)``) arrays, one unknown at a time across all probes for probe-minor (Fortran-ordered
+``(K, N)``, the layout of a sparse-times-dense block product ``A V^T``).  The
+array-expression code of :class:`gcrflinalg.gaussian.lanczos.LanczosState` computes the same
+quantities on any backend (CuPy, and NumPy under the array-kernel switch).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..backend import _array_kernels_on
+
+__all__ = ["fused_lanczos_available", "lanczos_update"]
+
+
+def fused_lanczos_available(*arrays) -> bool:
+    """True when the compiled update applies: float64 NumPy arrays, all C-contiguous or all 2-D and
+    Fortran-contiguous, and the array-kernel switch off."""
+    if _array_kernels_on() or not all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in arrays):
+        return False
+    return all(a.flags.c_contiguous for a in arrays) or all(
+        a.ndim == 2 and a.flags.f_contiguous for a in arrays)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lanczos_update_nb(w, q, q_prev, beta_prev, alpha, beta2):  # pragma: no cover - compiled
+    K, N = w.shape
+    for k in range(K):
+        wk, qk, pk = w[k], q[k], q_prev[k]
+        s = 0.0
+        for i in range(N):
+            s += qk[i] * wk[i]
+        bp = beta_prev[k]
+        t = 0.0
+        for i in range(N):
+            x = wk[i] - s * qk[i] - bp * pk[i]
+            wk[i] = x
+            t += x * x
+        alpha[k] = s
+        beta2[k] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def _lanczos_update_t_nb(w, q, q_prev, beta_prev, alpha, beta2):  # pragma: no cover - compiled
+    # w, q, q_prev: (N, K) C-contiguous (the transposes of Fortran-ordered (K, N) arrays)
+    N, K = w.shape
+    for k in range(K):
+        alpha[k] = 0.0
+        beta2[k] = 0.0
+    for i in range(N):
+        for k in range(K):
+            alpha[k] += q[i, k] * w[i, k]
+    for i in range(N):
+        for k in range(K):
+            x = w[i, k] - alpha[k] * q[i, k] - beta_prev[k] * q_prev[i, k]
+            w[i, k] = x
+            beta2[k] += x * x
+
+
+def lanczos_update(w, q, q_prev, beta_prev):
+    """In place ``w <- w - alpha q - beta_prev q_prev`` with ``alpha = q . w`` per probe.
+
+    Parameters
+    ----------
+    w, q, q_prev : numpy.ndarray, shape ``(*probes, N)``, float64, all C-contiguous (or all 2-D and
+        Fortran-contiguous)
+        ``w = M q`` on entry (overwritten).
+    beta_prev : numpy.ndarray, shape ``probes``
+
+    Returns
+    -------
+    alpha, beta2 : numpy.ndarray, shape ``probes``
+        ``q . (M q)`` and ``||w||^2`` after the update.
+    """
+    shape = w.shape[:-1]
+    n = w.shape[-1]
+    k = int(np.prod(shape))
+    alpha = np.empty(k)
+    beta2 = np.empty(k)
+    bp = np.ascontiguousarray(beta_prev, dtype=np.float64).reshape(k)
+    if not w.flags.c_contiguous:  # Fortran-ordered (K, N): probe-minor loops on the transposes
+        _lanczos_update_t_nb(w.T, q.T, q_prev.T, bp, alpha, beta2)
+        return alpha, beta2
+    _lanczos_update_nb(w.reshape(k, n), q.reshape(k, n), q_prev.reshape(k, n),
+                       bp, alpha, beta2)
+    return alpha.reshape(shape), beta2.reshape(shape)
