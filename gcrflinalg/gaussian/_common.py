@@ -61,12 +61,18 @@ def rademacher(rng, shape, xp=np):
 def block_product(op):
     """``V -> M V`` for ``V`` of shape ``(k, *batch_shape, N)`` in float64.
 
-    Forms with a CSR assembly (grid, multi-resolution) multiply the ``k`` vectors of each system as
+    An unbatched float64 operator with a column product (the general grid form,
+    ``GridGCRF.matvec_columns``) multiplies the ``k`` vectors as the columns of ``V^T``, reading
+    every stored block once.  Other forms with a CSR assembly (grid, multi-resolution) multiply the ``k`` vectors of each system as
     one sparse-times-dense-block product of the float64 CSR matrix (assembled once here); the others
     go through the operator's own batched product (one GEMM over the ``k`` vectors on the low-rank
     and video forms), evaluated in the operator's dtype and returned in float64.
     """
     xp = op.xp
+    if hasattr(op, "matvec_columns") and not op.batch_shape and op.dtype == np.float64:
+        # the grid's structured product on the (N, k) transpose: every stored block read once for
+        # all k vectors (no copy for a Fortran-ordered V, the probe-minor layout of SLQ)
+        return lambda v: op.matvec_columns(v.T).T
     if hasattr(op, "to_sparse") and math.prod(op.batch_shape) <= 64:
         mats = {idx: op.to_sparse(idx).astype(np.float64).tocsr() for idx in np.ndindex(*op.batch_shape)}
         if not op.batch_shape:
