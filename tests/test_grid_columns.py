@@ -46,3 +46,17 @@ def test_matvec_columns_fortran_input_and_bad_shape():
         op.matvec_columns(np.ones((op.size,)))
     with pytest.raises(ValueError, match="shape"):
         op.matvec_columns(np.ones((op.size + 1, 2)))
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (6, 1), (2, 2)])
+@pytest.mark.parametrize("neighbourhood", [8, 12])
+def test_matvec_columns_thin_images(shape, neighbourhood):
+    """Images of one row or one column (most edges leave the image) on both branches."""
+    rng = np.random.default_rng(9)
+    H, W = shape
+    op = gcrflinalg.GridGCRF(0.3 * rng.standard_normal((K_OF[neighbourhood], 2, 2, H, W)), 0.5,
+                             neighbourhood=neighbourhood)
+    V = rng.standard_normal((op.size, 5))
+    for switch in (False, True):
+        with array_kernels(switch):
+            np.testing.assert_allclose(op.matvec_columns(V), op.to_dense() @ V, rtol=1e-12, atol=1e-12)

@@ -315,19 +315,27 @@ def pixel_major(pw):
 def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width):  # pragma: no cover - compiled
     # cp: (B, P, K, L, L); v, out: (B, L, P, E).  Pixel by pixel: the rows of E values of p and of
     # its neighbours stay in cache while all K L^2 blocks of p are applied to every column.
+    # out = lam v is written just ahead of the first pixel that adds to it (every offset points
+    # forward, q = p + di W + dj > p), while that part of v is in cache.
     B, P, K, L = cp.shape[0], cp.shape[1], cp.shape[2], cp.shape[3]
     E = v.shape[3]
+    reach = 0
+    for k in range(K):
+        reach = max(reach, di[k] * width + dj[k])
     for b in range(B):
         a = lam[b]
-        for m in range(L):
-            for p in range(P):
-                o = out[b, m, p]
-                x = v[b, m, p]
-                for e in range(E):
-                    o[e] = a * x[e]
+        done = 0
         for i in range(height):
             for j in range(width):
                 p = i * width + j
+                top = min(P, p + reach + 1)
+                while done < top:
+                    for m in range(L):
+                        o = out[b, m, done]
+                        x = v[b, m, done]
+                        for e in range(E):
+                            o[e] = a * x[e]
+                    done += 1
                 for k in range(K):
                     qi = i + di[k]
                     qj = j + dj[k]
