@@ -72,3 +72,30 @@ def test_slq_same_estimate_compiled_and_array_code():
     np.testing.assert_allclose(a.stderr, b.stderr, rtol=1e-9)
     ref = np.linalg.slogdet(case_by_id("grid-n4-L1-4x5").dense(params))[1]
     assert abs(a.value - ref) <= 5 * a.stderr + 1e-8 * abs(ref)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_lanczos_update_with_scales(order):
+    """Unnormalised vectors with their scales give the update of the normalised ones."""
+    rng = np.random.default_rng(21)
+    k, n = 4, 50
+    w, q, qp = (np.array(rng.standard_normal((k, n)), order=order) for _ in range(3))
+    sq, sp, beta_prev = rng.random(k) + 0.5, rng.random(k) + 0.5, rng.random(k)
+    # the true vectors are sq q and sp qp, and M (sq q) = sq w
+    wt, qt, pt = sq[:, None] * w, sq[:, None] * q, sp[:, None] * qp
+    alpha_ref = (qt * wt).sum(axis=1)
+    w_ref = wt - alpha_ref[:, None] * qt - beta_prev[:, None] * pt
+    alpha, beta2 = lanczos_update(w, q, qp, beta_prev, sq, sp)
+    np.testing.assert_allclose(alpha, alpha_ref, rtol=1e-12)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(beta2, (w_ref * w_ref).sum(axis=1), rtol=1e-12)
+
+
+def test_slq_early_stop_exact_on_compiled_path():
+    """M = lam I in the probe-minor compiled path: every probe stops after one step with the exact
+    value N log lam (no log 0, no division by a vanishing beta)."""
+    op = gcrflinalg.GridGCRF(np.zeros((2, 2, 2, 6, 7)), 3.0)
+    res = gcrflinalg.logdet(op, method="slq", num_probes=8, degree=20, rng=0)
+    assert np.isfinite(res.value)
+    np.testing.assert_allclose(res.value, op.size * np.log(3.0), rtol=1e-13)
+    assert res.info["steps"] == 1

@@ -27,42 +27,57 @@ def fused_lanczos_available(*arrays) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _lanczos_update_nb(w, q, q_prev, beta_prev, alpha, beta2):  # pragma: no cover - compiled
+def _lanczos_update_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # pragma: no cover - compiled
     K, N = w.shape
     for k in range(K):
         wk, qk, pk = w[k], q[k], q_prev[k]
         s = 0.0
         for i in range(N):
             s += qk[i] * wk[i]
-        bp = beta_prev[k]
+        c = sq[k]
+        a = c * c * s
+        cw = c
+        cq = a * c
+        cp = beta_prev[k] * sp[k]
         t = 0.0
         for i in range(N):
-            x = wk[i] - s * qk[i] - bp * pk[i]
+            x = cw * wk[i] - cq * qk[i] - cp * pk[i]
             wk[i] = x
             t += x * x
-        alpha[k] = s
+        alpha[k] = a
         beta2[k] = t
 
 
 @numba.njit(cache=True, nogil=True)
-def _lanczos_update_t_nb(w, q, q_prev, beta_prev, alpha, beta2):  # pragma: no cover - compiled
+def _lanczos_update_t_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # pragma: no cover - compiled
     # w, q, q_prev: (N, K) C-contiguous (the transposes of Fortran-ordered (K, N) arrays)
     N, K = w.shape
+    cq = np.empty(K)
+    cp = np.empty(K)
     for k in range(K):
         alpha[k] = 0.0
         beta2[k] = 0.0
     for i in range(N):
         for k in range(K):
             alpha[k] += q[i, k] * w[i, k]
+    for k in range(K):
+        alpha[k] *= sq[k] * sq[k]
+        cq[k] = alpha[k] * sq[k]
+        cp[k] = beta_prev[k] * sp[k]
     for i in range(N):
         for k in range(K):
-            x = w[i, k] - alpha[k] * q[i, k] - beta_prev[k] * q_prev[i, k]
+            x = sq[k] * w[i, k] - cq[k] * q[i, k] - cp[k] * q_prev[i, k]
             w[i, k] = x
             beta2[k] += x * x
 
 
-def lanczos_update(w, q, q_prev, beta_prev):
+def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None):
     """In place ``w <- w - alpha q - beta_prev q_prev`` with ``alpha = q . w`` per probe.
+
+    With ``q_scale`` ``s`` and ``prev_scale`` ``s'`` the vectors are given unnormalised: the
+    Lanczos vectors are ``s q`` and ``s' q_prev`` and ``w = M q`` on entry, so that
+    ``alpha = s^2 q . w`` and ``w <- s w - alpha s q - beta_prev s' q_prev`` (the normalisation of
+    the previous step's ``w`` folded into this pass).
 
     Parameters
     ----------
@@ -70,6 +85,8 @@ def lanczos_update(w, q, q_prev, beta_prev):
         Fortran-contiguous)
         ``w = M q`` on entry (overwritten).
     beta_prev : numpy.ndarray, shape ``probes``
+    q_scale, prev_scale : numpy.ndarray, shape ``probes``, optional
+        Scales of ``q`` and ``q_prev`` (1 when not given).
 
     Returns
     -------
@@ -82,9 +99,12 @@ def lanczos_update(w, q, q_prev, beta_prev):
     alpha = np.empty(k)
     beta2 = np.empty(k)
     bp = np.ascontiguousarray(beta_prev, dtype=np.float64).reshape(k)
+    ones = np.ones(k)
+    sq = ones if q_scale is None else np.ascontiguousarray(q_scale, dtype=np.float64).reshape(k)
+    sp = ones if prev_scale is None else np.ascontiguousarray(prev_scale, dtype=np.float64).reshape(k)
     if not w.flags.c_contiguous:  # Fortran-ordered (K, N): probe-minor loops on the transposes
-        _lanczos_update_t_nb(w.T, q.T, q_prev.T, bp, alpha, beta2)
+        _lanczos_update_t_nb(w.T, q.T, q_prev.T, bp, sq, sp, alpha, beta2)
         return alpha, beta2
     _lanczos_update_nb(w.reshape(k, n), q.reshape(k, n), q_prev.reshape(k, n),
-                       bp, alpha, beta2)
+                       bp, sq, sp, alpha, beta2)
     return alpha.reshape(shape), beta2.reshape(shape)

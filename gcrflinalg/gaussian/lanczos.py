@@ -51,6 +51,13 @@ class LanczosState:
     breakdown : float
         Relative threshold: a probe stops when ``beta_j <= breakdown * max_i(|alpha_i| + beta_i)``.
 
+    Notes
+    -----
+    On the CPU (float64 NumPy arrays of one layout, array-kernel switch off) a compiled kernel does
+    the recurrence (:mod:`gcrflinalg.gaussian._kernels`); without a stored basis it also keeps the
+    new vector unnormalised, with its factor ``1 / beta_j`` applied in the next step's pass (one
+    pass over the block less per step).
+
     Attributes
     ----------
     alpha, beta : list of arrays of shape ``probes``
@@ -88,6 +95,8 @@ class LanczosState:
         self.matvecs = 0
         self._scratch = None
         self._fused = None
+        # compiled path without a stored basis: the Lanczos vectors are q * _q_scale (per probe)
+        self._q_scale = self._prev_scale = None
 
     @property
     def steps(self) -> int:
@@ -102,7 +111,7 @@ class LanczosState:
             self._fused = not self.reorthogonalize and fused_lanczos_available(w, self.q, self.q_prev)
         if self._fused:
             # compiled: both passes of the recurrence per probe while its vectors are in cache
-            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev)
+            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev, self._q_scale, self._prev_scale)
             b = np.sqrt(b2)
         else:
             a = xp.einsum("...n,...n->...", self.q, w)
@@ -129,7 +138,12 @@ class LanczosState:
         self.alpha.append(a)
         self.beta.append(b)
         # q_{j+1} = w / beta_j, and 0 for a stopped probe (its factor is 0)
-        w *= (xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0))[..., None]
+        factor = xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0)
+        if self._fused and not self.keep_basis:
+            # kept unnormalised: the compiled update of the next step applies the factor
+            self._prev_scale, self._q_scale = self._q_scale, factor
+        else:
+            w *= factor[..., None]
         self.q_prev, self.q, self.beta_prev = self.q, w, b
         if self.keep_basis:
             self._store(self.q)
