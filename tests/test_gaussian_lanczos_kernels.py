@@ -99,3 +99,21 @@ def test_slq_early_stop_exact_on_compiled_path():
     assert np.isfinite(res.value)
     np.testing.assert_allclose(res.value, op.size * np.log(3.0), rtol=1e-13)
     assert res.info["steps"] == 1
+
+
+def test_lanczos_with_product_quadratic_forms():
+    """The quadratic forms delivered by the product replace the update's own pass: same
+    tridiagonals as the plain product, probe-minor and probe-major."""
+    from gcrflinalg.gaussian._common import block_product_quadratic
+
+    op, _ = case_by_id("grid-n8-L3-4x4").make(np.random.default_rng(6))
+    quad = block_product_quadratic(op)
+    assert quad is not None
+    z = np.random.default_rng(7).standard_normal((5, op.size))
+    ref = LanczosState(block_product(op), np.ascontiguousarray(z)).run(6)
+    for layout in (np.ascontiguousarray, np.asfortranarray):
+        st = LanczosState(block_product(op), layout(z), apply_quadratic=quad).run(6)
+        np.testing.assert_allclose(np.array(st.alpha), np.array(ref.alpha), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(np.array(st.beta), np.array(ref.beta), rtol=1e-11, atol=1e-12)
+    batched, _ = case_by_id("grid-n8-L3-4x4").make(np.random.default_rng(6), batch_shape=(2,))
+    assert block_product_quadratic(batched) is None

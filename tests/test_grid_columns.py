@@ -60,3 +60,21 @@ def test_matvec_columns_thin_images(shape, neighbourhood):
     for switch in (False, True):
         with array_kernels(switch):
             np.testing.assert_allclose(op.matvec_columns(V), op.to_dense() @ V, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("switch", [False, True], ids=["compiled", "array-code"])
+@pytest.mark.parametrize("batch", [(), (2,)], ids=["single", "batch2"])
+@pytest.mark.parametrize("neighbourhood", [4, 8, 12])
+def test_matvec_columns_quadratic_forms(neighbourhood, batch, switch):
+    """``quadratic=True``: the product and ``v_e^T M v_e`` of every column against the dense matrix."""
+    rng = np.random.default_rng(31 + neighbourhood)
+    pw = 0.2 * rng.standard_normal(batch + (K_OF[neighbourhood], 2, 2, 4, 5))
+    op = gcrflinalg.GridGCRF(pw, 1.0 if not batch else np.array([0.5, 10.0]), neighbourhood=neighbourhood)
+    dense = op.to_dense()
+    V = rng.standard_normal(batch + (op.size, 6))
+    with array_kernels(switch):
+        out, quad = op.matvec_columns(V, quadratic=True)
+    ref = dense @ V
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    assert quad.shape == batch + (6,)
+    np.testing.assert_allclose(quad, np.einsum("...ne,...ne->...e", V, ref), rtol=1e-12)

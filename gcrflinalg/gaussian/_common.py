@@ -8,7 +8,8 @@ import numpy as np
 
 from ..operator import GCRFOperator
 
-__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "as_generator", "positive_int"]
+__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "block_product_quadratic",
+           "as_generator", "positive_int"]
 
 
 def check_operator(op) -> None:
@@ -95,5 +96,19 @@ def block_product(op):
 
     def apply(v):
         return op.matvec(v.astype(op.dtype, copy=False)).astype(np.float64, copy=False)
+
+    return apply
+
+
+def block_product_quadratic(op):
+    """``V -> (M V, (v_k^T M v_k)_k)`` for ``V`` of shape ``(k, N)`` in float64 where the product
+    computes the quadratic forms on the way (the general grid form's column product, unbatched,
+    float64), else None."""
+    if not (hasattr(op, "matvec_columns") and not op.batch_shape and op.dtype == np.float64):
+        return None
+
+    def apply(v):
+        out, dots = op.matvec_columns(v.T, quadratic=True)
+        return out.T, dots
 
     return apply

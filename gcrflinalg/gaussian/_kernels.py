@@ -27,13 +27,16 @@ def fused_lanczos_available(*arrays) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _lanczos_update_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # pragma: no cover - compiled
+def _lanczos_update_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2, known):  # pragma: no cover - compiled
+    # known: alpha holds q . w on entry (computed with the product)
     K, N = w.shape
     for k in range(K):
         wk, qk, pk = w[k], q[k], q_prev[k]
-        s = 0.0
-        for i in range(N):
-            s += qk[i] * wk[i]
+        s = alpha[k]
+        if not known:
+            s = 0.0
+            for i in range(N):
+                s += qk[i] * wk[i]
         c = sq[k]
         a = c * c * s
         cw = c
@@ -49,17 +52,20 @@ def _lanczos_update_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # pragma
 
 
 @numba.njit(cache=True, nogil=True)
-def _lanczos_update_t_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # pragma: no cover - compiled
-    # w, q, q_prev: (N, K) C-contiguous (the transposes of Fortran-ordered (K, N) arrays)
+def _lanczos_update_t_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2, known):  # pragma: no cover - compiled
+    # w, q, q_prev: (N, K) C-contiguous (the transposes of Fortran-ordered (K, N) arrays);
+    # known: alpha holds q . w on entry (computed with the product)
     N, K = w.shape
     cq = np.empty(K)
     cp = np.empty(K)
     for k in range(K):
-        alpha[k] = 0.0
         beta2[k] = 0.0
-    for i in range(N):
+    if not known:
         for k in range(K):
-            alpha[k] += q[i, k] * w[i, k]
+            alpha[k] = 0.0
+        for i in range(N):
+            for k in range(K):
+                alpha[k] += q[i, k] * w[i, k]
     for k in range(K):
         alpha[k] *= sq[k] * sq[k]
         cq[k] = alpha[k] * sq[k]
@@ -71,7 +77,7 @@ def _lanczos_update_t_nb(w, q, q_prev, beta_prev, sq, sp, alpha, beta2):  # prag
             beta2[k] += x * x
 
 
-def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None):
+def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None, dots=None):
     """In place ``w <- w - alpha q - beta_prev q_prev`` with ``alpha = q . w`` per probe.
 
     With ``q_scale`` ``s`` and ``prev_scale`` ``s'`` the vectors are given unnormalised: the
@@ -87,6 +93,8 @@ def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None):
     beta_prev : numpy.ndarray, shape ``probes``
     q_scale, prev_scale : numpy.ndarray, shape ``probes``, optional
         Scales of ``q`` and ``q_prev`` (1 when not given).
+    dots : numpy.ndarray, shape ``probes``, optional
+        ``q . w`` when the product computed it already (the first pass is then skipped).
 
     Returns
     -------
@@ -96,15 +104,16 @@ def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None):
     shape = w.shape[:-1]
     n = w.shape[-1]
     k = int(np.prod(shape))
-    alpha = np.empty(k)
+    known = dots is not None
+    alpha = np.array(dots, dtype=np.float64).reshape(k) if known else np.empty(k)
     beta2 = np.empty(k)
     bp = np.ascontiguousarray(beta_prev, dtype=np.float64).reshape(k)
     ones = np.ones(k)
     sq = ones if q_scale is None else np.ascontiguousarray(q_scale, dtype=np.float64).reshape(k)
     sp = ones if prev_scale is None else np.ascontiguousarray(prev_scale, dtype=np.float64).reshape(k)
     if not w.flags.c_contiguous:  # Fortran-ordered (K, N): probe-minor loops on the transposes
-        _lanczos_update_t_nb(w.T, q.T, q_prev.T, bp, sq, sp, alpha, beta2)
+        _lanczos_update_t_nb(w.T, q.T, q_prev.T, bp, sq, sp, alpha, beta2, known)
         return alpha, beta2
     _lanczos_update_nb(w.reshape(k, n), q.reshape(k, n), q_prev.reshape(k, n),
-                       bp, sq, sp, alpha, beta2)
+                       bp, sq, sp, alpha, beta2, known)
     return alpha.reshape(shape), beta2.reshape(shape)

@@ -50,6 +50,9 @@ class LanczosState:
         Store ``Q_k`` (for Krylov approximations of ``f(M) v``).
     breakdown : float
         Relative threshold: a probe stops when ``beta_j <= breakdown * max_i(|alpha_i| + beta_i)``.
+    apply_quadratic : callable, optional
+        ``V -> (M V, v . M v per probe)``: a product that also returns the quadratic forms, which
+        the compiled update then takes instead of a pass of its own.
 
     Notes
     -----
@@ -71,10 +74,12 @@ class LanczosState:
         Batched products so far.
     """
 
-    def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12):
+    def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12,
+                 apply_quadratic=None):
         xp = _namespace(v0)
         self.xp = xp
         self.apply = apply
+        self.apply_quadratic = apply_quadratic
         self.norms = xp.sqrt((v0 * v0).sum(axis=-1))
         if bool((self.norms == 0).any()):
             raise ValueError("Lanczos needs nonzero starting vectors")
@@ -105,13 +110,18 @@ class LanczosState:
     def step(self) -> None:
         """One Lanczos step of every active probe."""
         xp = self.xp
-        w = self.apply(self.q)
+        dots = None
+        if self.apply_quadratic is not None and not self.reorthogonalize and self._fused is not False:
+            w, dots = self.apply_quadratic(self.q)
+        else:
+            w = self.apply(self.q)
         self.matvecs += 1
         if self._fused is None:  # decided once per run (the layout stays the same)
             self._fused = not self.reorthogonalize and fused_lanczos_available(w, self.q, self.q_prev)
         if self._fused:
             # compiled: both passes of the recurrence per probe while its vectors are in cache
-            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev, self._q_scale, self._prev_scale)
+            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev, self._q_scale, self._prev_scale,
+                                   dots=dots)
             b = np.sqrt(b2)
         else:
             a = xp.einsum("...n,...n->...", self.q, w)

@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from ..backend import to_host
-from ._common import as_generator, block_product, check_operator, form_kind, positive_int, rademacher
+from ._common import (as_generator, block_product, block_product_quadratic, check_operator, form_kind,
+                      positive_int, rademacher)
 from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
 from .lanczos import LanczosState, quadrature
 from .results import LogDetResult
@@ -121,6 +122,7 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False)
         # probe-minor layout: a CSR block product M Z^T reads it without a copy (see block_product)
         z = np.asfortranarray(z)
     state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
+                         apply_quadratic=block_product_quadratic(op),
                          breakdown=256 * np.finfo(op.dtype).eps)
     state.run(min(degree, n))
     per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2

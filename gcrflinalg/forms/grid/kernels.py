@@ -312,7 +312,7 @@ def pixel_major(pw):
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width):  # pragma: no cover - compiled
+def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width, dots, want_dots):  # pragma: no cover
     # cp: (B, P, K, L, L); v, out: (B, L, P, E).  Pixel by pixel: the rows of E values of p and of
     # its neighbours stay in cache while all K L^2 blocks of p are applied to every column.
     # out = lam v is written just ahead of the first pixel that adds to it (every offset points
@@ -353,6 +353,13 @@ def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width):  # pra
                                 om[e] += c * vn[e]
                             for e in range(E):
                                 on[e] += c * vm[e]
+                if want_dots:
+                    # out[:, p] is final here (its other terms came from earlier pixels): v . M v
+                    for m in range(L):
+                        o = out[b, m, p]
+                        x = v[b, m, p]
+                        for e in range(E):
+                            dots[b, e] += x[e] * o[e]
     return out
 
 
@@ -367,7 +374,7 @@ def _pairwise_product_columns_xp(xp, pw, v, out, offsets, lam):
     return out
 
 
-def pairwise_product_columns(pw, v, out, offsets, lam, pixel_blocks=None):
+def pairwise_product_columns(pw, v, out, offsets, lam, pixel_blocks=None, dots=None):
     """``out = lam v + A v`` of the general form for ``E`` vectors stored as the *last* axis.
 
     The layout of a block of vectors as columns (``V`` of shape ``(N, E)`` per system, as in
@@ -382,17 +389,27 @@ def pairwise_product_columns(pw, v, out, offsets, lam, pixel_blocks=None):
     lam : array ``(B,)``
     pixel_blocks : array, optional
         :func:`pixel_major` of ``pw`` (the compiled kernel's layout; computed here when not given).
+    dots : array ``(B, E)``, optional
+        Overwritten with the quadratic forms ``v_e^T M v_e`` of every column (accumulated as the
+        product goes, while both are in cache).
     """
     if _use_numba(pw):
         cp = pixel_major(pw) if pixel_blocks is None else pixel_blocks
         B, L, H, W, E = v.shape
         di, dj = _offset_arrays(offsets)
         lam_arr = np.ascontiguousarray(lam, dtype=pw.dtype).reshape(-1)
+        want = dots is not None
+        acc = np.zeros((B, E), dtype=np.float64) if want else np.zeros((1, 1))
         _pairwise_product_columns_nb(cp, v.reshape(B, L, H * W, E), out.reshape(B, L, H * W, E),
-                                     lam_arr, di, dj, H, W)
+                                     lam_arr, di, dj, H, W, acc, want)
+        if want:
+            dots[...] = acc
         return out
     from ...backend import get_array_module
-    return _pairwise_product_columns_xp(get_array_module(pw), pw, v, out, offsets, lam)
+    _pairwise_product_columns_xp(get_array_module(pw), pw, v, out, offsets, lam)
+    if dots is not None:
+        dots[...] = (v * out).sum(axis=(1, 2, 3))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ class GridGCRF(_GridOperator):
         out = self.xp.empty_like(vv)
         return pairwise_product(self._params, vv, out, self.offsets, lam=self._lam_flat)
 
-    def matvec_columns(self, V):
+    def matvec_columns(self, V, *, quadratic=False):
         """``M V`` for a block of vectors stored as columns, ``V`` of shape ``(*batch_shape, N, E)``
         (``E`` vectors per system as the last axis, like ``A @ V`` for a matrix ``A``).
 
@@ -264,10 +264,14 @@ class GridGCRF(_GridOperator):
         Parameters
         ----------
         V : array, shape ``(*batch_shape, N, E)``
+        quadratic : bool
+            Also return the quadratic forms ``v_e^T M v_e`` of the columns, shape
+            ``(*batch_shape, E)`` (float64), accumulated during the product.
 
         Returns
         -------
         array, shape ``(*batch_shape, N, E)``, the operator's dtype
+            (and the quadratic forms with ``quadratic=True``)
         """
         xp = self.xp
         V = xp.asarray(V)
@@ -279,8 +283,11 @@ class GridGCRF(_GridOperator):
         out = xp.empty_like(vv)
         if xp is np and getattr(self, "_pixel_blocks", None) is None:
             self._pixel_blocks = pixel_major(self._params)  # cached: the parameters never change
+        dots = xp.empty((self._n_systems, E), dtype=np.float64) if quadratic else None
         pairwise_product_columns(self._params, vv, out, self.offsets, self._lam_flat,
-                                 pixel_blocks=getattr(self, "_pixel_blocks", None))
+                                 pixel_blocks=getattr(self, "_pixel_blocks", None), dots=dots)
+        if quadratic:
+            return out.reshape(V.shape), dots.reshape(self.batch_shape + (E,))
         return out.reshape(V.shape)
 
     def _colour_sweep(self, x, b, omega):
