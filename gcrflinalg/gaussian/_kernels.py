@@ -1,7 +1,8 @@
 """Compiled (Numba) step of the lock-step Lanczos recurrence on the CPU.
 
-The recurrence's passes are fused: ``alpha = q . w``, then ``w <- w - alpha q - beta_prev q_prev``
-together with ``||w||^2``; one probe at a time (its three vectors fit in cache) for probe-major
+The recurrence's passes are fused: ``alpha = q . w`` (skipped when the product computed it), then
+``w <- w - alpha q - beta_prev q_prev`` together with ``||w||^2`` (optionally on unnormalised
+vectors with their scales); one probe at a time (its three vectors fit in cache) for probe-major
 (C-ordered ``(K, N)``) arrays, one unknown at a time across all probes for probe-minor (Fortran-ordered
 ``(K, N)``, the layout of a sparse-times-dense block product ``A V^T``).  The
 array-expression code of :class:`gcrflinalg.gaussian.lanczos.LanczosState` computes the same
