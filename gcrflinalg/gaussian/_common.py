@@ -8,7 +8,8 @@ import numpy as np
 
 from ..operator import GCRFOperator
 
-__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "as_generator", "positive_int"]
+__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "block_product_quadratic",
+           "as_generator", "positive_int"]
 
 
 def check_operator(op) -> None:
@@ -61,14 +62,26 @@ def rademacher(rng, shape, xp=np):
 def block_product(op):
     """``V -> M V`` for ``V`` of shape ``(k, *batch_shape, N)`` in float64.
 
-    Forms with a CSR assembly (grid, multi-resolution) multiply the ``k`` vectors of each system as
+    An unbatched float64 operator with a column product (the general grid form,
+    ``GridGCRF.matvec_columns``) multiplies the ``k`` vectors as the columns of ``V^T``, reading
+    every stored block once.  Other forms with a CSR assembly (grid, multi-resolution) multiply the ``k`` vectors of each system as
     one sparse-times-dense-block product of the float64 CSR matrix (assembled once here); the others
     go through the operator's own batched product (one GEMM over the ``k`` vectors on the low-rank
     and video forms), evaluated in the operator's dtype and returned in float64.
     """
     xp = op.xp
+    if hasattr(op, "matvec_columns") and not op.batch_shape and op.dtype == np.float64:
+        # the grid's structured product on the (N, k) transpose: every stored block read once for
+        # all k vectors (no copy for a Fortran-ordered V, the probe-minor layout of SLQ)
+        return lambda v: op.matvec_columns(v.T).T
     if hasattr(op, "to_sparse") and math.prod(op.batch_shape) <= 64:
         mats = {idx: op.to_sparse(idx).astype(np.float64).tocsr() for idx in np.ndindex(*op.batch_shape)}
+        if not op.batch_shape:
+            # one system: M V^T on the (N, k) transpose, no copy for a Fortran-ordered V (the
+            # probe-minor layout in which SLQ keeps its Lanczos vectors), and the result returned
+            # as the transposed view (Fortran-ordered (k, N))
+            mat = mats[()]
+            return lambda v: (mat @ v.T).T
 
         def apply(v):
             out = xp.empty(v.shape, dtype=np.float64)
@@ -83,5 +96,19 @@ def block_product(op):
 
     def apply(v):
         return op.matvec(v.astype(op.dtype, copy=False)).astype(np.float64, copy=False)
+
+    return apply
+
+
+def block_product_quadratic(op):
+    """``V -> (M V, (v_k^T M v_k)_k)`` for ``V`` of shape ``(k, N)`` in float64 where the product
+    computes the quadratic forms on the way (the general grid form's column product, unbatched,
+    float64), else None."""
+    if not (hasattr(op, "matvec_columns") and not op.batch_shape and op.dtype == np.float64):
+        return None
+
+    def apply(v):
+        out, dots = op.matvec_columns(v.T, quadratic=True)
+        return out.T, dots
 
     return apply

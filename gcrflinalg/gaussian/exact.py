@@ -40,7 +40,7 @@ from solvers import NotPositiveDefiniteError
 from ..operator import _sum_to_shape
 from ._common import form_kind
 
-__all__ = ["lowrank_logdet", "lowrank_variances", "lowrank_logdet_gradients", "video_logdet",
+__all__ = ["lowrank_logdet", "lowrank_inv_quad", "lowrank_variances", "lowrank_logdet_gradients", "video_logdet",
            "video_variances", "sparse_factor", "sparse_logdet", "sparse_variances",
            "structured_logdet", "structured_variances", "LOGDET_EXACT_MAX_SIZE",
            "VARIANCES_EXACT_MAX_SIZE"]
@@ -76,7 +76,11 @@ def lowrank_logdet(op):
     """``log det M`` of a 3.4 or 3.5 operator, shape ``batch_shape`` (float64, on ``op.xp``)."""
     xp, lam, n = op.xp, _lam64(op), op.size
     if form_kind(op) == "lowrank":
-        s = op.factorize().gram_eigenvalues
+        factor = op.factorize()
+        if factor._cholesky_ok:
+            # det(lam I_D + G) from the Cholesky factor the solve uses: no eigenvalues needed
+            return (n - op.rank) * xp.log(lam) + factor.capacitance_logdet
+        s = factor.gram_eigenvalues
         return n * xp.log(lam) + xp.log1p(s / lam[..., None]).sum(axis=-1)
     if op.num_labels == 1:
         return n * xp.log(lam)
@@ -85,6 +89,19 @@ def lowrank_logdet(op):
     s = parts[0][2]
     return (n * xp.log(lam) + xp.log1p((L - 1) * s / lam[..., None]).sum(axis=-1)
             + (L - 1) * xp.log1p(-s / lam[..., None]).sum(axis=-1))
+
+
+def lowrank_inv_quad(op, bflat):
+    """``b^T M^{-1} b`` of a 3.4 operator for ``b`` of shape ``(*batch_shape, N)``, shape ``batch_shape``
+    (float64, on ``op.xp``), from the cached factor in ``D``-space:
+    ``b^T M^{-1} b = (b^T b - c^T F c) / lam`` with ``c = E b`` and ``F = (lam I_D + G)^{-1}``
+    (Woodbury): one pass over ``E`` instead of the two of a solve."""
+    lam = _lam64(op)
+    F = op.factorize().range_inverse.astype(np.float64, copy=False)
+    b64 = bflat.astype(np.float64, copy=False)
+    c = (op._emb_flat @ bflat[..., None]).astype(np.float64, copy=False)  # (*batch, D, 1)
+    cfc = (c * (F @ c)).sum(axis=(-2, -1))
+    return ((b64 * b64).sum(axis=-1) - cfc) / lam
 
 
 def _quadratic_rows(F, E):

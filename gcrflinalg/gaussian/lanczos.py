@@ -23,6 +23,8 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
+from ._kernels import fused_lanczos_available, lanczos_update
+
 __all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
 
 #: up to this many probes the tridiagonals are diagonalised one by one by LAPACK's tridiagonal
@@ -48,6 +50,16 @@ class LanczosState:
         Store ``Q_k`` (for Krylov approximations of ``f(M) v``).
     breakdown : float
         Relative threshold: a probe stops when ``beta_j <= breakdown * max_i(|alpha_i| + beta_i)``.
+    apply_quadratic : callable, optional
+        ``V -> (M V, v . M v per probe)``: a product that also returns the quadratic forms, which
+        the compiled update then takes instead of a pass of its own.
+
+    Notes
+    -----
+    On the CPU (float64 NumPy arrays of one layout, array-kernel switch off) a compiled kernel does
+    the recurrence (:mod:`gcrflinalg.gaussian._kernels`); without a stored basis it also keeps the
+    new vector unnormalised, with its factor ``1 / beta_j`` applied in the next step's pass (one
+    pass over the block less per step).
 
     Attributes
     ----------
@@ -62,10 +74,12 @@ class LanczosState:
         Batched products so far.
     """
 
-    def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12):
+    def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12,
+                 apply_quadratic=None):
         xp = _namespace(v0)
         self.xp = xp
         self.apply = apply
+        self.apply_quadratic = apply_quadratic
         self.norms = xp.sqrt((v0 * v0).sum(axis=-1))
         if bool((self.norms == 0).any()):
             raise ValueError("Lanczos needs nonzero starting vectors")
@@ -84,6 +98,10 @@ class LanczosState:
         self.sizes = xp.zeros(self.norms.shape, dtype=np.int64)
         self.scale = xp.zeros(self.norms.shape)
         self.matvecs = 0
+        self._scratch = None
+        self._fused = None
+        # compiled path without a stored basis: the Lanczos vectors are q * _q_scale (per probe)
+        self._q_scale = self._prev_scale = None
 
     @property
     def steps(self) -> int:
@@ -92,17 +110,35 @@ class LanczosState:
     def step(self) -> None:
         """One Lanczos step of every active probe."""
         xp = self.xp
-        w = self.apply(self.q)
+        dots = None
+        if self.apply_quadratic is not None and not self.reorthogonalize and self._fused is not False:
+            w, dots = self.apply_quadratic(self.q)
+        else:
+            w = self.apply(self.q)
         self.matvecs += 1
-        a = xp.einsum("...n,...n->...", self.q, w)
-        w -= a[..., None] * self.q
-        w -= self.beta_prev[..., None] * self.q_prev
-        if self.reorthogonalize:
-            Q = self._basis[: self._stored]  # (j, *probes, N)
-            for _ in range(2):  # classical Gram-Schmidt, twice
-                c = xp.einsum("k...n,...n->k...", Q, w)
-                w -= xp.einsum("k...n,k...->...n", Q, c)
-        b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
+        if self._fused is None:  # decided once per run (the layout stays the same)
+            self._fused = not self.reorthogonalize and fused_lanczos_available(w, self.q, self.q_prev)
+        if self._fused:
+            # compiled: both passes of the recurrence per probe while its vectors are in cache
+            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev, self._q_scale, self._prev_scale,
+                                   dots=dots)
+            b = np.sqrt(b2)
+        else:
+            a = xp.einsum("...n,...n->...", self.q, w)
+            # w -= a q + beta_prev q_prev, through one scratch array (no N-sized temporaries per step)
+            if self._scratch is None:
+                self._scratch = xp.empty_like(w)
+            tmp = self._scratch
+            xp.multiply(self.q, a[..., None], out=tmp)
+            w -= tmp
+            xp.multiply(self.q_prev, self.beta_prev[..., None], out=tmp)
+            w -= tmp
+            if self.reorthogonalize:
+                Q = self._basis[: self._stored]  # (j, *probes, N)
+                for _ in range(2):  # classical Gram-Schmidt, twice
+                    c = xp.einsum("k...n,...n->k...", Q, w)
+                    w -= xp.einsum("k...n,k...->...n", Q, c)
+            b = xp.sqrt(xp.einsum("...n,...n->...", w, w))
         a = xp.where(self.active, a, 1.0)  # stopped probes: a decoupled 1 x 1 block
         self.sizes = self.sizes + self.active
         self.scale = xp.maximum(self.scale, xp.abs(a) + b)
@@ -112,7 +148,12 @@ class LanczosState:
         self.alpha.append(a)
         self.beta.append(b)
         # q_{j+1} = w / beta_j, and 0 for a stopped probe (its factor is 0)
-        w *= (xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0))[..., None]
+        factor = xp.where(self.active, 1.0, 0.0) / xp.where(self.active, b, 1.0)
+        if self._fused and not self.keep_basis:
+            # kept unnormalised: the compiled update of the next step applies the factor
+            self._prev_scale, self._q_scale = self._q_scale, factor
+        else:
+            w *= factor[..., None]
         self.q_prev, self.q, self.beta_prev = self.q, w, b
         if self.keep_basis:
             self._store(self.q)

@@ -8,8 +8,9 @@ import time
 import numpy as np
 
 from ..backend import to_host
-from ._common import as_generator, block_product, check_operator, form_kind, positive_int, rademacher
-from .exact import LOGDET_EXACT_MAX_SIZE, structured_logdet
+from ._common import (as_generator, block_product, block_product_quadratic, check_operator, form_kind,
+                      positive_int, rademacher)
+from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
 from .lanczos import LanczosState, quadrature
 from .results import LogDetResult
 
@@ -21,7 +22,7 @@ AUTO_EXACT_MAX_SIZE = 50_000
 
 
 def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LOGDET_EXACT_MAX_SIZE,
-           reorthogonalize=False):
+           reorthogonalize=False, inv_quad_rhs=None):
     """The log-determinant ``log det M`` of every system of a G-CRF operator.
 
     Parameters
@@ -48,6 +49,12 @@ def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LO
         above it ``method="exact"`` raises ``ValueError``.
     reorthogonalize : bool
         Full reorthogonalisation in SLQ's Lanczos runs (memory ``K * degree * N`` per system).
+    inv_quad_rhs : array, shape ``batch_shape + vector_shape`` or ``batch_shape + (N,)``, optional
+        Also compute the quadratic term ``b^T M^{-1} b`` of the Gaussian likelihood for this ``b``
+        (``result.inv_quad``, exact): on the low-rank form ``M = lam I + E^T E`` from the cached
+        capacitance factor in ``D``-space, ``(b^T b - c^T F c) / lam`` with ``c = E b`` and
+        ``F = (lam I_D + E E^T)^{-1}`` (one pass over ``E``); on the other forms ``b^T x`` with
+        ``x`` from :func:`gcrflinalg.solve`.
 
     Returns
     -------
@@ -70,6 +77,7 @@ def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LO
     if method not in ("auto", "exact", "slq"):
         raise ValueError(f"method must be 'auto', 'exact' or 'slq'; got {method!r}")
     kind = form_kind(op)
+    quad = None if inv_quad_rhs is None else _inv_quad(op, inv_quad_rhs, kind)
     if method == "auto":
         exact_ok = kind in ("lowrank", "lowrank_potts", "video") or (
             kind == "sparse" and op.size <= min(AUTO_EXACT_MAX_SIZE, max_size))
@@ -77,11 +85,28 @@ def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LO
     if method == "exact":
         value = np.asarray(to_host(structured_logdet(op, max_size)), dtype=np.float64)
         return LogDetResult(value=value, stderr=np.zeros_like(value), method="exact",
-                            info={"time_s": time.perf_counter() - t0})
+                            info={"time_s": time.perf_counter() - t0}, inv_quad=quad)
     value, stderr, info = slq_logdet(op, num_probes=num_probes, degree=degree, rng=rng,
                                      reorthogonalize=reorthogonalize)
     info["time_s"] = time.perf_counter() - t0
-    return LogDetResult(value=value, stderr=stderr, method="slq", info=info)
+    return LogDetResult(value=value, stderr=stderr, method="slq", info=info, inv_quad=quad)
+
+
+def _inv_quad(op, b, kind):
+    """``b^T M^{-1} b`` per system, shape ``batch_shape`` (float64 NumPy)."""
+    arr, _ = op.as_vectors(b, "inv_quad_rhs")
+    if arr.shape != op.batch_shape + op.vector_shape:
+        raise ValueError(f"inv_quad_rhs must hold one vector per system, shape {op.batch_shape + op.vector_shape} "
+                         f"or {op.batch_shape + (op.size,)}; got {tuple(np.shape(b))}")
+    bflat = arr.reshape(op.batch_shape + (op.size,))
+    if kind == "lowrank":
+        quad = lowrank_inv_quad(op, bflat)
+    else:
+        from ..solve import solve
+
+        x = solve(op, bflat).x
+        quad = (bflat.astype(np.float64) * x.astype(np.float64)).sum(axis=-1)
+    return np.asarray(to_host(quad), dtype=np.float64)
 
 
 def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False):
@@ -93,7 +118,11 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False)
     gen = as_generator(rng)
     n = op.size
     z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
+    if not op.batch_shape and op.xp is np:
+        # probe-minor layout: a CSR block product M Z^T reads it without a copy (see block_product)
+        z = np.asfortranarray(z)
     state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
+                         apply_quadratic=block_product_quadratic(op),
                          breakdown=256 * np.finfo(op.dtype).eps)
     state.run(min(degree, n))
     per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2

@@ -21,12 +21,16 @@ class LogDetResult:
         ``"exact"`` or ``"slq"``.
     info : dict
         Method details (``num_probes``, ``degree``, ``matvecs``, ``time_s`` ...).
+    inv_quad : numpy.ndarray or None, shape ``batch_shape``, float64
+        ``b^T M^{-1} b`` for the ``inv_quad_rhs`` given to :func:`gcrflinalg.logdet` (always exact),
+        else None.
     """
 
     value: object
     stderr: object
     method: str
     info: dict = dataclasses.field(default_factory=dict)
+    inv_quad: object = None
 
 
 @dataclasses.dataclass

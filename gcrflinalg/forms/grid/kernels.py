@@ -29,6 +29,8 @@ from ...backend import _array_kernels_on
 
 __all__ = [
     "pairwise_product",
+    "pairwise_product_columns",
+    "pixel_major",
     "weight_product",
     "shifted_weight_cg",
     "product_threads",
@@ -295,6 +297,118 @@ def pairwise_product(pw, v, out, offsets, lam=None):
         if lam is not None:
             out[...] = lam.reshape((1, -1) + (1,) * (v.ndim - 2)) * v
         _pairwise_product_xp(get_array_module(pw), pw, v, out, offsets)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# general blocks, many vectors as the last axis ("columns"): v, out of shape (B, L, H, W, E)
+
+
+def pixel_major(pw):
+    """The pairwise blocks reordered pixel-major, ``(B, H * W, K, L, L)`` C-contiguous (a copy): the
+    layout in which :func:`pairwise_product_columns` reads every block of a pixel together."""
+    B, K, L, _, H, W = pw.shape
+    return np.ascontiguousarray(pw.reshape(B, K, L, L, H * W).transpose(0, 4, 1, 2, 3))
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width, dots, want_dots):  # pragma: no cover
+    # cp: (B, P, K, L, L); v, out: (B, L, P, E).  Pixel by pixel: the rows of E values of p and of
+    # its neighbours stay in cache while all K L^2 blocks of p are applied to every column.
+    # out = lam v is written just ahead of the first pixel that adds to it (every offset points
+    # forward, q = p + di W + dj > p), while that part of v is in cache.
+    B, P, K, L = cp.shape[0], cp.shape[1], cp.shape[2], cp.shape[3]
+    E = v.shape[3]
+    reach = 0
+    for k in range(K):
+        reach = max(reach, di[k] * width + dj[k])
+    for b in range(B):
+        a = lam[b]
+        done = 0
+        for i in range(height):
+            for j in range(width):
+                p = i * width + j
+                top = min(P, p + reach + 1)
+                while done < top:
+                    for m in range(L):
+                        o = out[b, m, done]
+                        x = v[b, m, done]
+                        for e in range(E):
+                            o[e] = a * x[e]
+                    done += 1
+                for k in range(K):
+                    qi = i + di[k]
+                    qj = j + dj[k]
+                    if qi < 0 or qi >= height or qj < 0 or qj >= width:
+                        continue
+                    q = qi * width + qj
+                    for m in range(L):
+                        om = out[b, m, p]
+                        vm = v[b, m, p]
+                        for n in range(L):
+                            c = cp[b, p, k, m, n]
+                            vn = v[b, n, q]
+                            on = out[b, n, q]
+                            for e in range(E):
+                                om[e] += c * vn[e]
+                            for e in range(E):
+                                on[e] += c * vm[e]
+                if want_dots:
+                    # out[:, p] is final here (its other terms came from earlier pixels): v . M v
+                    for m in range(L):
+                        o = out[b, m, p]
+                        x = v[b, m, p]
+                        for e in range(E):
+                            dots[b, e] += x[e] * o[e]
+    return out
+
+
+def _pairwise_product_columns_xp(xp, pw, v, out, offsets, lam):
+    out[...] = lam.reshape((-1,) + (1,) * (v.ndim - 1)) * v
+    H, W = pw.shape[-2:]
+    for k, (di, dj) in enumerate(offsets):
+        pi, pj, qi, qj = edge_ranges(di, dj, H, W)
+        blk = pw[:, k, :, :, pi, pj]  # (B, L, L, h, w)
+        out[:, :, pi, pj] += xp.einsum("bmnij,bnije->bmije", blk, v[:, :, qi, qj])
+        out[:, :, qi, qj] += xp.einsum("bmnij,bmije->bnije", blk, v[:, :, pi, pj])
+    return out
+
+
+def pairwise_product_columns(pw, v, out, offsets, lam, pixel_blocks=None, dots=None):
+    """``out = lam v + A v`` of the general form for ``E`` vectors stored as the *last* axis.
+
+    The layout of a block of vectors as columns (``V`` of shape ``(N, E)`` per system, as in
+    ``A @ V``): each stored block entry is read once and applied to all ``E`` columns from
+    contiguous memory, the same flops as ``E`` products at the memory traffic of about one.
+
+    Parameters
+    ----------
+    pw : array, shape ``(B, K, L, L, H, W)``, C-contiguous
+    v, out : arrays, shape ``(B, L, H, W, E)``, C-contiguous, of ``pw``'s dtype
+    offsets : tuple of ``(di, dj)``
+    lam : array ``(B,)``
+    pixel_blocks : array, optional
+        :func:`pixel_major` of ``pw`` (the compiled kernel's layout; computed here when not given).
+    dots : array ``(B, E)``, optional
+        Overwritten with the quadratic forms ``v_e^T M v_e`` of every column (accumulated as the
+        product goes, while both are in cache).
+    """
+    if _use_numba(pw):
+        cp = pixel_major(pw) if pixel_blocks is None else pixel_blocks
+        B, L, H, W, E = v.shape
+        di, dj = _offset_arrays(offsets)
+        lam_arr = np.ascontiguousarray(lam, dtype=pw.dtype).reshape(-1)
+        want = dots is not None
+        acc = np.zeros((B, E), dtype=np.float64) if want else np.zeros((1, 1))
+        _pairwise_product_columns_nb(cp, v.reshape(B, L, H * W, E), out.reshape(B, L, H * W, E),
+                                     lam_arr, di, dj, H, W, acc, want)
+        if want:
+            dots[...] = acc
+        return out
+    from ...backend import get_array_module
+    _pairwise_product_columns_xp(get_array_module(pw), pw, v, out, offsets, lam)
+    if dots is not None:
+        dots[...] = (v * out).sum(axis=(1, 2, 3))
     return out
 
 

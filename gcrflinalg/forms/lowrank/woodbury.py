@@ -114,6 +114,7 @@ class WoodburyFactor:
         self._scalar_core = core_arr is None or core_arr.ndim < 2
         self._mu = None
         self._cholesky_ok = False
+        self._capacitance_logdet = None
         if self._scalar_core:
             c = xp.asarray(1.0) if core_arr is None else core_arr.astype(np.float64)
             self._c = c[..., None]  # (..., 1)
@@ -150,6 +151,7 @@ class WoodburyFactor:
         linv = xp.linalg.inv(chol)  # L^{-1}
         f = xp.swapaxes(linv, -1, -2) @ linv  # (L L^T)^{-1}
         self._cholesky_ok = True
+        self._capacitance_logdet = 2.0 * xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
         return self._c[..., None] * f, f
 
     def _from_scalar_eigh(self):
@@ -194,6 +196,17 @@ class WoodburyFactor:
         if self._gram_eigenvalues is None:
             self._gram_eigenvalues = self.xp.maximum(self.xp.linalg.eigvalsh(self._sym_gram()), 0.0)
         return self._gram_eigenvalues
+
+    @property
+    def capacitance_logdet(self):
+        """``log det(lam I_R + c G)``, shape ``(...)``, float64: twice the sum of the logarithms of the
+        Cholesky factor's diagonal when the factor came from a Cholesky factorisation (no
+        eigenvalues needed), else ``sum_i log(lam + c s_i)`` (scalar core only)."""
+        if self._capacitance_logdet is not None:
+            return self._capacitance_logdet
+        if not self._scalar_core:
+            raise ValueError("capacitance_logdet is defined for a scalar core only")
+        return self.xp.log(self.eigenvalues).sum(axis=-1)
 
     @property
     def eigenvalues(self):
