@@ -77,3 +77,18 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
+
+
+@pytest.fixture(params=["compiled", "array"])
+def branch(request, monkeypatch):
+    """CG's two code paths on NumPy: the fused compiled updates, and the array expressions that
+    CuPy (or a machine without Numba) runs."""
+    if request.param == "array":
+        monkeypatch.setattr("solvers._cg._numba", None)
+
+        def compiled(*args):
+            raise AssertionError("the array branch ran a compiled update")
+
+        for name in ("_step_nb", "_direction_nb", "_curvature_nb"):
+            monkeypatch.setattr(f"solvers._cg.{name}", compiled)
+    return request.param

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import zlib
+
 import numpy as np
 
 import gcrflinalg
@@ -405,3 +407,22 @@ def case_by_id(case_id):
         if c.id == case_id:
             return c
     raise KeyError(case_id)
+
+
+def case_rng(*key):
+    """A seeded generator per key (stable across runs and test orderings)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+_INSTANCES = {}
+
+
+def instance(case, dtype=np.float64, batch=()):
+    """``(params, dense)`` of a case, cached (the dense reference is assembled by Python loops);
+    the parameters are fresh copies at every call."""
+    key = (case.id, np.dtype(dtype).name, tuple(batch))
+    if key not in _INSTANCES:
+        _, params = case.make(case_rng("params", *key), dtype, batch)
+        _INSTANCES[key] = (params, case.dense(params))
+    params, dense = _INSTANCES[key]
+    return {k: v.copy() for k, v in params.items()}, dense

@@ -20,7 +20,7 @@ import solvers
 from gcrflinalg.backend import to_host
 from gcrflinalg.forms.grid import kernels
 from gcrflinalg.forms.grid import redblack as rb
-from operator_cases import CASES, OFFSETS, dense_grid_general, dense_grid_potts
+from operator_cases import CASES, OFFSETS, dense_grid_general, dense_grid_potts, instance
 from solvers import backend as sb
 
 CASE_PARAMS = [pytest.param(c, id=c.id) for c in CASES]
@@ -38,17 +38,6 @@ def tol(dtype):
     return 2e-5 if np.dtype(dtype) == np.float32 else 1e-11
 
 
-_INSTANCES = {}
-
-
-def instance(case, dtype=np.float64, batch=()):
-    """``(params, dense)`` of a case (cached: the dense reference is assembled by Python loops)."""
-    key = (case.id, np.dtype(dtype).name, tuple(batch))
-    if key not in _INSTANCES:
-        _, params = case.make(_rng("params", *key), dtype, batch)
-        _INSTANCES[key] = (params, case.dense(params))
-    params, dense = _INSTANCES[key]
-    return {k: v.copy() for k, v in params.items()}, dense
 
 
 def both(fn):

@@ -21,19 +21,6 @@ REPLACEMENT_PERIOD = 50
 
 
 
-@pytest.fixture(params=["compiled", "array"])
-def branch(request, monkeypatch):
-    """CG's two code paths on NumPy: the fused compiled updates, and the array expressions that
-    CuPy (or a machine without Numba) runs."""
-    if request.param == "array":
-        monkeypatch.setattr("solvers._cg._numba", None)
-
-        def compiled(*args):
-            raise AssertionError("the array branch ran a compiled update")
-
-        for name in ("_step_nb", "_direction_nb", "_curvature_nb"):
-            monkeypatch.setattr(f"solvers._cg.{name}", compiled)
-    return request.param
 
 def textbook_cg(A, b, rtol, maxiter=1000):
     """Unpreconditioned CG from ``x = 0`` until ``||r_k|| <= rtol ||b||`` (recursive residual).

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from operator_cases import CASES, FORMS
+from operator_cases import CASES, FORMS, instance
 
 CASE_PARAMS = [pytest.param(c, id=c.id) for c in CASES]
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
@@ -31,17 +31,6 @@ def _rng(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-_INSTANCES = {}
-
-
-def instance(case, dtype=np.float64, batch=()):
-    """``(params, dense)`` of a case, cached: the dense reference is assembled by Python loops."""
-    key = (case.id, np.dtype(dtype).name, tuple(batch))
-    if key not in _INSTANCES:
-        _, params = case.make(_rng("params", *key), dtype, batch)
-        _INSTANCES[key] = (params, case.dense(params))
-    params, dense = _INSTANCES[key]
-    return {k: v.copy() for k, v in params.items()}, dense
 
 
 def tol(dtype):

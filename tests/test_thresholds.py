@@ -22,19 +22,6 @@ PERIOD = 50
 
 
 
-@pytest.fixture(params=["compiled", "array"])
-def branch(request, monkeypatch):
-    """CG's two code paths on NumPy: the fused compiled updates, and the array expressions that
-    CuPy (or a machine without Numba) runs."""
-    if request.param == "array":
-        monkeypatch.setattr("solvers._cg._numba", None)
-
-        def compiled(*args):
-            raise AssertionError("the array branch ran a compiled update")
-
-        for name in ("_step_nb", "_direction_nb", "_curvature_nb"):
-            monkeypatch.setattr(f"solvers._cg.{name}", compiled)
-    return request.param
 
 def split_diagonal(k, dtype, scale=1.0):
     """``diag(1, -(1 + k eps))`` and ``b = scale (1, 1)`` (``scale`` a power of 2): ``p_0 = b`` has
