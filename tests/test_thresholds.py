@@ -366,3 +366,31 @@ def test_error_names_the_first_failing_system_of_a_batch(branch):
         solvers.cg(Batched(), np.ones((3, 3)))
     assert info.value.system == (1,) and info.value.value == pytest.approx(-1.0)
     assert "for system (1,)" in str(info.value)
+
+
+class _RoundedProducts:
+    """``A x`` rounded to float32 in a float64 solve: products with relative errors of ~1e-7, so
+    CG's recursive residual runs below what the true residual of its iterate can reach."""
+
+    def __init__(self, A):
+        self.A, self.shape, self.dtype = A, A.shape, np.dtype(np.float64)
+
+    def matvec(self, X):
+        return (X @ self.A.T).astype(np.float32).astype(np.float64)
+
+
+def test_no_restart_after_the_last_allowed_step():
+    """A convergence claim that the true residual refutes restarts CG only while iterations remain:
+    claimed on exactly the last allowed step, it costs the final true residual and nothing more."""
+    A = np.diag(np.linspace(1.0, 10.0, 30))
+    b = np.random.default_rng(3).standard_normal(30)
+    op = _RoundedProducts(A)
+    free = solvers.cg(op, b, rtol=1e-10, maxiter=200)
+    tol = 1e-10 * np.linalg.norm(b)
+    claims = np.flatnonzero(free.residual_norms[1:-1] <= tol) + 1
+    assert claims.size and not free.converged  # the claim is refuted: a restart followed
+    k1 = int(claims[0])
+    assert free.matvecs > free.iterations + 1  # the restart's true residual
+    res = solvers.cg(op, b, rtol=1e-10, maxiter=k1)
+    assert res.iterations == k1 and not res.converged and res.info == k1
+    assert res.matvecs == k1 + 1  # the steps and the final true residual: no restart
