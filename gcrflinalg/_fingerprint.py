@@ -58,6 +58,17 @@ def finite_run(values):  # pragma: no cover - compiled
     return s == 0
 
 
+@numba.njit(inline="always", fastmath={"reassoc", "nsz", "contract"})
+def _scan_run(values, bits, start):  # pragma: no cover - compiled
+    """:func:`hash_run` and :func:`finite_run` of one run in a single loop (one read of each entry)."""
+    h = np.uint64(0)
+    s = values.dtype.type(0)
+    for i in range(bits.size):
+        h += (np.uint64(bits[i]) ^ (np.uint64(start + i) * C1)) * C2
+        s += values[i] * values.dtype.type(0)
+    return h, s == 0
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _scan_nb(values, bits, partial, finite):  # pragma: no cover - compiled
     n = values.size
@@ -65,8 +76,7 @@ def _scan_nb(values, bits, partial, finite):  # pragma: no cover - compiled
     for c in numba.prange(nchunks):
         lo = c * _CHUNK
         hi = min(n, lo + _CHUNK)
-        partial[c] = hash_run(bits[lo:hi], lo)  # two loops over a chunk that stays in cache
-        finite[c] = finite_run(values[lo:hi])
+        partial[c], finite[c] = _scan_run(values[lo:hi], bits[lo:hi], lo)
 
 
 def _bits_view(flat):
