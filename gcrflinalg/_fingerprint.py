@@ -23,7 +23,7 @@ import numpy as np
 
 from . import threads as threads_policy
 
-__all__ = ["scan", "fingerprint", "mix", "hash_run", "finite_run", "C1", "C2", "PARALLEL_MIN_ENTRIES"]
+__all__ = ["scan", "fingerprint", "mix", "hash_run", "C1", "C2", "PARALLEL_MIN_ENTRIES"]
 
 C1 = np.uint64(0x9E3779B97F4A7C15)
 C2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -45,26 +45,18 @@ def hash_run(bits, start):  # pragma: no cover - compiled
     """``sum_i mix(bits[i], start + i)`` over a 1-D run (vectorised: one loop, one job)."""
     h = np.uint64(0)
     for i in range(bits.size):
-        h += (np.uint64(bits[i]) ^ (np.uint64(start + i) * C1)) * C2
+        h += mix(bits[i], start + i)
     return h
 
 
 @numba.njit(inline="always", fastmath={"reassoc", "nsz", "contract"})
-def finite_run(values):  # pragma: no cover - compiled
-    """True when every entry of a 1-D run is finite: ``sum x * 0`` is 0 unless one is NaN/Inf."""
-    s = values.dtype.type(0)
-    for i in range(values.size):
-        s += values[i] * values.dtype.type(0)
-    return s == 0
-
-
-@numba.njit(inline="always", fastmath={"reassoc", "nsz", "contract"})
 def _scan_run(values, bits, start):  # pragma: no cover - compiled
-    """:func:`hash_run` and :func:`finite_run` of one run in a single loop (one read of each entry)."""
+    """:func:`hash_run` of one run and whether all its entries are finite, in a single loop (one
+    read of each entry): ``sum x * 0`` is 0 unless an entry is NaN/Inf."""
     h = np.uint64(0)
     s = values.dtype.type(0)
     for i in range(bits.size):
-        h += (np.uint64(bits[i]) ^ (np.uint64(start + i) * C1)) * C2
+        h += mix(bits[i], start + i)
         s += values[i] * values.dtype.type(0)
     return h, s == 0
 

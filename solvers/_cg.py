@@ -76,16 +76,6 @@ if _numba is not None:
             pp[s] = b
             qq[s] = c
 
-    @_numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def _dots_nb(u, v, out):  # pragma: no cover - compiled
-        # out[s] = u[s]^T v[s], accumulated in float64.
-        for s in range(u.shape[0]):
-            us, vs = u[s], v[s]
-            acc = 0.0
-            for i in range(u.shape[1]):
-                acc += float(us[i]) * float(vs[i])
-            out[s] = acc
-
 
 def _fusable(xp, dtype, *arrays) -> bool:
     """The compiled updates apply: NumPy, float32/float64, C-contiguous arrays of ``dtype``."""

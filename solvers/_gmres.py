@@ -5,6 +5,8 @@ import warnings
 
 import numpy as np
 
+from .backend import to_host
+
 from ._operator import finish, initial_guess, norms, prepare
 from ._preconditioners import as_preconditioner
 
@@ -235,5 +237,5 @@ def _pr_norm(xp, psolve, V, cs, sn, g, j, rn, bnorm):
             u[..., i + 1] = sn[..., i] * a + cs[..., i] * c
         r = xp.einsum("...i,...in->...n", u, V[..., : j + 1, :])
         value = norms(xp, psolve(r)) / bnorm
-    value = np.asarray(value.get() if hasattr(value, "get") else value, dtype=np.float64)
+    value = np.asarray(to_host(value), dtype=np.float64)
     return value[()]  # a NumPy scalar for one system (as SciPy passes), else an array
