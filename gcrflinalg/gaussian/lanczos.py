@@ -23,6 +23,7 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
+from ..backend import get_array_module
 from ._kernels import fused_lanczos_available, lanczos_update
 
 __all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
@@ -76,7 +77,7 @@ class LanczosState:
 
     def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12,
                  apply_quadratic=None):
-        xp = _namespace(v0)
+        xp = get_array_module(v0)
         self.xp = xp
         self.apply = apply
         self.apply_quadratic = apply_quadratic
@@ -194,12 +195,6 @@ class LanczosState:
             T[..., idx, idx + 1] = b
             T[..., idx + 1, idx] = b
         return T
-
-
-def _namespace(a):
-    from ..backend import get_array_module
-
-    return get_array_module(a)
 
 
 def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
