@@ -394,3 +394,51 @@ def test_no_restart_after_the_last_allowed_step():
     res = solvers.cg(op, b, rtol=1e-10, maxiter=k1)
     assert res.iterations == k1 and not res.converged and res.info == k1
     assert res.matvecs == k1 + 1  # the steps and the final true residual: no restart
+
+
+class _StaleProducts:
+    """Products with ``B`` for the first ``stale`` calls, with ``A`` after them: CG's recursion
+    converges for ``B`` and the true residual, taken with ``A``, refutes the claim."""
+
+    def __init__(self, A, B, stale):
+        self.A, self.B, self.stale = A, B, stale
+        self.shape, self.dtype = A.shape, np.dtype(np.float64)
+        self.calls = 0
+
+    def matvec(self, X):
+        self.calls += 1
+        return X @ (self.B if self.calls <= self.stale else self.A).T
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_residual_replacement_period_restarts_with_the_restart(seed, branch):
+    """After a restart the next residual replacement comes a full period later: the restart is a
+    fresh start of the replacement schedule, seen in which step pays the extra product."""
+    n = 120
+    A = np.diag(np.geomspace(1.0, 1e3, n))
+    B = np.diag(np.repeat([1.0, 10.0, 100.0, 1000.0], n // 4))  # 4 distinct eigenvalues: 4 steps
+    b = np.random.default_rng(seed).standard_normal(n)
+    op = _StaleProducts(A, B, stale=4)
+    calls, iterates = [], []
+
+    def callback(x):
+        calls.append(op.calls)
+        iterates.append(x.copy())
+
+    res = solvers.cg(op, b, rtol=1e-8, callback=callback)
+    tol = 1e-8 * np.linalg.norm(b)
+    assert res.converged and np.linalg.norm(b - A @ res.x) <= tol
+    k = int(res.iterations)
+    claims = np.flatnonzero(res.residual_norms[1:-1] <= tol) + 1
+    np.testing.assert_array_equal(claims, [4])  # CG on B ends after 4 steps; A refutes it
+    assert k > 4 + 2 * PERIOD  # two full periods after the restart
+    # the products each step paid: its own; the true residual that refuted the claim before step
+    # 5; a replacement every PERIOD steps counted from the restart
+    replaced = np.arange(4 + PERIOD, k + 1, PERIOD)
+    expected = np.ones(k, dtype=int)
+    expected[4] += 1
+    expected[replaced - 1] += 1
+    np.testing.assert_array_equal(np.diff(calls, prepend=0), expected)
+    assert res.matvecs == op.calls == k + replaced.size + 2  # and the closing true residual
+    for j in replaced:  # the replaced rows of the history are the true residual of that iterate
+        assert res.residual_norms[j] == pytest.approx(np.linalg.norm(b - A @ iterates[j - 1]), rel=1e-12)
