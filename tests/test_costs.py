@@ -460,6 +460,86 @@ def test_reduced_cg_rtol_zero_iterates_to_the_dtype_accuracy(rng, grid_branch):
     assert np.linalg.norm(b - M @ res.x) <= 1e-13 * np.linalg.norm(b)
 
 
+def _scaled_general_system(rng, coupling, L=2, H=4, W=5):
+    """A 4-neighbourhood system with ``lam = 1`` and ``-lambda_min(A) = coupling``: its pairwise
+    parameters and dense ``M``."""
+    pw = rng.standard_normal((2, L, L, H, W))
+    pw *= coupling / -np.linalg.eigvalsh(dense_grid_general(pw, 0.0, 4))[0]
+    return pw, dense_grid_general(pw, 1.0, 4)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-6), (np.float32, 1e-3)])
+def test_reduced_cg_leaves_a_system_that_starts_converged_as_given(rng, dtype, rtol, grid_branch):
+    # the first right-hand side starts within its tolerance, its residual 0.9 tol along M's softest
+    # mode (lam - sigma_max(C) = 0.1): there lam r_r - C r_b is 1.9 / sqrt(2) times lam ||r||, so a
+    # reduced step or a back-substitution would move it (and raise its residual past tol); a
+    # finished system sits still while the other is solved as it is alone
+    pw, M = _scaled_general_system(rng, 0.9)
+    w = np.linalg.eigh(M)[1][:, 0]
+    b = rng.standard_normal((2, M.shape[0])).astype(dtype)
+    tol0 = rtol * np.linalg.norm(b[0].astype(np.float64))
+    x0 = np.zeros_like(b)
+    x0[0] = np.linalg.solve(M, b[0] - 0.9 * tol0 * w)
+    r0 = np.linalg.norm(b[0] - M @ x0[0])
+    assert 0.85 * tol0 < r0 < 0.95 * tol0
+    op = lambda: GridGCRF(pw.astype(dtype), 1.0)  # noqa: E731
+    seen = []
+    res = gcrflinalg.solve(op(), b, method="reduced_cg", rtol=rtol, x0=x0, callback=lambda x: seen.append(x.copy()))
+    assert np.all(res.converged) and res.iterations[0] == 0 and res.iterations[1] > 0
+    np.testing.assert_array_equal(res.x[0], x0[0])
+    assert all(np.array_equal(x[0], x0[0]) for x in seen) and len(seen) == res.iterations[1]
+    hist = np.asarray(res.residual_norms)
+    assert hist.shape == (res.iterations[1] + 1, 2)
+    assert np.all(hist[:, 0] == hist[0, 0]) and hist[0, 0] == pytest.approx(r0, rel=1e-3)
+    for e in range(2):
+        assert hist[-1, e] == pytest.approx(np.linalg.norm(b[e] - M @ res.x[e]), rel=1e-3)
+    alone = gcrflinalg.solve(op(), b[1], method="reduced_cg", rtol=rtol)
+    assert int(alone.iterations) == res.iterations[1] and res.matvecs == alone.matvecs + 2
+    np.testing.assert_array_equal(res.x[1], alone.x)
+    np.testing.assert_array_equal(hist[:, 1], alone.residual_norms)
+
+
+def test_reduced_cg_round_without_steps_still_adds_its_row(rng, grid_branch):
+    # b on the black pixels only and ||C b_b|| / lam <= rtol ||b||: the reduced right-hand side
+    # lam b_r - C b_b already meets its tolerance, no reduced step is taken, and the
+    # back-substitution x_b = b_b / lam alone solves to the tolerance; the round still ends the
+    # history with its true residual
+    L, H, W = 2, 4, 5
+    pw, M = _scaled_general_system(rng, 0.2, L, H, W)
+    lab, i, j = np.meshgrid(np.arange(L), np.arange(H), np.arange(W), indexing="ij")
+    b = rng.standard_normal(M.shape[0]) * ((i + j) % 2 == 1).ravel()
+    r = b - M @ b  # the residual of x = b / lam, lam = 1
+    assert np.linalg.norm(r) <= 0.5 * np.linalg.norm(b)
+    res = gcrflinalg.solve(GridGCRF(pw, 1.0), b, method="reduced_cg", rtol=0.5)
+    assert res.converged and res.iterations == 0
+    assert res.matvecs == 3  # one round: C r_b for its right-hand side, C^T d_r, C x_b
+    np.testing.assert_allclose(res.x, b, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(res.residual_norms, [np.linalg.norm(b), np.linalg.norm(r)], rtol=1e-12)
+
+
+def test_reduced_cg_finished_system_history_holds_through_later_rounds(rng, grid_branch):
+    # float32, one absolute tolerance: 1e-3 ||b|| for the first right-hand side (one round meets
+    # it), 1e-12 ||b|| for the second (beyond float32: a second round follows the first); the
+    # finished system's rows hold its true residual from the end of its own steps to the last row
+    pw, M = _scaled_general_system(rng, 0.9)
+    b = rng.standard_normal((2, M.shape[0]))
+    atol = 1e-3
+    b[0] *= atol / 1e-3 / np.linalg.norm(b[0])
+    b[1] *= atol / 1e-12 / np.linalg.norm(b[1])
+    b = b.astype(np.float32)
+    res = gcrflinalg.solve(GridGCRF(pw.astype(np.float32), 1.0), b, method="reduced_cg", rtol=0.0, atol=atol)
+    np.testing.assert_array_equal(res.converged, [True, False])
+    k0, k1 = (int(k) for k in res.iterations)
+    rounds, extra = divmod(res.matvecs - 2 * k1, 3)
+    assert extra == 0 and rounds >= 2 and 0 < k0 < k1
+    hist = np.asarray(res.residual_norms)
+    assert hist.shape == (k1 + 1, 2)  # the start, then one row per step of the batch
+    true0 = np.linalg.norm(b[0] - M @ res.x[0])
+    assert true0 <= atol and hist[-1, 0] == pytest.approx(true0, rel=1e-3)
+    np.testing.assert_allclose(hist[k0:, 0], hist[-1, 0], rtol=1e-3)
+    assert hist[-1, 1] > atol and hist[0, 1] == pytest.approx(np.linalg.norm(b[1]), rel=1e-6)
+
+
 @pytest.mark.parametrize("method", ["reduced_cg", "potts_split"])
 def test_grid_budget_holds_over_refinement_rounds(rng, method, grid_branch):
     # float32 at a tolerance that needs refinement rounds: no maxiter is ever exceeded, and rounds

@@ -514,9 +514,14 @@ def red_black_cg(op, b, x0, options):
     scale5 = scale.astype(dt)[:, :, None, None, None]
     system = ReducedGridSystem(G, lam, L, F, cls, shift)
 
+    def black_correction(d_r, y, todo):
+        # d_b = (r_b - C^T d_r) / lam; a finished system keeps its iterate (d_r = 0 there, d_b too)
+        d_b = (r_b - y) / lam5
+        return d_b if todo.all() else xp.where(xp.asarray(todo)[:, :, None, None, None], d_b, 0)
+
     def full_callback(xr_flat):
         d_r = xr_flat.reshape(x_r.shape) / scale5
-        d_b = (r_b - black_product(G, d_r, cls=cls, shift=shift)) / lam5
+        d_b = black_correction(d_r, black_product(G, d_r, cls=cls, shift=shift), todo)
         callback(from_colours(x_r + d_r, x_b + d_b, H, W).reshape(b.shape))
 
     for _ in range(8):
@@ -545,7 +550,7 @@ def red_black_cg(op, b, x0, options):
                 matrix="S", how="CG on the red-black reduced system S = lam^2 I - C C^T") from err
         d_r = res.x.reshape(x_r.shape) / scale5
         y = black_product(G, d_r, cls=cls, shift=shift)  # C^T d_r
-        x_r, x_b, Y = x_r + d_r, x_b + (r_b - y) / lam5, Y + y
+        x_r, x_b, Y = x_r + d_r, x_b + black_correction(d_r, y, todo), Y + y
         r_r, r_b = _residual(G, b_r, b_b, x_r, x_b, Y, lam, lam5, cls, shift)
         previous, rnorm = rnorm, _norm2(xp, r_r, r_b)
         steps = np.asarray(res.iterations).reshape(E, B) * todo
