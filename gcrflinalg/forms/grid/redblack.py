@@ -442,7 +442,8 @@ def red_black_cg(op, b, x0, options):
     tolerance of the full system, back-substitutes ``d_b = (r_b - C^T d_r) / lam``, sets
     ``x += d`` and measures the true residual ``b - M x`` of the full system.  Rounds stop when it
     meets ``max(rtol ||b||, atol)`` per system, when ``maxiter`` reduced steps are spent, or when a
-    round does not halve it (the accuracy of the dtype).
+    round does not halve it (the accuracy of the dtype).  A system that meets its tolerance (at the
+    start or after a round) keeps its iterate through the later rounds of the others.
 
     Parameters
     ----------
