@@ -29,9 +29,9 @@ def floating_dtype(dtype) -> np.dtype:
 def check_finite(arr, name: str) -> None:
     """Raise ``ValueError`` if ``arr`` holds NaN or Inf."""
     if _scannable(arr):  # one compiled read, no temporary array
-        from ._fingerprint import scan  # Numba: imported on first use
+        from ._fingerprint import all_finite  # Numba: imported on first use
 
-        if not scan(arr)[0]:
+        if not all_finite(arr):
             raise ValueError(f"{name} contains NaN or Inf")
         return
     xp = get_array_module(arr)
@@ -86,7 +86,7 @@ def readonly(arr):
 
 
 def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool = False,
-                 check: bool = True):
+                 check: bool = True, fingerprint: bool = True):
     """A parameter array of an operator: validated, cast where needed, never the caller's to lose.
 
     The operator's results must describe one matrix at every call, so the input is taken as
@@ -124,6 +124,10 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool
     check : bool
         Check finiteness here (with ``view=True`` fused with the fingerprint in one read).  False
         when the caller does both in a pass of its own (``fingerprint`` is then None).
+    fingerprint : bool
+        With ``view=True``: False leaves the fingerprint of a watched array to be taken later
+        (returned as None; the operator takes it when it first caches something computed from
+        the array, :meth:`gcrflinalg.operator.GCRFOperator._watch`); finiteness is still checked.
 
     Returns
     -------
@@ -153,7 +157,7 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool
             arr = get_array_module(arr).array(arr, copy=True, order="C")
     h = None
     if check:
-        if watched:
+        if watched and fingerprint:
             from ._fingerprint import scan
 
             finite, h = scan(arr)

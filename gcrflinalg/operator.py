@@ -124,18 +124,36 @@ class GCRFOperator(abc.ABC):
     #: attributes holding what is cached from the parameter values (set to None when they change)
     _CACHED: tuple = ()
 
-    def _watch(self, name: str, arr, fingerprint) -> None:
+    def _watch(self, name: str, arr, fingerprint, *, lazy: bool = False) -> None:
         """Record a viewed writeable parameter (``as_parameter(..., view=True)``) and its
-        fingerprint; a solve re-checks it (:meth:`_sync_parameters`)."""
+        fingerprint; a solve re-checks it (:meth:`_sync_parameters`).
+
+        With ``lazy=True`` and no fingerprint yet, it is taken when the operator first stores
+        something computed from its parameters (an attribute of ``_CACHED``, see
+        :meth:`__setattr__`): a form whose positive definiteness does not depend on the
+        parameter and that solves without a factor never reads it again."""
         if not hasattr(self, "_watched"):
             self._watched = []
-        if fingerprint is None:
+        if fingerprint is None and not lazy:
             from ._fingerprint import scan
 
             finite, fingerprint = scan(arr)
             if not finite:
                 raise ValueError(f"{name} contains NaN or Inf")
-        self._watched.append([name, arr, int(fingerprint)])
+        self._watched.append([name, arr, None if fingerprint is None else int(fingerprint)])
+
+    def __setattr__(self, name, value):
+        # the first cached value computed from lazily watched parameters fixes their fingerprint
+        if value is not None and name in type(self)._CACHED:
+            self._take_pending_fingerprints()
+        object.__setattr__(self, name, value)
+
+    def _take_pending_fingerprints(self) -> None:
+        from ._fingerprint import scan
+
+        for entry in getattr(self, "_watched", ()):
+            if entry[2] is None:
+                entry[2] = scan(entry[1])[1]
 
     @property
     def watches_parameters(self) -> bool:
@@ -159,6 +177,8 @@ class GCRFOperator(abc.ABC):
         changed = False
         for entry in self._watched:
             name, arr, old = entry
+            if old is None:  # lazily watched, nothing cached from it yet
+                continue
             finite, h = scan(arr)
             if h != old:
                 if not finite:

@@ -22,6 +22,8 @@ TRUE_RESIDUAL_EVERY = 50
 #: The rounding error of a computed ``p^T A p`` is of order ``eps |p|^T |A| |p|``; a smaller
 #: non-positive quotient is rounding, not a proof, and stops that system without raising.
 CURVATURE_TOLERANCE = 128.0
+#: safety factor of :func:`drift_bound` (``true_residual="bound"``)
+DRIFT_FACTOR = 4.0
 
 try:  # fused vector updates on the CPU; the array-module code below is the fallback (and CuPy's path)
     import numba as _numba
@@ -133,12 +135,16 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         If True (default) raise :class:`NotPositiveDefiniteError` when a direction proves ``A``
         not positive definite (the curvature test below); if False that system stops with
         ``info = -1``.
-    true_residual : bool
+    true_residual : bool or "bound"
         If True (default) the final test uses the true residual ``b - A x`` (one more product) and
         restarts the systems it fails.  False skips that product: ``converged`` and the last
         history row then use the recursively updated residual.  For callers that check the true
         residual of a larger system themselves (e.g. a reduced system whose solution is
-        back-substituted).
+        back-substituted).  ``"bound"``: as True, except that the product is skipped when every
+        system stopped with its recursive residual below the tolerance by more than the bound
+        on its drift from the true residual (:func:`drift_bound`, valid when ``A``'s products
+        are computed in working precision, as gcrflinalg's operators compute them; ``x0`` not
+        given); the last history row is then the recursive residual.
     monitor : callable, optional
         Called as ``monitor(k, residual_norms)`` after every iteration with the iteration count and
         the recursively updated residual norms (a host array of the batch shape).  Returning True
@@ -249,6 +255,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         if not any_active or k >= maxiter:
             if not true_residual or stopped:
                 final_norm = rnorm
+                break
+            if true_residual == "bound" and x0 is None and _converged_by_bound(xp, active, broken, stalled, rnorm, tol, b, x,
+                                                                norm_est, eps, k, pb.n):
+                final_norm = rnorm  # proven within tol: no closing product
                 break
             # final check on the true residual b - A x
             r_true = b - op.apply(x)
@@ -385,6 +395,30 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     result = finish(pb, x, final_norm=final_norm, iterations=iterations, broken=broken, matvecs=matvecs)
     result.ritz_values, result.condition_estimate = ritz, kappa
     return result
+
+
+def drift_bound(xp, b, x, norm_est, eps, k, n):
+    """Bound on ``||(b - A x_k) - r_k||``, the drift of CG's recursively updated residual from the
+    true one after ``k`` steps when every product is computed in working precision:
+    ``DRIFT_FACTOR (k + 1) n eps (||b|| + 2 ||A||_est ||x||)``.
+
+    Each step adds the rounding of one product (at most ``gamma_n || |A| || ||p||``, sums of at
+    most ``n`` terms) and of two vector updates; ``||x_k||`` grows monotonically from ``x_0 = 0``
+    (Hestenes and Stiefel), so the final ``||x||`` bounds every iterate's.  ``2 ||A||_est`` stands
+    for ``||A||``, of which ``||A||_est`` (the largest ``||A p|| / ||p||`` seen) is a lower bound
+    that the Lanczos process brings close after a few steps."""
+    scale = norms(xp, b).astype(np.float64) + 2.0 * norm_est * norms(xp, x).astype(np.float64)
+    return DRIFT_FACTOR * (k + 1) * max(n, 1) * eps * scale
+
+
+def _converged_by_bound(xp, active, broken, stalled, rnorm, tol, b, x, norm_est, eps, k, n):
+    """True when every system stopped, none at a stall, and each one's recursive residual is below
+    ``tol`` by more than :func:`drift_bound`: its true residual is then below ``tol`` too."""
+    claimed = ~active & ~broken
+    if bool(xp.any(active | stalled)):
+        return False
+    proven = rnorm.astype(np.float64) + drift_bound(xp, b, x, norm_est, eps, k, n) <= tol
+    return bool(xp.all(proven | ~claimed))
 
 
 def _rounding_level(xp, b, x, norm_est, eps):

@@ -35,6 +35,7 @@ def passes(monkeypatch):
     """A Counter of the calls of every function that reads a whole parameter array."""
     counts = collections.Counter()
     _count(monkeypatch, counts, _fingerprint, "scan")  # finiteness + fingerprint (construction, sync)
+    _count(monkeypatch, counts, _fingerprint, "all_finite")  # finiteness alone
     for name in ("scan_pairwise", "red_black_blocks", "pairwise_product", "weight_product", "assemble_csr"):
         _count(monkeypatch, counts, grid_ops, name)
     for cls in (grid_ops.GridGCRF, grid_ops.GridPottsGCRF):
@@ -226,3 +227,50 @@ def test_block_buffers_are_not_shared_between_image_sizes_of_equal_length():
     op = g.GridGCRF(pw, 2.0)
     np.testing.assert_array_equal(op._rb_blocks, red_black_blocks(op._params))
     grid_scan._POOL.clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lowrank_fingerprints_its_embeddings_only_once_it_caches_a_factor(dtype, passes):
+    # M = lam I + E^T E is positive definite whatever E is: a CG-only operator never hashes E;
+    # the fingerprint is taken when the first factor is stored and guards it from then on
+    rng = np.random.default_rng(11)
+    D, L, H, W = 6, 3, 64, 64  # large enough for the compiled scans
+    E = (rng.standard_normal((D, L, H, W)) / np.sqrt(D)).astype(dtype)
+    b = rng.standard_normal((L, H, W)).astype(dtype)
+    tol = 1e-9 if dtype == np.float64 else 1e-3
+
+    def dense_solution(emb):
+        e = emb.reshape(D, -1).astype(np.float64)
+        return np.linalg.solve(e.T @ e + np.eye(e.shape[1]), b.reshape(-1).astype(np.float64))
+
+    op = g.LowRankGCRF(E, 1.0)
+    assert op.watches_parameters
+    assert passes["scan"] == 0 and passes["all_finite"] == 0  # finiteness by one product with ones
+    for _ in range(2):
+        g.solve(op, b, method="cg")
+    assert passes["scan"] == 0 and passes["_compute_factor"] == 0
+    E *= 1.5  # nothing cached from E yet: the next solve simply reads the new values
+    x = g.solve(op, b, method="direct").x
+    assert passes["_compute_factor"] == 1 and passes["scan"] == 1
+    np.testing.assert_allclose(x.reshape(-1), dense_solution(E), rtol=tol, atol=tol)
+    g.solve(op, b, method="direct")  # the factor is reused after one re-read
+    assert passes["_compute_factor"] == 1 and passes["scan"] == 2
+    E[0, 0, 0, 0] += 0.25  # one entry changes after the factor was stored: detected, refactored
+    x = g.solve(op, b, method="direct").x
+    assert passes["_compute_factor"] == 2
+    np.testing.assert_allclose(x.reshape(-1), dense_solution(E), rtol=tol, atol=tol)
+
+
+def test_lowrank_lazy_fingerprint_still_rejects_nan_at_construction_and_after_caching():
+    rng = np.random.default_rng(12)
+    E = rng.standard_normal((4, 2, 64, 64))
+    b = rng.standard_normal((2, 64, 64))
+    bad = E.copy()
+    bad[1, 1, 3, 5] = np.nan
+    with pytest.raises(ValueError, match="embeddings contains NaN or Inf"):
+        g.LowRankGCRF(bad, 1.0)
+    op = g.LowRankGCRF(E, 1.0)
+    g.solve(op, b, method="direct")
+    E[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        g.solve(op, b, method="direct")

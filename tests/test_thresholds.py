@@ -442,3 +442,68 @@ def test_residual_replacement_period_restarts_with_the_restart(seed, branch):
     assert res.matvecs == op.calls == k + replaced.size + 2  # and the closing true residual
     for j in replaced:  # the replaced rows of the history are the true residual of that iterate
         assert res.residual_norms[j] == pytest.approx(np.linalg.norm(b - A @ iterates[j - 1]), rel=1e-12)
+
+
+def _spd(rng, n, kappa, dtype):
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eig = np.geomspace(1.0, kappa, n)
+    return ((q * eig) @ q.T).astype(dtype), eig
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bound_skips_the_closing_product_only_where_the_drift_bound_proves_it(seed, branch):
+    # true_residual="bound": the closing product is left out exactly when the recursive residual
+    # is below tol by more than DRIFT_FACTOR (k + 1) n eps (||b|| + 2 ||A||_est ||x||), about
+    # 3e-9 ||b|| here (n = 400, kappa = 100, ~100 steps): rtol 1e-6 skips (the factor moved 1000x
+    # up would not), rtol 1e-10 verifies (moved 1000x down, it would skip)
+    rng = np.random.default_rng(seed)
+    A, _ = _spd(rng, 400, 100.0, np.float64)
+    b = rng.standard_normal(400)
+    for rtol, skipped in ((1e-6, True), (1e-10, False)):
+        verified = solvers.cg(A, b, rtol=rtol)
+        bound = solvers.cg(A, b, rtol=rtol, true_residual="bound")
+        assert verified.converged and bound.converged
+        assert bound.iterations == verified.iterations
+        assert bound.matvecs == verified.matvecs - (1 if skipped else 0)
+        true = np.linalg.norm(b - A @ bound.x)
+        assert true <= rtol * np.linalg.norm(b)
+        np.testing.assert_allclose(bound.residual_norms[-1], true if not skipped else bound.residual_norms[-1])
+        if skipped:  # the last row is the recursive residual, within the bound of the true one
+            assert abs(bound.residual_norms[-1] - true) <= 1e-3 * rtol * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("lam", [0.01, 1.0, 100.0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bound_never_reports_convergence_the_true_residual_refutes(dtype, lam, branch):
+    # over several decades of lam and tolerances down to the dtype's reach: converged means the
+    # dense true residual is within tol, whether or not the closing product ran; float32 at its
+    # default tolerance never skips it at this size (the bound is above tol)
+    rng = np.random.default_rng(int(lam * 100))
+    A, _ = _spd(rng, 300, 1e3, np.float64)
+    A = (A + lam * np.eye(300)).astype(dtype)
+    b = rng.standard_normal((3, 300)).astype(dtype)
+    eps = float(np.finfo(dtype).eps)
+    for rtol in (1e-2, 1e-4, 1e-6, 1e-10, 1e-13):
+        if rtol < 10 * eps:
+            continue
+        res = solvers.cg(A, b, rtol=rtol, true_residual="bound", maxiter=2000)
+        ref = solvers.cg(A, b, rtol=rtol, maxiter=2000)
+        true = np.linalg.norm(b.astype(np.float64) - res.x.astype(np.float64) @ A.astype(np.float64).T, axis=-1)
+        tol = rtol * np.linalg.norm(b.astype(np.float64), axis=-1)
+        # the dense check in float64 of a float32 iterate: allow the dtype's own rounding of A x
+        slack = 0 if dtype == np.float64 else 300 * eps * np.abs(A).sum(axis=1).max() * np.abs(res.x).max()
+        assert np.all(true[res.converged] <= tol[res.converged] + slack)
+        np.testing.assert_array_equal(res.converged, ref.converged)
+        assert res.matvecs in (ref.matvecs, ref.matvecs - 1)
+        if dtype == np.float32 and rtol >= 1e-4:
+            assert res.matvecs == ref.matvecs
+
+
+def test_bound_verifies_when_x0_is_given(branch):
+    rng = np.random.default_rng(5)
+    A, _ = _spd(rng, 100, 10.0, np.float64)
+    b = rng.standard_normal(100)
+    x0 = rng.standard_normal(100)
+    res = solvers.cg(A, b, x0, rtol=1e-6, true_residual="bound")
+    ref = solvers.cg(A, b, x0, rtol=1e-6)
+    assert res.matvecs == ref.matvecs and res.iterations == ref.iterations

@@ -20,44 +20,69 @@ import numba
 import numpy as np
 
 from ... import threads as threads_policy
-from ..._fingerprint import hash_run
+from ..._fingerprint import hash_words, words_of
 from .redblack import colour_dims, write_block_row
 
 __all__ = ["scan_pairwise", "take_blocks", "give_back_blocks", "POOL_MAX_BYTES"]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _scan_pairwise_nb(pw, bits, mask, shift, R, partial, G, build, wp):  # pragma: no cover - compiled
-    # Items (system, range of first labels m); each owns R[b, part], so no two items write the same
-    # entry.  Every block row pw[b, k, m, n] (H W entries, contiguous, in cache while it is used) is
-    # read by flat loops: the fingerprint, then |A| into the radii of both ends of its edges.  The
-    # edge mask multiplies |A| (so entries of edges leaving the image add 0, unless they are NaN or
-    # Inf: then the radii are NaN, which is how non-finite entries anywhere are found).
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
+def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  # pragma: no cover - compiled
+    # Items (system, range of first labels m).  For each (k, m) the L block rows pw[b, k, m, :]
+    # are one contiguous run: its fingerprint words are hashed (a word belongs to the run holding
+    # its first entry), then each row, now in cache, adds |A| into the row sums of label m
+    # (owned by the item) and the column sums of label n (the item's own copy, summed later by
+    # _radii_nb) and, when asked, is written into the red-black blocks.
     B, K, L, _, H, W = pw.shape
     P = H * W
-    parts = R.shape[1]
+    parts = cols.shape[1]
     for it in numba.prange(B * parts):
         b = it // parts
         part = it % parts
         h = np.uint64(0)
-        acc = R[b, part]
-        for m in range(part * L // parts, (part + 1) * L // parts):
-            first = acc[m].reshape(P)
-            for k in range(K):
-                mk = mask[k]
-                s = shift[k]
-                lo, hi = max(0, -s), min(P, P - s)
+        for k in range(K):
+            for m in range(part * L // parts, (part + 1) * L // parts):
+                start = ((b * K + k) * L + m) * L * P
+                h += hash_words(words, (start + per_word - 1) // per_word,
+                                (start + L * P + per_word - 1) // per_word)
+                row_sum = rows[b, k, m]
                 for n in range(L):
                     src = pw[b, k, m, n].reshape(P)
-                    h += hash_run(bits[b, k, m, n].reshape(P), (((b * K + k) * L + m) * L + n) * P)
+                    col_sum = cols[b, part, k, n]
                     for p in range(P):
-                        first[p] += abs(src[p]) * mk[p]
-                    second = acc[n].reshape(P)
-                    for p in range(lo, hi):
-                        second[p + s] += abs(src[p]) * mk[p]
+                        a = abs(src[p])
+                        row_sum[p] += a
+                        col_sum[p] += a
                     if build:
                         write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
         partial[it] = h
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
+def _radii_nb(rows, cols, mask, shift, R):  # pragma: no cover - compiled
+    # R[b, m, p] = sum_k mask_k[p] rows[b, k, m, p] + sum_k mask_k[p - s_k] cols[b, :, k, m, p - s_k]:
+    # edge k at p joins row (m, p) to row (n, p + s_k).  Masked entries add 0, or NaN when they are
+    # NaN/Inf (the masked-out tail of the column sums is added at p = 0 for that reason).
+    B, K, L, P = rows.shape
+    parts = cols.shape[1]
+    for it in numba.prange(B * L):
+        b = it // L
+        m = it % L
+        out = R[b, m]
+        for p in range(P):
+            out[p] = 0
+        for k in range(K):
+            mk = mask[k]
+            s = shift[k]
+            row_sum = rows[b, k, m]
+            for p in range(P):
+                out[p] += row_sum[p] * mk[p]
+            for q in range(parts):
+                col_sum = cols[b, q, k, m]
+                for p in range(P - s):
+                    out[p + s] += col_sum[p] * mk[p]
+                for p in range(P - s, P):
+                    out[0] += col_sum[p] * mk[p]
 
 
 def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
@@ -68,7 +93,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     pw : ndarray
         The pairwise blocks of ``B`` systems.
     offsets : sequence of (int, int)
-        The ``K`` edge offsets of the neighbourhood.
+        The ``K`` edge offsets of the neighbourhood (``di > 0``, or ``di = 0`` and ``dj > 0``).
     blocks : ndarray, optional
         A zero-initialised (or previously written, same ``H, W``) red-black block array
         ``(B, 2, 4, L, L, F)`` to write into; taken from :func:`take_blocks` when
@@ -80,6 +105,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     -------
     finite : bool
     fingerprint : int
+        As :func:`gcrflinalg._fingerprint.scan` computes it.
     bound : ndarray, shape ``(B,)``
         Largest Gershgorin radius of ``A`` per system.
     blocks : ndarray or None
@@ -87,11 +113,13 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
         The Gershgorin radii per row of ``A``.
     """
     B, K, L, _, H, W = pw.shape
+    P = H * W
     if build_blocks and K != 2:
         raise ValueError("the red-black blocks need the 4-neighbourhood (K = 2)")
     threads = threads_policy.get_num_threads()
     parts = max(1, min(L, 2 * threads if pw.size >= (1 << 20) else 1))
-    R = np.zeros((B, parts, L, H, W), dtype=pw.dtype)
+    rows = np.zeros((B, K, L, P), dtype=pw.dtype)
+    cols = np.zeros((B, parts, K, L, P), dtype=pw.dtype)
     partial = np.empty(B * parts, dtype=np.uint64)
     if build_blocks:
         _, wp, F = colour_dims(H, W)
@@ -101,12 +129,18 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     else:
         wp = 0
         G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
-    mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, H * W), dtype=pw.dtype)
-    shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
-    bits = pw.view(np.uint64 if pw.dtype.itemsize == 8 else np.uint32)
+    flat = pw.reshape(-1)
+    words, tail = words_of(flat)
+    if tail >= 0:  # K is even for every neighbourhood, so B K L L H W is: no word of its own
+        raise ValueError("an odd number of float32 entries")
     with threads_policy.parallel_kernel(min(threads, B * parts)):
-        _scan_pairwise_nb(pw, bits, mask, shift, R, partial, G, bool(build_blocks), wp)
-    radii = R.sum(axis=1) if parts > 1 else R[:, 0]
+        _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize, rows, cols, partial, G, bool(build_blocks), wp)
+    mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, P), dtype=pw.dtype)
+    shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
+    radii = np.empty((B, L, P), dtype=pw.dtype)
+    with threads_policy.parallel_kernel(min(threads, B * L) if parts > 1 else 1):
+        _radii_nb(rows, cols, mask, shift, radii)
+    radii = radii.reshape(B, L, H, W)
     bound = radii.reshape(B, -1).max(axis=1) if radii.size else np.zeros(B, dtype=pw.dtype)
     finite = bool(np.isfinite(bound).all())
     if not finite:  # NaN/Inf somewhere, or finite entries whose radius overflowed

@@ -25,11 +25,11 @@ import time
 
 import numpy as np
 
-from ...backend import get_array_module, synchronize, to_host
+from ...backend import _array_kernels_on, get_array_module, synchronize, to_host
 from ...operator import GCRFOperator
 from ...results import direct_options, direct_result, raise_if_lam_below, refined_direct_solve
 from ...tolerances import default_rtol
-from ..._validation import as_lam, as_parameter, borrowed_parameters, readonly
+from ..._validation import as_lam, as_parameter, borrowed_parameters, check_finite, readonly
 from .woodbury import WoodburyFactor
 
 __all__ = ["LowRankGCRF", "LowRankPottsGCRF", "direct_is_cheaper", "break_even_products", "auto_solve"]
@@ -145,7 +145,7 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
             return True
         return False
 
-    result = solvers.cg(op, b, x0, maxiter=maxiter, monitor=hand_over, **cg_options)
+    result = solvers.cg(op, b, x0, maxiter=maxiter, monitor=hand_over, true_residual="bound", **cg_options)
     if switched:
         exact = direct(b, exact_options)
         exact.matvecs += result.matvecs
@@ -157,6 +157,30 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     result.method = "cg"
     result.time_s = time.perf_counter() - t0
     return result
+
+
+def _check_finite_by_product(emb, name):
+    """Raise ``ValueError`` when ``emb`` ``(..., D, L, H, W)`` holds NaN or Inf.
+
+    One matrix-vector product with a vector of ones (the same BLAS the solve's products use, so
+    no other thread pool is woken): a row sum is finite unless the row holds NaN or Inf (``Inf *
+    1`` and ``NaN`` propagate), or its finite entries overflow, which the exact test settles.
+    """
+    if emb.size == 0:
+        return
+    xp = get_array_module(emb)
+    d = emb.shape[-4]
+    flat = emb.reshape(-1, d, math.prod(emb.shape[-3:]))
+    sums = flat @ xp.ones(flat.shape[-1], dtype=emb.dtype)
+    if not bool(xp.isfinite(sums).all()):
+        check_finite(emb, name)
+
+
+def _single_vector(op, vflat) -> bool:
+    """Whether ``vflat`` is one vector ``(N,)`` of an unbatched NumPy operator (its products then
+    skip the batched column machinery: two BLAS matrix-vector calls on the C-ordered
+    embeddings, ``(E v)^T E``, and one in-place ``+ lam v``)."""
+    return op.xp is np and vflat.ndim == 1 and not op.batch_shape and not _array_kernels_on()
 
 
 class _LowRankOperator(GCRFOperator):
@@ -292,11 +316,15 @@ class LowRankGCRF(_LowRankOperator):
     """
 
     def __init__(self, embeddings, lam):
-        emb, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=4, view=True)
-        if watched:
-            self._watch("embeddings", emb, fingerprint)
+        # M is positive definite whatever E is: only a cached factor depends on E's values, so
+        # the fingerprint is taken when one is first stored (a CG-only operator never hashes E)
+        emb, watched, fingerprint = as_parameter(embeddings, "embeddings", min_ndim=4, view=True,
+                                                 check=False)
         xp = get_array_module(emb)
         _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
+        _check_finite_by_product(emb, "embeddings")
+        if watched:
+            self._watch("embeddings", emb, fingerprint, lazy=True)
         batch_shape = tuple(emb.shape[:-4])
         d, n_labels, h, w = emb.shape[-4:]
         lam_full, lam_shape = as_lam(lam, batch_shape, emb.dtype, xp)
@@ -327,6 +355,10 @@ class LowRankGCRF(_LowRankOperator):
 
     def _apply_flat(self, vflat):
         # M v = E^T (E v) + lam v
+        if _single_vector(self, vflat):
+            out = (self._emb_flat @ vflat) @ self._emb_flat
+            out += self.lam * vflat
+            return out
         cols, back = self._columns(vflat)
         ev = self._emb_flat @ cols  # (*batch, D, k)
         return back(self._embed_t() @ ev) + self._lam_flat() * vflat
