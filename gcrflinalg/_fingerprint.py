@@ -26,7 +26,7 @@ import numpy as np
 
 from . import threads as threads_policy
 
-__all__ = ["scan", "all_finite", "fingerprint", "mix", "hash_words", "words_of", "C1", "C2", "PARALLEL_MIN_ENTRIES"]
+__all__ = ["scan", "all_finite", "fingerprint", "tail_term", "mix", "hash_words", "words_of", "C1", "C2", "PARALLEL_MIN_ENTRIES"]
 
 C1 = np.uint64(0x9E3779B97F4A7C15)
 C2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -126,14 +126,16 @@ def scan(arr) -> tuple[bool, int]:
     h = int(partial.sum(dtype=np.uint64))
     finite = not bad.any()
     if tail >= 0:  # an odd float32 count: the last entry is a word of its own
-        h = (h + int(_tail_term(np.uint64(tail), np.uint64(words.size)))) % (1 << 64)
+        h = (h + tail_term(tail, words.size)) % (1 << 64)
         finite = finite and bool(np.isfinite(flat[-1]))
     return finite, h
 
 
-@numba.njit(cache=True)
-def _tail_term(word, index):  # pragma: no cover - compiled
-    return mix(word, index)
+def tail_term(tail: int, index: int) -> int:
+    """The fingerprint term of an odd float32 count's last entry (its bits ``tail``), the word at
+    ``index``: :func:`mix` evaluated on the host."""
+    c1, c2 = int(C1), int(C2)
+    return (((tail ^ ((index * c1) % (1 << 64))) * c2) % (1 << 64))
 
 
 def fingerprint(arrays) -> int:

@@ -40,8 +40,9 @@ def check_finite(arr, name: str) -> None:
 
 
 def _scannable(arr) -> bool:
+    # below a million entries NumPy's isfinite (a small temporary) beats a compiled kernel's launch
     return (isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64)
-            and arr.flags.c_contiguous and arr.size >= 4096)
+            and arr.flags.c_contiguous and arr.size >= (1 << 20))
 
 
 #: True inside :func:`borrowed_parameters`: parameters are viewed, never copied

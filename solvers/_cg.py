@@ -83,6 +83,11 @@ def _fusable(xp, dtype, *arrays) -> bool:
     """The compiled updates apply: NumPy, float32/float64, C-contiguous arrays of ``dtype``."""
     if _numba is None or xp is not np or dtype not in (np.float32, np.float64) or array_kernels_on():
         return False
+    return _contiguous(dtype, *arrays)
+
+
+def _contiguous(dtype, *arrays) -> bool:
+    """C-contiguous NumPy arrays of ``dtype`` (the per-iteration part of :func:`_fusable`)."""
     return all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 
 
@@ -290,7 +295,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         # Step 2: q = A p, alpha = rho / p^T A p
         q = op.apply(p)
         matvecs += 1
-        step_fused = fused and _fusable(xp, dt, x, r, p) and isinstance(q, np.ndarray)
+        step_fused = fused and isinstance(q, np.ndarray) and _contiguous(dt, x, r, p)
         if step_fused:
             q = np.ascontiguousarray(q, dtype=dt)
             acc, pp, qq = np.empty(n_sys), np.empty(n_sys), np.empty(n_sys)
@@ -363,7 +368,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         active &= ~bad_rho
         beta = xp.where(active, rho_new / xp.where(rho == 0, one, rho), zero)
         lanczos.beta(beta)
-        if fused and _fusable(xp, dt, p, z) and p is not z:
+        if fused and p is not z and _contiguous(dt, p, z):
             _direction_nb(p.reshape(n_sys, -1), z.reshape(n_sys, -1),
                           np.ascontiguousarray(beta, dtype=dt).reshape(n_sys),
                           np.ascontiguousarray(active).reshape(n_sys))
@@ -373,7 +378,10 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         k += 1
         # one small device-to-host transfer per iteration:
         # [any proof of indefiniteness, any still active, any non-positive p^T A p above it]
-        flags = to_host(xp.stack([xp.any(bad), xp.any(active), xp.any(stall), xp.any(diverged)]))
+        if xp is np:
+            flags = (bad.any(), active.any(), stall.any(), diverged.any())
+        else:
+            flags = to_host(xp.stack([xp.any(bad), xp.any(active), xp.any(stall), xp.any(diverged)]))
         if flags[3]:  # return the iterate before the step that diverged, not the diverging one
             x = xp.where(diverged[..., None], x - alpha[..., None] * p, x)
         if flags[2]:

@@ -47,9 +47,16 @@ def ritz_values_from_coefficients(alpha, beta):
     e = np.sqrt(np.maximum(beta, 0.0)) / alpha[:-1]
     if m == 1:
         return d
+    if m <= _DENSE_MAX:  # LAPACK on the small dense matrix: less call overhead than the banded path
+        t = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+        return np.linalg.eigvalsh(t)
     from scipy.linalg import eigvalsh_tridiagonal
 
     return np.sort(eigvalsh_tridiagonal(d, e))
+
+
+#: tridiagonals up to this order are diagonalised as dense matrices
+_DENSE_MAX = 64
 
 
 class LanczosRecord:

@@ -17,8 +17,10 @@ import numpy as np
 
 from ..backend import sparse_module, to_host
 from ..operator import GCRFOperator
-from .._validation import as_parameter, readonly
+from .._validation import as_parameter, check_finite, readonly
+from .grid import kernels as grid_kernels
 from .grid.operators import GridGCRF, GridPottsGCRF, SparseAssembled
+from .grid.scan import scan_blocks
 from .grid.solves import gershgorin_check, sparse_direct_solve
 from .registry import ParameterLayout
 
@@ -114,16 +116,20 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
             raise ValueError(f"cross_forms must be 'general', 'potts' or {len(cross)} of them; got {cross_forms!r}")
         self.cross_forms = cross_forms
         self.cross = []
+        self._cross_sums = []  # per coupling: (sum_n |C_mn|, sum_m |C_mn|) from the construction's read, or None
         cross_watched = []
         for s, (c, form) in enumerate(zip(cross, cross_forms)):
             H, W = ops[s].height, ops[s].width
             tail = (L, L, H, W) if form == "general" else (H, W)
-            arr, watched, fp = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp, view=True)
-            if watched and arr.dtype == dtype:
-                cross_watched.append((f"cross[{s}]", arr, fp))
+            arr, watched, fp = as_parameter(c, f"cross[{s}]", min_ndim=len(tail), xp=xp, view=True,
+                                            check=False)
             if tuple(arr.shape) != batch + tail:
                 raise ValueError(f"cross[{s}] ({form} coupling of levels {s} and {s + 1}) must have shape "
                                  f"{batch + tail}; got {tuple(arr.shape)}")
+            fp, sums = _scan_cross(arr, f"cross[{s}]", form, dtype)
+            if watched and arr.dtype == dtype:
+                cross_watched.append((f"cross[{s}]", arr, fp))
+            self._cross_sums.append(sums)
             self.cross.append(readonly(arr.astype(dtype, copy=False)))
         self.level_operators = ops
         self.num_labels = L
@@ -298,6 +304,7 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
 
     def _parameters_changed(self):
         super()._parameters_changed()
+        self._cross_sums = [None] * len(self.cross)  # recomputed from the arrays when needed
         for op in self.level_operators:  # their cached radii and bounds describe the old values
             if op._watched:
                 op._parameters_changed()
@@ -317,10 +324,13 @@ class MultiResGCRF(SparseAssembled, GCRFOperator):
                  .reshape(self.batch_shape + op.vector_shape) for op in self.level_operators]
         radii = [xp.array(r, copy=True) for r in radii]
         for s in range(self.num_levels - 1):
-            c = xp.abs(self.cross[s])
-            if self.cross_forms[s] == "general":
+            if self._cross_sums[s] is not None:
+                to_fine, t = self._cross_sums[s]
+            elif self.cross_forms[s] == "general":
+                c = xp.abs(self.cross[s])
                 to_fine, t = c.sum(axis=-3), c.sum(axis=-4)
             else:
+                c = xp.abs(self.cross[s])
                 to_fine = t = xp.broadcast_to((L - 1) * c[..., None, :, :],
                                               self.batch_shape + self.level_shapes[s])
             radii[s] += to_fine
@@ -417,3 +427,25 @@ def layer_layout(options) -> ParameterLayout:
         return MultiResGCRF(levels, params[S:], lam, num_labels=num_labels, cross_forms=cross_forms)
 
     return ParameterLayout(tuple(parameters), build)
+
+
+def _scan_cross(arr, name, form, dtype):
+    """Check a coupling array for NaN/Inf in one read: ``(fingerprint, sums)``.
+
+    A general coupling ``C`` ``(*batch, L, L, H, W)`` on NumPy (float32/float64, the operator's
+    dtype) is read once by the grid forms' scan: its fingerprint and the sums of ``|C|`` over
+    either label, ``(sum_n |C_mn|, sum_m |C_mn|)`` of shapes ``(*batch, L, H, W)``, which the
+    Gershgorin bound adds to the levels' radii.  Elsewhere (Potts couplings, CuPy, a dtype cast)
+    ``(None, None)`` after the finiteness check: the operator fingerprints a watched array itself.
+    """
+    if form != "general" or arr.dtype != dtype or not grid_kernels._use_numba(arr) or not arr.flags.c_contiguous:
+        check_finite(arr, name)
+        return None, None
+    L, H, W = arr.shape[-3:]
+    batch = arr.shape[:-4]
+    h, rows, cols, _ = scan_blocks(arr.reshape((math.prod(batch), 1, L, L, H, W)))
+    to_fine = rows[:, 0].reshape(batch + (L, H, W))
+    t = cols.sum(axis=1)[:, 0].reshape(batch + (L, H, W))
+    if not (np.isfinite(to_fine).all() and np.isfinite(t).all()):
+        check_finite(arr, name)  # NaN/Inf raise; finite entries whose sums overflowed pass
+    return h, (to_fine, t)

@@ -20,19 +20,21 @@ import numba
 import numpy as np
 
 from ... import threads as threads_policy
-from ..._fingerprint import hash_words, words_of
+from ..._fingerprint import hash_words, mix, tail_term, words_of
 from .redblack import colour_dims, write_block_row
 
-__all__ = ["scan_pairwise", "take_blocks", "give_back_blocks", "POOL_MAX_BYTES"]
+__all__ = ["scan_blocks", "scan_pairwise", "take_blocks", "give_back_blocks", "POOL_MAX_BYTES"]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
 def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  # pragma: no cover - compiled
-    # Items (system, range of first labels m).  For each (k, m) the L block rows pw[b, k, m, :]
-    # are one contiguous run: its fingerprint words are hashed (a word belongs to the run holding
-    # its first entry), then each row, now in cache, adds |A| into the row sums of label m
-    # (owned by the item) and the column sums of label n (the item's own copy, summed later by
-    # _radii_nb) and, when asked, is written into the red-black blocks.
+    # Items (system, range of first labels m).  Each block row pw[b, k, m, n] adds |A| into the
+    # row sums of label m (owned by the item) and the column sums of label n (the item's own
+    # copy, summed later by _radii_nb) and, when asked, is written into the red-black blocks while
+    # it is in cache.  Its fingerprint words: float64 entries are words, hashed in the same loop
+    # (one read); float32 entries pair up into words that may straddle two rows, so each row's
+    # words (a word belongs to the row holding its first entry) are hashed first and the row is
+    # then summed from cache.
     B, K, L, _, H, W = pw.shape
     P = H * W
     parts = cols.shape[1]
@@ -43,16 +45,26 @@ def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  
         for k in range(K):
             for m in range(part * L // parts, (part + 1) * L // parts):
                 start = ((b * K + k) * L + m) * L * P
-                h += hash_words(words, (start + per_word - 1) // per_word,
-                                (start + L * P + per_word - 1) // per_word)
                 row_sum = rows[b, k, m]
+                row_sum[:] = 0  # the sums start here, in cache (the arrays come uninitialised)
                 for n in range(L):
                     src = pw[b, k, m, n].reshape(P)
                     col_sum = cols[b, part, k, n]
-                    for p in range(P):
-                        a = abs(src[p])
-                        row_sum[p] += a
-                        col_sum[p] += a
+                    if m == part * L // parts:
+                        col_sum[:] = 0
+                    first = start + n * P
+                    if per_word == 1:
+                        for p in range(P):
+                            h += mix(words[first + p], first + p)
+                            a = abs(src[p])
+                            row_sum[p] += a
+                            col_sum[p] += a
+                    else:
+                        h += hash_words(words, (first + 1) // 2, min(words.size, (first + P + 1) // 2))
+                        for p in range(P):
+                            a = abs(src[p])
+                            row_sum[p] += a
+                            col_sum[p] += a
                     if build:
                         write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
         partial[it] = h
@@ -85,6 +97,47 @@ def _radii_nb(rows, cols, mask, shift, R):  # pragma: no cover - compiled
                     out[0] += col_sum[p] * mk[p]
 
 
+def scan_blocks(pw, *, blocks=None, build_blocks=False):
+    """Read ``pw`` ``(B, K, L, L, H, W)`` (C-contiguous NumPy float array) once: its fingerprint and
+    the sums of ``|pw|`` over either label, and, when asked, the red-black blocks.
+
+    Returns
+    -------
+    fingerprint : int
+        As :func:`gcrflinalg._fingerprint.scan` computes it.
+    rows : ndarray, shape ``(B, K, L, H * W)``
+        ``rows[b, k, m] = sum_n |pw[b, k, m, n]|`` (NaN where an entry is NaN or Inf).
+    cols : ndarray, shape ``(B, parts, K, L, H * W)``
+        Partial sums ``sum_m |pw[b, k, m, n]|`` over the thread parts (their sum over ``parts``).
+    blocks : ndarray or None
+        As :func:`scan_pairwise` (4-neighbourhood only).
+    """
+    B, K, L, _, H, W = pw.shape
+    P = H * W
+    if build_blocks and K != 2:
+        raise ValueError("the red-black blocks need the 4-neighbourhood (K = 2)")
+    threads = threads_policy.get_num_threads()
+    parts = max(1, min(L, 2 * threads if pw.size >= (1 << 20) else 1))
+    rows = _take_scratch((B, K, L, P), pw.dtype)
+    cols = _take_scratch((B, parts, K, L, P), pw.dtype)
+    partial = np.empty(B * parts, dtype=np.uint64)
+    if build_blocks:
+        _, wp, F = colour_dims(H, W)
+        if blocks is None:
+            blocks = take_blocks((B, 2, 4, L, L, F), pw.dtype, (H, W))
+        G = blocks
+    else:
+        wp = 0
+        G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
+    words, tail = words_of(pw.reshape(-1))
+    with threads_policy.parallel_kernel(min(threads, B * parts)):
+        _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize, rows, cols, partial, G, bool(build_blocks), wp)
+    h = int(partial.sum(dtype=np.uint64))
+    if tail >= 0:  # an odd float32 count: the last entry is a word of its own
+        h = (h + tail_term(tail, words.size)) % (1 << 64)
+    return h, rows, cols, (blocks if build_blocks else None)
+
+
 def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     """Read ``pw`` ``(B, K, L, L, H, W)`` (C-contiguous NumPy float array) once.
 
@@ -114,39 +167,51 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     """
     B, K, L, _, H, W = pw.shape
     P = H * W
-    if build_blocks and K != 2:
-        raise ValueError("the red-black blocks need the 4-neighbourhood (K = 2)")
-    threads = threads_policy.get_num_threads()
-    parts = max(1, min(L, 2 * threads if pw.size >= (1 << 20) else 1))
-    rows = np.zeros((B, K, L, P), dtype=pw.dtype)
-    cols = np.zeros((B, parts, K, L, P), dtype=pw.dtype)
-    partial = np.empty(B * parts, dtype=np.uint64)
-    if build_blocks:
-        _, wp, F = colour_dims(H, W)
-        if blocks is None:
-            blocks = take_blocks((B, 2, 4, L, L, F), pw.dtype, (H, W))
-        G = blocks
-    else:
-        wp = 0
-        G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
-    flat = pw.reshape(-1)
-    words, tail = words_of(flat)
-    if tail >= 0:  # K is even for every neighbourhood, so B K L L H W is: no word of its own
-        raise ValueError("an odd number of float32 entries")
-    with threads_policy.parallel_kernel(min(threads, B * parts)):
-        _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize, rows, cols, partial, G, bool(build_blocks), wp)
+    h, rows, cols, blocks = scan_blocks(pw, blocks=blocks, build_blocks=build_blocks)
     mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, P), dtype=pw.dtype)
     shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
     radii = np.empty((B, L, P), dtype=pw.dtype)
-    with threads_policy.parallel_kernel(min(threads, B * L) if parts > 1 else 1):
+    parallel = cols.shape[1] > 1
+    with threads_policy.parallel_kernel(min(threads_policy.get_num_threads(), B * L) if parallel else 1):
         _radii_nb(rows, cols, mask, shift, radii)
+    give_back_scratch(rows, cols)
     radii = radii.reshape(B, L, H, W)
     bound = radii.reshape(B, -1).max(axis=1) if radii.size else np.zeros(B, dtype=pw.dtype)
     finite = bool(np.isfinite(bound).all())
     if not finite:  # NaN/Inf somewhere, or finite entries whose radius overflowed
         finite = bool(np.isfinite(pw).all())
         bound = np.where(np.isfinite(bound), bound, np.inf).astype(pw.dtype)
-    return finite, int(partial.sum(dtype=np.uint64)), bound, (blocks if build_blocks else None), radii
+    return finite, h, bound, blocks, radii
+
+
+# ---------------------------------------------------------------------------------------------
+# the scan's row and column sums: scratch arrays kept for the next operator of the same size
+
+_SCRATCH: dict = {}
+
+
+def _take_scratch(shape, dtype):
+    """An uninitialised array of ``shape`` (the scan zeroes each row where it starts summing):
+    one given back by an earlier scan of the same size, whose pages are mapped already, else a
+    new one."""
+    kept = _SCRATCH.get((tuple(shape), np.dtype(dtype).str))
+    if kept:
+        try:
+            return kept.pop()
+        except IndexError:  # taken meanwhile by another thread
+            pass
+    return np.empty(shape, dtype=dtype)
+
+
+def give_back_scratch(*arrays) -> None:
+    """Keep the row and column sums of a finished scan (two per size, within
+    :data:`POOL_MAX_BYTES` together with the block buffers) for :func:`_take_scratch`; the caller
+    must not use them afterwards."""
+    for arr in arrays:
+        kept = _SCRATCH.setdefault((tuple(arr.shape), arr.dtype.str), [])
+        total = sum(a.nbytes for lst in list(_SCRATCH.values()) + list(_POOL.values()) for a in lst)
+        if len(kept) < 2 and total + arr.nbytes <= POOL_MAX_BYTES:
+            kept.append(arr)
 
 
 def edge_mask_of(offsets, height, width):

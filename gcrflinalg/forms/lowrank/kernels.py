@@ -84,3 +84,10 @@ def gauss_seidel_potts(rows, lam, x, b, omega):  # pragma: no cover - compiled
                     y[m, k] += delta
                     total[k] += delta
     return x
+
+
+@numba.njit(cache=True, nogil=True)
+def add_scaled(out, scale, v):  # pragma: no cover - compiled
+    """``out += scale * v`` in place for 1-D arrays (no temporary: a product's ``+ lam v``)."""
+    for i in range(out.size):
+        out[i] += scale * v[i]

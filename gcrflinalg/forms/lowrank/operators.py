@@ -179,8 +179,9 @@ def _check_finite_by_product(emb, name):
 def _single_vector(op, vflat) -> bool:
     """Whether ``vflat`` is one vector ``(N,)`` of an unbatched NumPy operator (its products then
     skip the batched column machinery: two BLAS matrix-vector calls on the C-ordered
-    embeddings, ``(E v)^T E``, and one in-place ``+ lam v``)."""
-    return op.xp is np and vflat.ndim == 1 and not op.batch_shape and not _array_kernels_on()
+    embeddings, ``(E v)^T E``, and a compiled in-place ``+ lam v`` without a temporary)."""
+    return (op.xp is np and vflat.ndim == 1 and not op.batch_shape and vflat.dtype == op.dtype
+            and vflat.flags.c_contiguous and not _array_kernels_on())
 
 
 class _LowRankOperator(GCRFOperator):
@@ -356,8 +357,10 @@ class LowRankGCRF(_LowRankOperator):
     def _apply_flat(self, vflat):
         # M v = E^T (E v) + lam v
         if _single_vector(self, vflat):
+            from .kernels import add_scaled
+
             out = (self._emb_flat @ vflat) @ self._emb_flat
-            out += self.lam * vflat
+            add_scaled(out, out.dtype.type(self.lam), vflat)
             return out
         cols, back = self._columns(vflat)
         ev = self._emb_flat @ cols  # (*batch, D, k)
