@@ -87,6 +87,17 @@ def break_even_products(*, factor_flops: float, matvec_flops: float, n_rhs: int,
 
 def _predicted_iterations(history, tol):
     """CG iterations still needed per system, extrapolating the rate of the last two steps."""
+    if np.ndim(history[-1]) == 0 and np.ndim(tol) == 0:  # one system: plain floats
+        last, prev = float(history[-1]), float(history[max(len(history) - 3, 0)])
+        steps = max(min(len(history) - 1, 2), 1)
+        if last <= float(tol):
+            return 0.0
+        rate = (last / prev) ** (1.0 / steps) if prev > 0 else 0.0
+        if rate >= 1.0:
+            return math.inf
+        if rate <= 0.0:
+            return 0.0
+        return math.log(float(tol) / last) / math.log(rate)
     h = np.asarray(history, dtype=np.float64)
     last = h[-1]
     prev = h[max(len(h) - 3, 0)]
@@ -130,7 +141,7 @@ def auto_solve(op, b, x0, options, *, break_even: float, factored: bool, direct)
     cg_options = {k: options[k] for k in ("rtol", "atol") if k in options}
     cg_options.setdefault("rtol", default_rtol(op.dtype))
     maxiter = options.get("maxiter")
-    bnorm = np.asarray(to_host(op.xp.linalg.norm(b.astype(np.float64), axis=-1)))
+    bnorm = np.asarray(to_host(op.xp.linalg.norm(b.astype(np.float64, copy=False), axis=-1)))
     tol = np.maximum(cg_options["rtol"] * bnorm, float(cg_options.get("atol", 0.0)))
     history, switched = [], []
     budget = AUTO_PROBE_ITERATIONS + int(math.ceil(break_even))
