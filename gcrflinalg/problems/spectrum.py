@@ -27,6 +27,10 @@ _ZERO = 1e-9
 #: Systems up to this size get their extreme eigenvalues exactly, from a dense ``eigvalsh``.
 DENSE_MAX = 800
 
+#: The Potts grid's weight matrix ``W`` up to this many pixels gets them from a dense ``eigvalsh``
+#: (Lanczos on a ``P x P`` sparse ``W`` is cheaper than a dense eigensolve well below DENSE_MAX).
+DENSE_MAX_WEIGHTS = 200
+
 #: Relative accuracy of the Lanczos estimates when no margin sets it (see
 #: :func:`spectrum_tolerance`).
 LANCZOS_TOL = 1e-6
@@ -94,14 +98,14 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     return lo, hi, maxiter
 
 
-def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL):
+def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL, dense_max=DENSE_MAX):
     """``(lambda_min, lambda_max)`` of a symmetric operator ``(n, n)`` given by ``matvec``.
 
-    Dense ``eigvalsh`` for small ``n``; otherwise one Lanczos run for both ends
+    Dense ``eigvalsh`` for ``n <= dense_max``; otherwise one Lanczos run for both ends
     (:func:`lanczos_extremes`, relative tolerance ``tol`` of the largest magnitude).  The start
     vector is seeded, so the result is reproducible.
     """
-    if n <= DENSE_MAX:
+    if n <= dense_max:
         dense = np.asarray(matvec(np.eye(n)))
         ev = np.linalg.eigvalsh((dense + dense.T) / 2.0)
         return float(ev[0]), float(ev[-1])
@@ -208,12 +212,12 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
         # B = (1 1^T - I) (x) W: the eigenvalues of 1 1^T - I are L - 1 (once) and -1, so those of
         # B are (L - 1) mu and -mu for every eigenvalue mu of W (products of size P, not L P)
         w_matvec, P, L = potts
-        wsigns = _bipartite_signs(op, w_matvec, P, rng, labels=L) if P > DENSE_MAX else None
+        wsigns = _bipartite_signs(op, w_matvec, P, rng, labels=L) if P > DENSE_MAX_WEIGHTS else None
         if wsigns is not None:  # W bipartite too: its spectrum is symmetric
             wmax = _largest_algebraic(w_matvec, P, rng, tol)
             wmin = -wmax
         else:
-            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol)
+            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
         bmin, bmax = (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
     elif signs is not None:
         # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
