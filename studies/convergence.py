@@ -1130,20 +1130,32 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "`lam` needs `rho(B)`.  The problems get it from the operator's own product by plain Lanczos "
         "(both ends of the spectrum in one run, no ARPACK restarts) to a hundredth of the margin, relative: "
         "the accuracy `lam` needs, not full accuracy.  Where the form's two-colouring makes the spectrum of "
-        "`B` symmetric (the grid forms on 4-neighbourhoods) one end suffices.  The per-problem build time "
-        "(the photograph's colour clusters, the parameters, `rho(B)`, and for the low-rank and video forms the "
-        "Jacobi-radius estimate) is the `build_s` column of `runs.csv`.  It is still several CG solves: "
-        "at the thesis's size the photograph processing alone is a few seconds, and in the seed regime CG "
-        "needs about 10 products where Lanczos needs about 35 for `rho(B)` to a hundredth of the margin.",
+        "`B` symmetric (the grid forms on 4-neighbourhoods) one end suffices.  On the Potts grid "
+        "`B = (1 1^T - I) (x) W`, so Lanczos runs on the `P x P` weight matrix `W` (`rho(B) = (L - 1) rho(W)`), "
+        "with products `L` times smaller.  Lanczos's inner products are NumPy reductions, not BLAS calls: a "
+        "threaded BLAS call between two products of a parallel Numba kernel leaves BLAS threads spinning on the "
+        "cores the kernel needs, which made each product two to three times slower on a loaded machine.  The "
+        "photograph is block-averaged once per stride; the colour clusters are drawn per problem (their seed is "
+        "part of the problem) and cost about 0.03 s at the thesis's size.  The per-problem build time (the "
+        "photograph's colour clusters, the parameters, `rho(B)`, and for the low-rank and video forms the "
+        "Jacobi-radius estimate) is the `build_s` column of `runs.csv`; the first problem of a process also "
+        "pays the loading of the compiled kernels.  On the Potts grid building costs a few CG solves, most of it "
+        "the colour clusters.  On the general grid it is still about ten: in the seed regime CG needs about 10 "
+        "products, and Lanczos about 40 for a residual bound of a hundredth of the margin on a spectrum that is "
+        "dense at its ends (its extreme Ritz value is that close after about 20), each product the same as CG's.",
         "",
     ]
     for name, _ in REPORT_SWEEPS:
         runs = records[name]["runs"]
-        build = list({(r["problem"], r["regime"]): r["build_s"] for r in runs if r.get("build_s") is not None}.values())
-        cg = [r["time_s"] for r in runs if r["method"] == "cg" and r["time_s"] is not None]
-        if build and cg:
-            lines.append(f"- `{name}`: building {np.median(build):.3g} s per problem (median, {np.max(build):.3g} s "
-                         f"at most) against {np.median(cg):.3g} s for its CG solve (median).")
+        for form in dict.fromkeys(r["form"] for r in runs):
+            sel = [r for r in runs if r["form"] == form]
+            build = list({(r["problem"], r["regime"]): r["build_s"] for r in sel
+                          if r.get("build_s") is not None}.values())
+            cg = [r["time_s"] for r in sel if r["method"] == "cg" and r["time_s"] is not None]
+            if build and cg:
+                lines.append(f"- `{name}`, {FORM_LABELS.get(form, form)}: building {np.median(build):.3g} s per "
+                             f"problem (median, {np.max(build):.3g} s at most) against {np.median(cg):.3g} s for "
+                             "its CG solve (median).")
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,18 @@ def _photo_full() -> np.ndarray:
     return img
 
 
+@functools.lru_cache(maxsize=8)
+def _photo_at_stride(stride: int) -> np.ndarray:
+    """The block-averaged photograph at ``stride``, computed once per stride (read-only)."""
+    img = _photo_full()
+    h, w = img.shape[0] // stride, img.shape[1] // stride
+    if h < 1 or w < 1:
+        raise ValueError(f"stride {stride} is larger than the photograph {img.shape[:2]}")
+    out = img[: h * stride, : w * stride].reshape(h, stride, w, stride, 3).mean(axis=(1, 3))
+    out.setflags(write=False)
+    return out
+
+
 def load_photo(stride: int = 8, crop=None) -> np.ndarray:
     """The photograph shipped with Matplotlib, block-averaged at ``stride`` and optionally cropped.
 
@@ -49,17 +61,14 @@ def load_photo(stride: int = 8, crop=None) -> np.ndarray:
     stride = int(stride)
     if stride < 1:
         raise ValueError(f"stride must be a positive integer; got {stride}")
-    img = _photo_full()
-    h, w = img.shape[0] // stride, img.shape[1] // stride
-    if h < 1 or w < 1:
-        raise ValueError(f"stride {stride} is larger than the photograph {img.shape[:2]}")
-    out = img[: h * stride, : w * stride].reshape(h, stride, w, stride, 3).mean(axis=(1, 3))
+    out = _photo_at_stride(stride)
+    h, w = out.shape[:2]
     if crop is not None:
         top, left, ch, cw = (int(c) for c in crop)
         if top < 0 or left < 0 or ch < 1 or cw < 1 or top + ch > h or left + cw > w:
             raise ValueError(f"crop {tuple(crop)} does not fit the {h} x {w} image at stride {stride}")
         out = out[top: top + ch, left: left + cw]
-    return np.ascontiguousarray(out)
+    return np.array(out, order="C", copy=True)
 
 
 # --------------------------------------------------------------------------- unaries

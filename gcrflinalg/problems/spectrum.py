@@ -4,6 +4,14 @@ For ``M = lam I + A`` the problems need the spectral radius ``rho(B)`` of the of
 ``B = A - diag(A)`` (``lam > rho(B)`` makes Jacobi converge) and the positive-definiteness bound
 ``-lambda_min(A)`` (docs/design.md, "Positive definiteness").  Both come from products with the form's
 operator, ``A v = M v - lam v`` and ``B v = M v - diag(M) v``, so no form's product is written twice.
+The Potts grid is the exception that uses its structure: there ``B = (1 1^T - I) (x) W`` with ``W``
+the ``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that
+of ``B`` from products ``L`` times smaller.
+
+The inner products are NumPy ``einsum`` reductions (as in the solvers), not BLAS calls: a threaded
+BLAS reduction between two products of a parallel Numba kernel leaves BLAS threads spinning on the
+cores the kernel needs (several times slower on a loaded machine), and its summation order depends
+on the BLAS thread count, so the estimates would depend on the machine.
 """
 from __future__ import annotations
 
@@ -18,6 +26,10 @@ _ZERO = 1e-9
 
 #: Systems up to this size get their extreme eigenvalues exactly, from a dense ``eigvalsh``.
 DENSE_MAX = 800
+
+#: The Potts grid's weight matrix ``W`` up to this many pixels gets them from a dense ``eigvalsh``
+#: (Lanczos on a ``P x P`` sparse ``W`` is cheaper than a dense eigensolve well below DENSE_MAX).
+DENSE_MAX_WEIGHTS = 200
 
 #: Relative accuracy of the Lanczos estimates when no margin sets it (see
 #: :func:`spectrum_tolerance`).
@@ -36,6 +48,11 @@ def spectrum_tolerance(margin=None) -> float:
     return float(min(1e-2, max(1e-10, float(margin) / 100.0)))
 
 
+def _dot(u, v) -> float:
+    """``u . v`` by a NumPy reduction (no BLAS threads; the same sum on every machine)."""
+    return float(np.einsum("i,i->", u, v))
+
+
 def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None):
     """``(lower, upper, products)``: the extreme eigenvalues of a symmetric operator by Lanczos.
 
@@ -52,17 +69,17 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
 
     maxiter = int(maxiter or min(n, 2000))
     v = rng.standard_normal(n)
-    v /= np.linalg.norm(v)
+    v /= np.sqrt(_dot(v, v))
     v_prev = np.zeros(n)
     alpha, beta = [], []
     b = 0.0
     lo = hi = None
     for k in range(maxiter):
         w = np.asarray(matvec(v), dtype=np.float64).reshape(n) - b * v_prev
-        a = float(v @ w)
+        a = _dot(v, w)
         w -= a * v
         alpha.append(a)
-        b = float(np.linalg.norm(w))
+        b = float(np.sqrt(_dot(w, w)))
         if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
             m = len(alpha)
             theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(0, m - 1)) \
@@ -81,14 +98,14 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     return lo, hi, maxiter
 
 
-def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL):
+def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL, dense_max=DENSE_MAX):
     """``(lambda_min, lambda_max)`` of a symmetric operator ``(n, n)`` given by ``matvec``.
 
-    Dense ``eigvalsh`` for small ``n``; otherwise one Lanczos run for both ends
+    Dense ``eigvalsh`` for ``n <= dense_max``; otherwise one Lanczos run for both ends
     (:func:`lanczos_extremes`, relative tolerance ``tol`` of the largest magnitude).  The start
     vector is seeded, so the result is reproducible.
     """
-    if n <= DENSE_MAX:
+    if n <= dense_max:
         dense = np.asarray(matvec(np.eye(n)))
         ev = np.linalg.eigvalsh((dense + dense.T) / 2.0)
         return float(ev[0]), float(ev[-1])
@@ -96,20 +113,56 @@ def extreme_eigenvalues(matvec, n, rng, tol=LANCZOS_TOL):
     return lo, hi
 
 
-def _bipartite_signs(op, b_matvec, n, rng):
+def _bipartite_signs(op, b_matvec, n, rng, *, labels=None):
     """``+-1`` per unknown from the operator's two-colouring, when ``B`` couples only unknowns of
-    different colours (checked with one random product pair); else None."""
+    different colours (checked with one random product pair); else None.
+
+    With ``labels`` the signs are those of the pixels (the colouring of label 0), for a matrix on
+    the ``n`` pixels such as the Potts grid's ``W``."""
     classes = getattr(op, "colour_classes", None)
     if not callable(classes):
         return None
     masks = np.asarray(to_host(classes()))
+    if labels is not None and masks.ndim == 2 and masks.shape[1] == labels * n:
+        masks = masks[:, :n]  # label 0's block: every label of a pixel has the pixel's colour
     if masks.ndim != 2 or masks.shape != (2, n):
         return None
     signs = np.where(masks[0], 1.0, -1.0)
     v = rng.standard_normal(n)
     bv = b_matvec(v)
-    gap = np.linalg.norm(b_matvec(signs * v) + signs * bv)
-    return signs if gap <= 1e-10 * max(np.linalg.norm(bv), np.finfo(float).tiny) else None
+    r = b_matvec(signs * v) + signs * bv
+    gap2, ref2 = _dot(r, r), _dot(bv, bv)
+    return signs if gap2 <= 1e-20 * max(ref2, np.finfo(float).tiny) else None
+
+
+def _potts_weight_matvec(op, b_matvec, n, rng):
+    """``(W v, P, L)`` when ``B = (1 1^T - I) (x) W`` (the Potts grid: ``W`` its ``P x P`` edge-weight
+    matrix, labels outermost), checked with one random product; else None."""
+    weight_matrix = getattr(op, "weight_matrix", None)
+    L = getattr(op, "num_labels", None)
+    if not callable(weight_matrix) or not getattr(op, "_potts", False) or not L or n % L:
+        return None
+    try:
+        W = weight_matrix()
+    except Exception:  # batched or otherwise not a single P x P matrix
+        return None
+    P = n // L
+    if tuple(W.shape) != (P, P):
+        return None
+    W = W.astype(np.float64).tocsr()
+
+    def w_matvec(v):  # (P,) or (P, k)
+        return np.asarray(W @ v)
+
+    # B v = W (s - v_l) per label, s the label sum: one product of each kind checks the structure
+    v = rng.standard_normal(n)
+    vl = v.reshape(L, P)
+    kron = w_matvec((vl.sum(axis=0)[None, :] - vl).T).T.reshape(n)
+    bv = b_matvec(v)
+    r = bv - kron
+    if _dot(r, r) > 1e-20 * max(_dot(bv, bv), np.finfo(float).tiny):
+        return None
+    return w_matvec, P, int(L)
 
 
 def _largest_algebraic(matvec, n, rng, tol):
@@ -130,8 +183,10 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
 
     A form whose unknowns split in two colours that ``B`` only couples across (the grid forms on
     4-neighbourhoods, through their ``colour_classes()``) has a symmetric spectrum: ``lambda_max(B)``
-    alone gives ``rho(B)`` and the bound.  Plain Lanczos to the tolerance the margin needs costs
-    a few dozen products, about one CG solve's.
+    alone gives ``rho(B)`` and the bound.  On the Potts grid, ``B = (1 1^T - I) (x) W`` (checked with
+    one product), so ``rho(B) = (L - 1) rho(W)`` and ``lambda_min(B) = min((L - 1) lambda_min(W),
+    -lambda_max(W))`` come from Lanczos on the ``P x P`` matrix ``W``.  Plain Lanczos to the
+    tolerance the margin needs costs a few dozen products.
 
     Returns
     -------
@@ -150,8 +205,21 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     def b_matvec(v):
         return (to_host(op.matvec(np.ascontiguousarray(v.T))) - diag * v.T).T
 
-    signs = _bipartite_signs(op, b_matvec, n, rng) if np.all(diag == lam) and n > DENSE_MAX else None
-    if signs is not None:
+    structured = np.all(diag == lam) and n > DENSE_MAX
+    potts = _potts_weight_matvec(op, b_matvec, n, rng) if structured else None
+    signs = _bipartite_signs(op, b_matvec, n, rng) if structured and potts is None else None
+    if potts is not None:
+        # B = (1 1^T - I) (x) W: the eigenvalues of 1 1^T - I are L - 1 (once) and -1, so those of
+        # B are (L - 1) mu and -mu for every eigenvalue mu of W (products of size P, not L P)
+        w_matvec, P, L = potts
+        wsigns = _bipartite_signs(op, w_matvec, P, rng, labels=L) if P > DENSE_MAX_WEIGHTS else None
+        if wsigns is not None:  # W bipartite too: its spectrum is symmetric
+            wmax = _largest_algebraic(w_matvec, P, rng, tol)
+            wmin = -wmax
+        else:
+            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
+        bmin, bmax = (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
+    elif signs is not None:
         # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
         # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
         bmax = _largest_algebraic(b_matvec, n, rng, tol)
