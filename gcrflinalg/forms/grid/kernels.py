@@ -30,6 +30,7 @@ from ...backend import _array_kernels_on
 __all__ = [
     "pairwise_product",
     "pairwise_product_columns",
+    "lanczos_columns",
     "pixel_major",
     "weight_product",
     "shifted_weight_cg",
