@@ -8,7 +8,7 @@ import numpy as np
 
 from ..operator import GCRFOperator
 
-__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "block_product_quadratic",
+__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "block_product_quadratic", "block_lanczos_step",
            "as_generator", "positive_int"]
 
 
@@ -112,3 +112,16 @@ def block_product_quadratic(op):
         return out.T, dots
 
     return apply
+
+
+def block_lanczos_step(op):
+    """``(W, Q, Qp, sq, cq, cp) -> (x . M x, ||x||^2)`` per column for ``(N, k)`` C-contiguous
+    float64 blocks: ``x = sq W - cq Q - cp Qp`` written over ``Qp`` and ``M x`` over ``W`` in one
+    pass (a Lanczos update fused with the next product; the general grid form, unbatched,
+    float64, NumPy), else None."""
+    if not (hasattr(op, "_lanczos_columns") and not op.batch_shape and op.dtype == np.float64
+            and op.xp is np):
+        return None
+    from ..backend import _array_kernels_on
+
+    return None if _array_kernels_on() else op._lanczos_columns

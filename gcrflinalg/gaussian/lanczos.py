@@ -54,6 +54,13 @@ class LanczosState:
     apply_quadratic : callable, optional
         ``V -> (M V, v . M v per probe)``: a product that also returns the quadratic forms, which
         the compiled update then takes instead of a pass of its own.
+    fused_step : callable, optional
+        ``(W, Q, Qp, sq, cq, cp) -> (x . M x, ||x||^2)`` on the ``(N, probes)`` transposes of
+        Fortran-ordered float64 blocks: writes ``x = sq W - cq Q - cp Qp`` (per probe) over ``Qp``
+        and ``M x`` over ``W`` in one pass.  With ``apply_quadratic``, a Fortran-ordered ``v0`` and
+        no stored basis, each step's update and the next step's product then run as one pass.
+    overwrite : bool
+        ``v0`` may be overwritten (with ``fused_step``: the first pass normalises it as it goes).
 
     Notes
     -----
@@ -76,16 +83,26 @@ class LanczosState:
     """
 
     def __init__(self, apply, v0, *, reorthogonalize=False, keep_basis=False, breakdown=1e-12,
-                 apply_quadratic=None):
+                 apply_quadratic=None, fused_step=None, overwrite=False):
         xp = get_array_module(v0)
         self.xp = xp
         self.apply = apply
         self.apply_quadratic = apply_quadratic
-        self.norms = xp.sqrt((v0 * v0).sum(axis=-1))
+        fortran = v0.ndim == 2 and v0.flags.f_contiguous and not v0.flags.c_contiguous
+        one_pass = (fused_step is not None and apply_quadratic is not None and xp is np and fortran
+                    and not (keep_basis or reorthogonalize))
+        self.norms = xp.sqrt(xp.einsum("...n,...n->...", v0, v0))
         if bool((self.norms == 0).any()):
             raise ValueError("Lanczos needs nonzero starting vectors")
-        self.q = v0 / self.norms[..., None]
-        self.q_prev = xp.zeros_like(self.q)
+        self._start = None
+        if one_pass and overwrite and v0.dtype == np.float64:
+            # the first pass normalises v0 itself (into a zeroed buffer) and writes M q_0 over v0
+            self._start = v0
+            self.q = xp.zeros(v0.shape, order="F")
+        else:
+            self.q = v0 / self.norms[..., None]
+        # zero pages from the allocator, in q's layout (no pass of its own)
+        self.q_prev = xp.zeros(self.q.shape, order="F" if fortran else "C")
         self.beta_prev = xp.zeros(self.norms.shape)
         self.reorthogonalize = bool(reorthogonalize)
         self.keep_basis = bool(keep_basis or reorthogonalize)
@@ -103,13 +120,20 @@ class LanczosState:
         self._fused = None
         # compiled path without a stored basis: the Lanczos vectors are q * _q_scale (per probe)
         self._q_scale = self._prev_scale = None
+        # one-pass steps (``fused_step``): the product of the next step, computed with this one's update
+        self._fused_step = fused_step if one_pass else None
+        self._pending = None
 
     @property
     def steps(self) -> int:
         return len(self.alpha)
 
-    def step(self) -> None:
-        """One Lanczos step of every active probe."""
+    def step(self, last: bool = True) -> None:
+        """One Lanczos step of every active probe (``last=False``: another step follows, which a
+        one-pass ``fused_step`` computes the product of together with this step's update)."""
+        if self._fused_step is not None:
+            self._step_one_pass(last)
+            return
         xp = self.xp
         dots = None
         if self.apply_quadratic is not None and not self.reorthogonalize and self._fused is not False:
@@ -159,6 +183,47 @@ class LanczosState:
         if self.keep_basis:
             self._store(self.q)
 
+    def _step_one_pass(self, last):
+        # w = M q (q unnormalised, scale sq) is known from the previous pass; the update
+        # x = sq w - alpha sq q - beta_prev sp q_prev and the product M x of the next step run as
+        # one pass (x over q_prev, M x over w).  The last step updates only.
+        if self._start is not None:
+            # q_0 = v0 / ||v0|| into the zeroed q_prev buffer, M q_0 over v0, in one pass
+            w, self._start = self._start, None
+            dots, _ = self._fused_step(w.T, self.q.T, self.q_prev.T, 1.0 / self.norms,
+                                       np.zeros(self.norms.shape), np.zeros(self.norms.shape))
+            self.matvecs += 1
+            self.q, self.q_prev = self.q_prev, self.q
+        elif self._pending is None:
+            w, dots = self.apply_quadratic(self.q)
+            self.matvecs += 1
+        else:
+            w, dots = self._pending
+        ones = np.ones(self.norms.shape)
+        sq = ones if self._q_scale is None else self._q_scale
+        sp = ones if self._prev_scale is None else self._prev_scale
+        if last:
+            a, b2 = lanczos_update(w, self.q, self.q_prev, self.beta_prev, self._q_scale, self._prev_scale,
+                                   dots=dots)
+            new, self._pending = w, None
+        else:
+            a = np.asarray(dots, dtype=np.float64) * sq * sq
+            next_dots, b2 = self._fused_step(w.T, self.q.T, self.q_prev.T, sq, a * sq, self.beta_prev * sp)
+            self.matvecs += 1
+            new, self._pending = self.q_prev, (w, next_dots)
+        b = np.sqrt(b2)
+        a = np.where(self.active, a, 1.0)  # stopped probes: a decoupled 1 x 1 block
+        self.sizes = self.sizes + self.active
+        self.scale = np.maximum(self.scale, np.abs(a) + b)
+        stop = self.active & (b <= self.breakdown * self.scale)
+        self.active = self.active & ~stop
+        b = np.where(self.active, b, 0.0)
+        self.alpha.append(a)
+        self.beta.append(b)
+        factor = np.where(self.active, 1.0, 0.0) / np.where(self.active, b, 1.0)
+        self._prev_scale, self._q_scale = self._q_scale, factor
+        self.q_prev, self.q, self.beta_prev = self.q, new, b
+
     def _store(self, q):
         xp = self.xp
         if self._basis is None or self._stored == self._basis.shape[0]:
@@ -176,10 +241,11 @@ class LanczosState:
         return self._basis[:k]
 
     def run(self, steps: int) -> "LanczosState":
-        for _ in range(int(steps)):
+        steps = int(steps)
+        for i in range(steps):
             if not bool(self.active.any()):
                 break
-            self.step()
+            self.step(last=i == steps - 1)
         return self
 
     def tridiagonal(self):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..backend import to_host
-from ._common import (as_generator, block_product, block_product_quadratic, check_operator, form_kind,
+from ._common import (as_generator, block_lanczos_step, block_product, block_product_quadratic, check_operator, form_kind,
                       positive_int, rademacher)
 from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
 from .lanczos import LanczosState, quadrature
@@ -117,12 +117,18 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False)
         raise ValueError(f"num_probes must be >= 2 (the standard error needs two probes); got {num_probes}")
     gen = as_generator(rng)
     n = op.size
-    z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
     if not op.batch_shape and op.xp is np:
-        # probe-minor layout: a CSR block product M Z^T reads it without a copy (see block_product)
-        z = np.asfortranarray(z)
+        # probe-minor layout (Fortran-ordered (K, N)): the column products read it without a copy
+        # (see block_product); the same signs as rademacher() draws, written in one pass
+        bits = np.ascontiguousarray(gen.integers(0, 2, size=(num_probes, n), dtype=np.int8).T)
+        zt = np.empty((n, num_probes))
+        np.multiply(bits, 2.0, out=zt)
+        zt -= 1.0
+        z = zt.T
+    else:
+        z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
     state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
-                         apply_quadratic=block_product_quadratic(op),
+                         apply_quadratic=block_product_quadratic(op), fused_step=block_lanczos_step(op), overwrite=True,
                          breakdown=256 * np.finfo(op.dtype).eps)
     state.run(min(degree, n))
     per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2

@@ -30,6 +30,7 @@ from ...backend import _array_kernels_on
 __all__ = [
     "pairwise_product",
     "pairwise_product_columns",
+    "lanczos_columns",
     "pixel_major",
     "weight_product",
     "shifted_weight_cg",
@@ -749,3 +750,87 @@ def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
     failed = _shifted_weight_cg_nb(wt, lam, rhs, x, di, dj, float(rtol), int(maxiter), iterations,
                                    eps, float(CURVATURE_TOLERANCE), found)
     return iterations, int(failed), float(found[0])
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _lanczos_columns_nb(cp, w, q, qp, lam, di, dj, height, width, sq, cq, cpc, dots, beta2):  # pragma: no cover
+    # One pass for a Lanczos step of E probes (columns): each pixel's new vector
+    # x = sq w - cq q - cpc qp is formed just ahead of the first pixel that reads it, stored over qp,
+    # and w is overwritten by M x as in _pairwise_product_columns_nb (w[d] is read before the
+    # product writes there: every write of the product lies behind the frontier ``done``).
+    B, P, K, L = cp.shape[0], cp.shape[1], cp.shape[2], cp.shape[3]
+    E = w.shape[3]
+    reach = 0
+    for k in range(K):
+        reach = max(reach, di[k] * width + dj[k])
+    for b in range(B):
+        a = lam[b]
+        done = 0
+        for i in range(height):
+            for j in range(width):
+                p = i * width + j
+                top = min(P, p + reach + 1)
+                while done < top:
+                    for m in range(L):
+                        o = w[b, m, done]
+                        x0 = q[b, m, done]
+                        x1 = qp[b, m, done]
+                        for e in range(E):
+                            x = sq[e] * o[e] - cq[e] * x0[e] - cpc[e] * x1[e]
+                            x1[e] = x
+                            beta2[b, e] += x * x
+                            o[e] = a * x
+                    done += 1
+                for k in range(K):
+                    qi = i + di[k]
+                    qj = j + dj[k]
+                    if qi < 0 or qi >= height or qj < 0 or qj >= width:
+                        continue
+                    r = qi * width + qj
+                    for m in range(L):
+                        om = w[b, m, p]
+                        vm = qp[b, m, p]
+                        for n in range(L):
+                            c = cp[b, p, k, m, n]
+                            vn = qp[b, n, r]
+                            on = w[b, n, r]
+                            for e in range(E):
+                                om[e] += c * vn[e]
+                            for e in range(E):
+                                on[e] += c * vm[e]
+                for m in range(L):
+                    o = w[b, m, p]
+                    x = qp[b, m, p]
+                    for e in range(E):
+                        dots[b, e] += x[e] * o[e]
+    return w
+
+
+def lanczos_columns(pixel_blocks, w, q, qp, offsets, lam, height, width, sq, cq, cpc):
+    """One fused Lanczos pass on ``E`` probes stored as columns (compiled, NumPy float64).
+
+    ``x = sq w - cq q - cpc qp`` (per column) is written over ``qp``, then ``w <- lam x + A x``.
+
+    Parameters
+    ----------
+    pixel_blocks : array, shape ``(B, H * W, K, L, L)``
+        :func:`pixel_major` of the pairwise blocks.
+    w, q, qp : arrays, shape ``(B, L, H * W, E)``, C-contiguous float64
+        ``w`` holds ``M q`` (unnormalised) on entry.
+    sq, cq, cpc : arrays, shape ``(E,)``
+        The coefficients of the three-term recurrence.
+
+    Returns
+    -------
+    dots, beta2 : arrays, shape ``(B, E)``
+        ``x . M x`` and ``||x||^2`` per column.
+    """
+    di, dj = _offset_arrays(offsets)
+    B, E = w.shape[0], w.shape[3]
+    dots = np.zeros((B, E))
+    beta2 = np.zeros((B, E))
+    lam_arr = np.ascontiguousarray(lam, dtype=np.float64).reshape(-1)
+    _lanczos_columns_nb(pixel_blocks, w, q, qp, lam_arr, di, dj, height, width,
+                        np.ascontiguousarray(sq, dtype=np.float64), np.ascontiguousarray(cq, dtype=np.float64),
+                        np.ascontiguousarray(cpc, dtype=np.float64), dots, beta2)
+    return dots, beta2

@@ -355,6 +355,21 @@ class GridGCRF(_GridOperator):
             return out.reshape(V.shape), dots.reshape(self.batch_shape + (E,))
         return out.reshape(V.shape)
 
+    def _lanczos_columns(self, W, Q, Qp, sq, cq, cpc):
+        """One fused Lanczos pass on ``E`` columns (unbatched, float64, NumPy): ``x = sq W - cq Q -
+        cpc Qp`` per column is written over ``Qp`` and ``W`` is overwritten by ``M x``; returns
+        ``(x . M x, ||x||^2)``, each of shape ``(E,)``.  ``W, Q, Qp``: ``(N, E)`` C-contiguous."""
+        from .kernels import lanczos_columns
+
+        if getattr(self, "_pixel_blocks", None) is None:
+            self._pixel_blocks = pixel_major(self._params)
+        H, W_ = self.vector_shape[1:]
+        L, E = self.vector_shape[0], W.shape[-1]
+        shape = (1, L, H * W_, E)
+        dots, beta2 = lanczos_columns(self._pixel_blocks, W.reshape(shape), Q.reshape(shape), Qp.reshape(shape),
+                                      self.offsets, self._lam_flat, H, W_, sq, cq, cpc)
+        return dots[0], beta2[0]
+
     def _colour_sweep(self, x, b, omega):
         return pairwise_colour_sweep(self._params, x, b, self._lam_flat, self.offsets,
                                      self.neighbourhood, omega)

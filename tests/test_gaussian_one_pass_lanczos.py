@@ -1,0 +1,127 @@
+"""One-pass Lanczos steps on the general grid form: the fused update-and-product kernel against the
+dense formula, and SLQ through it against the two-pass recurrence and dense quadratic forms."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import gcrflinalg
+from gaussian_cases import case_by_id
+from gcrflinalg.gaussian._common import block_lanczos_step, block_product, block_product_quadratic
+from gcrflinalg.gaussian.lanczos import LanczosState
+from solvers.backend import array_kernels
+
+GRID_IDS = ["grid-n4-L1-4x5", "grid-n4-L3-3x5", "grid-n4-L2-1x7", "grid-n8-L3-4x4", "grid-n12-L3-3x5"]
+_logdet_module = sys.modules["gcrflinalg.gaussian.logdet"]
+
+
+def _grid(case_id, seed, lam=None):
+    case = case_by_id(case_id)
+    op, params = case.make(np.random.default_rng(seed))
+    if lam is not None:
+        params = dict(params, lam=np.full_like(params["lam"], lam))
+        op = case.rebuild(params)
+    assert op.dtype == np.float64 and not op.batch_shape
+    return op, case.dense(params)
+
+
+@pytest.mark.parametrize("case_id", GRID_IDS)
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_fused_kernel_matches_formula(case_id, k):
+    op, M = _grid(case_id, 3)
+    rng = np.random.default_rng(k)
+    n = op.size
+    W, Q, Qp = (rng.standard_normal((n, k)) for _ in range(3))
+    sq, cq, cp = rng.random(k) + 0.5, rng.standard_normal(k), rng.random(k)
+    x_ref = sq * W - cq * Q - cp * Qp
+    q0 = Q.copy()
+    with array_kernels(False):
+        step = block_lanczos_step(op)
+        assert step is not None
+        dots, beta2 = step(W, Q, Qp, sq, cq, cp)
+    np.testing.assert_allclose(Qp, x_ref, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(W, M @ x_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dots, np.einsum("nk,nk->k", x_ref, M @ x_ref), rtol=1e-12)
+    np.testing.assert_allclose(beta2, (x_ref * x_ref).sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(Q, q0)  # only W and Qp are written
+
+
+def test_fused_step_only_where_it_applies():
+    op, _ = _grid("grid-n4-L3-3x5", 1)
+    with array_kernels(False):
+        assert block_lanczos_step(op) is not None
+        assert block_lanczos_step(case_by_id("grid_potts-n8-L3-3x5").make(np.random.default_rng(0))[0]) is None
+        op32 = case_by_id("grid-n4-L3-3x5").make(np.random.default_rng(0), dtype=np.float32)[0]
+        assert block_lanczos_step(op32) is None
+        batched = case_by_id("grid-n4-L3-3x5").make(np.random.default_rng(0), batch_shape=(2,))[0]
+        assert block_lanczos_step(batched) is None
+    with array_kernels(True):
+        assert block_lanczos_step(op) is None
+
+
+@pytest.mark.parametrize("case_id", GRID_IDS)
+@pytest.mark.parametrize("lam", [0.01, 1.0, 100.0])
+def test_slq_one_pass_equals_two_pass(case_id, lam, monkeypatch):
+    """The same probes through the one-pass steps and through the two-pass recurrence: the same
+    tridiagonals, so the same estimate to round-off, at the same number of products."""
+    op, M = _grid(case_id, 5)
+    # lam above the smallest eigenvalue of the pairwise part, so that M stays positive definite
+    shift = max(0.0, -np.linalg.eigvalsh(M - float(op.lam) * np.eye(op.size))[0])
+    op, M = _grid(case_id, 5, lam=lam + shift)
+    with array_kernels(False):
+        one = gcrflinalg.logdet(op, method="slq", num_probes=12, degree=8, rng=4)
+        monkeypatch.setattr(_logdet_module, "block_lanczos_step", lambda op: None)
+        two = gcrflinalg.logdet(op, method="slq", num_probes=12, degree=8, rng=4)
+    np.testing.assert_allclose(one.value, two.value, rtol=1e-12)
+    np.testing.assert_allclose(one.stderr, two.stderr, rtol=1e-9, atol=1e-12 * abs(two.value))
+    assert one.info["matvecs"] == two.info["matvecs"] == 8
+
+
+@pytest.mark.parametrize("case_id", ["grid-n4-L3-3x5", "grid-n8-L3-4x4", "grid-n12-L1-5x4"])
+@pytest.mark.parametrize("degree", [1, 2, 25])
+def test_slq_one_pass_against_dense_quadratic_forms(case_id, degree):
+    """With enough steps each probe's quadrature equals ``z^T log(M) z`` of the dense matrix (the
+    probes are the signs rademacher draws from the seed); with 1 or 2 steps it equals the Gauss
+    rule computed from the dense Krylov basis of each probe."""
+    op, M = _grid(case_id, 2)
+    n, k = op.size, 6
+    with array_kernels(False):
+        res = gcrflinalg.logdet(op, method="slq", num_probes=k, degree=degree, rng=9)
+    z = np.random.default_rng(9).integers(0, 2, size=(k, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    if degree >= 25:
+        w, V = np.linalg.eigh(M)
+        ref = np.einsum("ki,ij,kj->k", z, (V * np.log(w)) @ V.T, z).mean()
+        np.testing.assert_allclose(res.value, ref, rtol=1e-9)
+        return
+    per_probe = []
+    for zk in z:
+        # the k-step Gauss rule from an orthonormal basis of the Krylov space (dense, reference)
+        basis = [zk]
+        for _ in range(degree - 1):
+            basis.append(M @ basis[-1])
+        Qk, _ = np.linalg.qr(np.stack(basis, axis=1))
+        Qk *= np.sign(Qk[:, :1].T @ zk)  # first column along z
+        theta, S = np.linalg.eigh(Qk.T @ M @ Qk)
+        per_probe.append(n * (S[0] ** 2 * np.log(theta)).sum())
+    np.testing.assert_allclose(res.value, np.mean(per_probe), rtol=1e-10)
+
+
+def test_lanczos_state_keeps_v0_unless_overwrite():
+    op, M = _grid("grid-n4-L3-3x5", 7)
+    rng = np.random.default_rng(0)
+    v0 = np.asfortranarray(rng.standard_normal((5, op.size)))
+    keep = v0.copy()
+    with array_kernels(False):
+        plain = LanczosState(block_product(op), v0.copy(order="F")).run(6)
+        fused = LanczosState(block_product(op), v0, apply_quadratic=block_product_quadratic(op),
+                             fused_step=block_lanczos_step(op)).run(6)
+        np.testing.assert_array_equal(v0, keep)
+        over = LanczosState(block_product(op), v0.copy(order="F"), apply_quadratic=block_product_quadratic(op),
+                            fused_step=block_lanczos_step(op), overwrite=True).run(6)
+    for st in (fused, over):
+        np.testing.assert_allclose(np.stack(st.alpha), np.stack(plain.alpha), rtol=1e-11)
+        np.testing.assert_allclose(np.stack(st.beta), np.stack(plain.beta), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(st.norms, plain.norms, rtol=1e-14)
+        assert st.matvecs == plain.matvecs == 6
