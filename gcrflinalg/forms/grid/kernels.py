@@ -312,6 +312,32 @@ def pixel_major(pw):
     return np.ascontiguousarray(pw.reshape(B, K, L, L, H * W).transpose(0, 4, 1, 2, 3))
 
 
+@numba.njit(inline="always")
+def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width):  # pragma: no cover - compiled
+    """Both ends of every in-image edge of pixel ``p = (i, j)`` for ``E`` columns:
+    ``out[:, p] += C_k v[:, q]`` and ``out[:, q] += C_k^T v[:, p]`` (``cp`` pixel-major blocks
+    ``(B, P, K, L, L)``, ``v`` and ``out`` ``(B, L, P, E)``)."""
+    K, L = cp.shape[2], cp.shape[3]
+    E = v.shape[3]
+    for k in range(K):
+        qi = i + di[k]
+        qj = j + dj[k]
+        if qi < 0 or qi >= height or qj < 0 or qj >= width:
+            continue
+        q = qi * width + qj
+        for m in range(L):
+            om = out[b, m, p]
+            vm = v[b, m, p]
+            for n in range(L):
+                c = cp[b, p, k, m, n]
+                vn = v[b, n, q]
+                on = out[b, n, q]
+                for e in range(E):
+                    om[e] += c * vn[e]
+                for e in range(E):
+                    on[e] += c * vm[e]
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width, dots, want_dots):  # pragma: no cover
     # cp: (B, P, K, L, L); v, out: (B, L, P, E).  Pixel by pixel: the rows of E values of p and of
@@ -337,23 +363,7 @@ def _pairwise_product_columns_nb(cp, v, out, lam, di, dj, height, width, dots, w
                         for e in range(E):
                             o[e] = a * x[e]
                     done += 1
-                for k in range(K):
-                    qi = i + di[k]
-                    qj = j + dj[k]
-                    if qi < 0 or qi >= height or qj < 0 or qj >= width:
-                        continue
-                    q = qi * width + qj
-                    for m in range(L):
-                        om = out[b, m, p]
-                        vm = v[b, m, p]
-                        for n in range(L):
-                            c = cp[b, p, k, m, n]
-                            vn = v[b, n, q]
-                            on = out[b, n, q]
-                            for e in range(E):
-                                om[e] += c * vn[e]
-                            for e in range(E):
-                                on[e] += c * vm[e]
+                _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width)
                 if want_dots:
                     # out[:, p] is final here (its other terms came from earlier pixels): v . M v
                     for m in range(L):
@@ -781,23 +791,7 @@ def _lanczos_columns_nb(cp, w, q, qp, lam, di, dj, height, width, sq, cq, cpc, d
                             beta2[b, e] += x * x
                             o[e] = a * x
                     done += 1
-                for k in range(K):
-                    qi = i + di[k]
-                    qj = j + dj[k]
-                    if qi < 0 or qi >= height or qj < 0 or qj >= width:
-                        continue
-                    r = qi * width + qj
-                    for m in range(L):
-                        om = w[b, m, p]
-                        vm = qp[b, m, p]
-                        for n in range(L):
-                            c = cp[b, p, k, m, n]
-                            vn = qp[b, n, r]
-                            on = w[b, n, r]
-                            for e in range(E):
-                                om[e] += c * vn[e]
-                            for e in range(E):
-                                on[e] += c * vm[e]
+                _pixel_edges(cp, qp, w, b, p, i, j, di, dj, height, width)
                 for m in range(L):
                     o = w[b, m, p]
                     x = qp[b, m, p]
