@@ -59,15 +59,22 @@ _EXPONENTS = {8: (np.uint64(0x7FF0000000000000), np.uint64(0x7FF0000000000000)),
 
 
 @numba.njit(inline="always")
+def _nonfinite(u, first, second):  # pragma: no cover - compiled
+    """1 when an entry of word ``u`` is NaN or Inf (its exponent bits ``first`` or ``second`` all
+    set), else 0."""
+    return np.uint64((u & first) == first) | np.uint64((u & second) == second)
+
+
+@numba.njit(inline="always")
 def _scan_words(words, lo, hi, first, second):  # pragma: no cover - compiled
-    """``(hash_words(words, lo, hi), n)``, ``n > 0`` when an entry of the words is NaN or Inf
-    (its exponent bits ``first`` or ``second`` all set): one integer loop, one load per word."""
+    """``(hash_words(words, lo, hi), n)``, ``n > 0`` when an entry of the words is NaN or Inf:
+    one integer loop, one load per word."""
     h = np.uint64(0)
     bad = np.uint64(0)
     for w in range(lo, hi):
         u = words[w]
         h += mix(u, w)
-        bad |= np.uint64((u & first) == first) | np.uint64((u & second) == second)
+        bad |= _nonfinite(u, first, second)
     return h, bad
 
 
@@ -85,8 +92,7 @@ def _finite_nb(words, first, second, bad):  # pragma: no cover - compiled
     for c in numba.prange(nchunks):
         acc = np.uint64(0)
         for w in range(c * _CHUNK, min(words.size, (c + 1) * _CHUNK)):
-            u = words[w]
-            acc |= np.uint64((u & first) == first) | np.uint64((u & second) == second)
+            acc |= _nonfinite(words[w], first, second)
         bad[c] = acc
 
 

@@ -87,7 +87,7 @@ def readonly(arr):
 
 
 def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool = False,
-                 check: bool = True, fingerprint: bool = True):
+                 check: bool = True):
     """A parameter array of an operator: validated, cast where needed, never the caller's to lose.
 
     The operator's results must describe one matrix at every call, so the input is taken as
@@ -125,10 +125,6 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool
     check : bool
         Check finiteness here (with ``view=True`` fused with the fingerprint in one read).  False
         when the caller does both in a pass of its own (``fingerprint`` is then None).
-    fingerprint : bool
-        With ``view=True``: False leaves the fingerprint of a watched array to be taken later
-        (returned as None; the operator takes it when it first caches something computed from
-        the array, :meth:`gcrflinalg.operator.GCRFOperator._watch`); finiteness is still checked.
 
     Returns
     -------
@@ -158,7 +154,7 @@ def as_parameter(x, name: str, *, min_ndim: int, dtype=None, xp=None, view: bool
             arr = get_array_module(arr).array(arr, copy=True, order="C")
     h = None
     if check:
-        if watched and fingerprint:
+        if watched:
             from ._fingerprint import scan
 
             finite, h = scan(arr)
