@@ -146,6 +146,33 @@ def test_scan_pairwise_matches_its_separate_parts():
         assert not scan_pairwise(pw, op.offsets)[0]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scan_pairwise_on_the_parallel_path_matches_its_separate_parts(dtype, threads):
+    # above the parallel threshold the scan splits the systems, directions and label ranges into
+    # items, each with its own column sums: the result must not depend on the split
+    from gcrflinalg.forms.grid.redblack import red_black_blocks
+    from gcrflinalg.forms.grid.scan import scan_pairwise
+
+    rng = np.random.default_rng(5)
+    for B, K, nb, L, H, W in ((1, 2, 4, 21, 40, 63), (2, 4, 8, 9, 41, 41)):
+        pw = rng.uniform(-1, 1, (B, K, L, L, H, W)).astype(dtype)
+        assert pw.size >= 1 << 20
+        op = g.GridGCRF(pw.copy(), 1.0, neighbourhood=nb)
+        with g.num_threads(threads):
+            finite, h, bound, blocks, radii = scan_pairwise(pw, op.offsets, build_blocks=K == 2)
+        assert finite and h == _fingerprint.scan(pw)[1]
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(radii, op._gershgorin_radii_xp(), rtol=tol)
+        np.testing.assert_allclose(bound, radii.reshape(B, -1).max(axis=1), rtol=0)
+        if K == 2:
+            np.testing.assert_array_equal(blocks, red_black_blocks(pw))
+        bad = pw.copy()
+        bad[-1, -1, L // 2, -1, H - 1, W - 1] = np.nan
+        with g.num_threads(threads):
+            assert not scan_pairwise(bad, op.offsets)[0]
+
+
 def test_fingerprint_changes_with_any_single_entry_and_with_a_swap():
     rng = np.random.default_rng(4)
     for dtype in (np.float64, np.float32):

@@ -28,9 +28,10 @@ __all__ = ["scan_blocks", "scan_pairwise", "take_blocks", "give_back_blocks", "P
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
 def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  # pragma: no cover - compiled
-    # Items (system, range of first labels m).  Each block row pw[b, k, m, n] adds |A| into the
-    # row sums of label m (owned by the item) and the column sums of label n (the item's own
-    # copy, summed later by _radii_nb) and, when asked, is written into the red-black blocks while
+    # Items (system, edge direction k, range of first labels m).  Each block row pw[b, k, m, n]
+    # adds |A| into the row sums of label m (owned by the item) and the column sums of label n
+    # (direction k's own; split over several label ranges, each range has its copy, summed later
+    # by _radii_nb) and, when asked, is written into the red-black blocks while
     # it is in cache.  Its fingerprint words: float64 entries are words, hashed in the same loop
     # (one read); float32 entries pair up into words that may straddle two rows, so each row's
     # words (a word belongs to the row holding its first entry) are hashed first and the row is
@@ -38,35 +39,35 @@ def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  
     B, K, L, _, H, W = pw.shape
     P = H * W
     parts = cols.shape[1]
-    for it in numba.prange(B * parts):
-        b = it // parts
+    for it in numba.prange(B * K * parts):
+        b = it // (K * parts)
+        k = (it // parts) % K
         part = it % parts
         h = np.uint64(0)
-        for k in range(K):
-            for m in range(part * L // parts, (part + 1) * L // parts):
-                start = ((b * K + k) * L + m) * L * P
-                row_sum = rows[b, k, m]
-                row_sum[:] = 0  # the sums start here, in cache (the arrays come uninitialised)
-                for n in range(L):
-                    src = pw[b, k, m, n].reshape(P)
-                    col_sum = cols[b, part, k, n]
-                    if m == part * L // parts:
-                        col_sum[:] = 0
-                    first = start + n * P
-                    if per_word == 1:
-                        for p in range(P):
-                            h += mix(words[first + p], first + p)
-                            a = abs(src[p])
-                            row_sum[p] += a
-                            col_sum[p] += a
-                    else:
-                        h += hash_words(words, (first + 1) // 2, min(words.size, (first + P + 1) // 2))
-                        for p in range(P):
-                            a = abs(src[p])
-                            row_sum[p] += a
-                            col_sum[p] += a
-                    if build:
-                        write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
+        for m in range(part * L // parts, (part + 1) * L // parts):
+            start = ((b * K + k) * L + m) * L * P
+            row_sum = rows[b, k, m]
+            row_sum[:] = 0  # the sums start here, in cache (the arrays come uninitialised)
+            for n in range(L):
+                src = pw[b, k, m, n].reshape(P)
+                col_sum = cols[b, part, k, n]
+                if m == part * L // parts:
+                    col_sum[:] = 0
+                first = start + n * P
+                if per_word == 1:
+                    for p in range(P):
+                        h += mix(words[first + p], first + p)
+                        a = abs(src[p])
+                        row_sum[p] += a
+                        col_sum[p] += a
+                else:
+                    h += hash_words(words, (first + 1) // 2, min(words.size, (first + P + 1) // 2))
+                    for p in range(P):
+                        a = abs(src[p])
+                        row_sum[p] += a
+                        col_sum[p] += a
+                if build:
+                    write_block_row(G, b, k, m, n, pw[b, k, m, n], wp)
         partial[it] = h
 
 
@@ -116,11 +117,13 @@ def scan_blocks(pw, *, blocks=None, build_blocks=False):
     P = H * W
     if build_blocks and K != 2:
         raise ValueError("the red-black blocks need the 4-neighbourhood (K = 2)")
-    threads = threads_policy.get_num_threads()
-    parts = max(1, min(L, 2 * threads if pw.size >= (1 << 20) else 1))
+    threads = threads_policy.get_num_threads() if pw.size >= (1 << 20) else 1
+    # at least two items per thread (dynamic scheduling evens out a descheduled thread); the
+    # directions split for free, a split of the labels costs a copy of the column sums
+    parts = max(1, min(L, -(-2 * threads // (B * K)) if threads > 1 else 1))
     rows = _take_scratch((B, K, L, P), pw.dtype)
     cols = _take_scratch((B, parts, K, L, P), pw.dtype)
-    partial = np.empty(B * parts, dtype=np.uint64)
+    partial = np.empty(B * K * parts, dtype=np.uint64)
     if build_blocks:
         _, wp, F = colour_dims(H, W)
         if blocks is None:
@@ -130,7 +133,7 @@ def scan_blocks(pw, *, blocks=None, build_blocks=False):
         wp = 0
         G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
     words, tail = words_of(pw.reshape(-1))
-    with threads_policy.parallel_kernel(min(threads, B * parts)):
+    with threads_policy.parallel_kernel(min(threads, B * K * parts)):
         _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize, rows, cols, partial, G, bool(build_blocks), wp)
     h = int(partial.sum(dtype=np.uint64))
     if tail >= 0:  # an odd float32 count: the last entry is a word of its own
@@ -171,7 +174,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, P), dtype=pw.dtype)
     shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
     radii = np.empty((B, L, P), dtype=pw.dtype)
-    parallel = cols.shape[1] > 1
+    parallel = pw.size >= (1 << 20)
     with threads_policy.parallel_kernel(min(threads_policy.get_num_threads(), B * L) if parallel else 1):
         _radii_nb(rows, cols, mask, shift, radii)
     give_back_scratch(rows, cols)
