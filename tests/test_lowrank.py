@@ -355,7 +355,7 @@ BAD_INPUTS = [
     (lambda: LowRankGCRF(np.ones((2, 2, 3, 3)), 0.0), ValueError, "lam must be > 0"),
     (lambda: LowRankGCRF(np.ones((2, 2, 3, 3)), -1.0), ValueError, "lam must be > 0"),
     (lambda: LowRankGCRF(np.ones((2, 2, 2, 3, 3)), np.ones(3)), ValueError, "batch shape"),
-    (lambda: LowRankGCRF(np.full((2, 2, 3, 3), np.nan), 1.0), ValueError, "NaN or Inf"),
+    (lambda: LowRankGCRF(np.full((2, 2, 3, 3), np.nan), 1.0).matvec(np.ones(18)), ValueError, "NaN or Inf"),
     (lambda: LowRankGCRF(np.ones((2, 2, 3, 3)), np.inf), ValueError, "NaN or Inf"),
     (lambda: LowRankGCRF(np.ones((2, 2, 3, 3)) * 1j, 1.0), ValueError, "complex"),
     (lambda: LowRankPottsGCRF(np.ones((4, 5)), 1.0, 2), ValueError, "at least 3 axes"),
@@ -379,6 +379,80 @@ BAD_INPUTS = [
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def _nonfinite_embeddings(rng, value, batch=()):
+    emb = rng.standard_normal(batch + (3, 2, 4, 5))
+    emb[(Ellipsis, 2, 1, 3, 4)] = value  # one entry, the last row's last column
+    return emb
+
+
+# every read of E that computes something from its values: each must raise on its own (the
+# finiteness of E on NumPy is checked where E is first read, not at construction)
+_READS_OF_E = {
+    "matvec": lambda op, b: op.matvec(b),
+    "matvec, extra axis": lambda op, b: op.matvec(np.stack([b, b])),
+    "solve auto": lambda op, b: gcrflinalg.solve(op, b),
+    "solve cg": lambda op, b: gcrflinalg.solve(op, b, method="cg"),
+    "solve direct": lambda op, b: gcrflinalg.solve(op, b, method="direct"),
+    "solve gauss_seidel": lambda op, b: gcrflinalg.solve(op, b, method="gauss_seidel", maxiter=3),
+    "solve jacobi": lambda op, b: gcrflinalg.solve(op, b, method="jacobi", maxiter=3),
+    "adjoint solve": lambda op, b: gcrflinalg.adjoint_solve(op, b),
+    "diagonal": lambda op, b: op.diagonal(),
+    "to_dense": lambda op, b: op.to_dense(),
+    "factorize": lambda op, b: op.factorize(),
+    "block_jacobi": lambda op, b: op.block_jacobi_preconditioner(),
+    "parameter_gradients": lambda op, b: op.parameter_gradients(b, b),
+    "logdet": lambda op, b: gcrflinalg.logdet(op),
+    "sample": lambda op, b: gcrflinalg.sample(op, b, 2, rng=0),
+    "marginal_variances": lambda op, b: gcrflinalg.marginal_variances(op),
+}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("read", sorted(_READS_OF_E))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nonfinite_embeddings_raise_at_every_first_read(rng, read, value, dtype):
+    emb = _nonfinite_embeddings(rng, value).astype(dtype)
+    op = LowRankGCRF(emb, 1.0)  # construction does not read E's values on NumPy
+    b = rng.standard_normal(op.size).astype(dtype)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _READS_OF_E[read](op, b)
+    with pytest.raises(ValueError, match="NaN or Inf"):  # and again: nothing was cached
+        _READS_OF_E[read](op, b)
+
+
+def test_nonfinite_embeddings_written_after_a_product_raise_at_the_next(rng):
+    emb = rng.standard_normal((3, 2, 4, 5))
+    op = LowRankGCRF(emb, 1.0)
+    b = rng.standard_normal(op.size)
+    np.testing.assert_allclose(op.matvec(b), dense_general(emb, 1.0) @ b, rtol=1e-12)
+    emb[1, 0, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        op.matvec(b)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gcrflinalg.solve(op, b, method="cg")
+
+
+def test_batched_nonfinite_embeddings_raise(rng):
+    emb = _nonfinite_embeddings(rng, np.nan, batch=(2,))
+    op = LowRankGCRF(emb, np.array([1.0, 2.0]))
+    b = rng.standard_normal((2, op.size))
+    for call in (lambda: op.matvec(b), lambda: gcrflinalg.solve(op, b), lambda: op.factorize()):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            call()
+
+
+def test_finite_embeddings_whose_products_overflow_do_not_raise():
+    # the exact test settles a non-finite E v from finite E: an overflow, not bad input
+    big = np.finfo(np.float64).max / 4
+    emb = np.zeros((2, 1, 2, 2))
+    emb[0, 0, 0, :] = big
+    op = LowRankGCRF(emb, 1.0)
+    v = np.zeros(op.size)
+    v[:2] = [4.0, 4.0]
+    out = op.matvec(v)
+    assert not np.isfinite(out).all()
 
 
 def test_inputs_not_mutated(rng):

@@ -334,7 +334,11 @@ class LowRankGCRF(_LowRankOperator):
                                                  check=False)
         xp = get_array_module(emb)
         _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
-        _check_finite_by_product(emb, "embeddings")
+        # on NumPy the finiteness of E is checked where E is first read: a product checks the
+        # D-vector E v it forms anyway (free), every other read the whole of E once (_emb_flat)
+        self._finite_pending = xp_is_numpy = get_array_module(emb) is np
+        if not xp_is_numpy:
+            _check_finite_by_product(emb, "embeddings")
         if watched:
             self._watch("embeddings", emb, fingerprint, lazy=True)
         batch_shape = tuple(emb.shape[:-4])
@@ -344,8 +348,26 @@ class LowRankGCRF(_LowRankOperator):
                          vector_shape=(n_labels, h, w), lam=lam_full, lam_shape=lam_shape)
         self.embeddings = readonly(emb)
         self.rank = int(d)
-        self._emb_flat = emb.reshape(batch_shape + (d, self.size))  # (*batch, D, N)
+        self._emb_raw = emb.reshape(batch_shape + (d, self.size))  # (*batch, D, N)
         self._rows = None
+
+    @property
+    def _emb_flat(self):
+        """``E`` as ``(*batch, D, N)``, checked for NaN/Inf on its first use (``ValueError``)."""
+        if self._finite_pending:
+            _check_finite_by_product(self.embeddings, "embeddings")
+            self._finite_pending = False
+        return self._emb_raw
+
+    def _checked_product(self, ev):
+        """``ev = E v`` (``(*batch, D, ...)``) from a finite ``v``: NaN/Inf in ``ev`` come from ``E``
+        (``Inf * 0`` and ``NaN`` propagate), and then raise ``ValueError``; a finite ``ev``
+        proves nothing about the rest of ``E`` but is all this product read.  Costs a test of
+        ``D`` values per column."""
+        if not np.isfinite(ev).all():
+            self._finite_pending = True
+            _ = self._emb_flat  # the exact test: raises, or finite entries whose sums overflowed
+        return ev
 
     # ------------------------------------------------------------------ products
     def _columns(self, vflat):
@@ -367,20 +389,24 @@ class LowRankGCRF(_LowRankOperator):
 
     def _apply_flat(self, vflat):
         # M v = E^T (E v) + lam v
+        emb = self._emb_raw
         if _single_vector(self, vflat):
             from .kernels import add_scaled
 
-            out = (self._emb_flat @ vflat) @ self._emb_flat
+            out = self._checked_product(emb @ vflat) @ emb
             add_scaled(out, out.dtype.type(self.lam), vflat)
             return out
         cols, back = self._columns(vflat)
-        ev = self._emb_flat @ cols  # (*batch, D, k)
-        return back(self._embed_t() @ ev) + self._lam_flat() * vflat
+        ev = emb @ cols  # (*batch, D, k)
+        if self.xp is np:
+            self._checked_product(ev)
+        return back(self.xp.swapaxes(emb, -1, -2) @ ev) + self._lam_flat() * vflat
 
     def _diagonal(self):
         # M_nn = lam + sum_d E[d, n]^2
         lam = self.lam.reshape(self.lam.shape + (1, 1, 1))
-        return lam + (self.embeddings * self.embeddings).sum(axis=-4)
+        emb = self._emb_flat.reshape(self.embeddings.shape)
+        return lam + (emb * emb).sum(axis=-4)
 
     def _to_dense(self):
         xp = self.xp
@@ -411,7 +437,8 @@ class LowRankGCRF(_LowRankOperator):
                                    matvec_flops=4.0 * n * d, n_rhs=n_rhs, dtype=self.dtype)
 
     def _make_float64_twin(self):
-        return LowRankGCRF(self.embeddings.astype(np.float64), self.lam.astype(np.float64))
+        return LowRankGCRF(self._emb_flat.reshape(self.embeddings.shape).astype(np.float64),
+                           self.lam.astype(np.float64))
 
     # ------------------------------------------------------------------ solver hooks
     def _sweep_shape(self):
@@ -434,7 +461,7 @@ class LowRankGCRF(_LowRankOperator):
         xp = self.xp
         n_labels = self.vector_shape[0]
         p = self.size // n_labels
-        e = self.embeddings.reshape(self.batch_shape + (self.rank, n_labels, p))
+        e = self._emb_flat.reshape(self.batch_shape + (self.rank, n_labels, p))
         blocks = xp.einsum("...dmp,...dnp->...pmn", e, e)
         blocks = blocks + self.lam[..., None, None, None] * xp.eye(n_labels, dtype=self.dtype)
         inv = xp.linalg.inv(blocks)  # (*batch, P, L, L)
