@@ -522,6 +522,49 @@ def quartiles(values):
     return float(q1), float(med), float(q3)
 
 
+# --------------------------------------------------------------------------- threads
+#: environment variables that set the thread pools of the libraries the studies time
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "GCRFLINALG_NUM_THREADS")
+
+
+def thread_settings() -> dict:
+    """The thread counts the timed libraries run with in this process, as a user's process would
+    have them (nothing is changed here): the CPUs, the thread variables that are set, BLAS
+    (``threadpoolctl`` when installed, else ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / the
+    CPU count, OpenBLAS's default), gcrflinalg's kernels, and PyTorch and ``imate`` when imported."""
+    import gcrflinalg
+
+    env = {k: os.environ[k] for k in THREAD_VARIABLES if os.environ.get(k)}
+    cpus = os.cpu_count() or 1
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = max((int(p["num_threads"]) for p in threadpool_info() if p.get("user_api") == "blas"), default=None)
+    except ImportError:
+        blas = None
+    if blas is None:
+        value = env.get("OPENBLAS_NUM_THREADS") or env.get("OMP_NUM_THREADS")
+        blas = int(value) if value and value.isdigit() else cpus
+    out = {"cpus": cpus, "env": env, "blas": blas, "gcrflinalg": gcrflinalg.get_num_threads()}
+    if "torch" in sys.modules:
+        out["torch"] = sys.modules["torch"].get_num_threads()
+    if "imate" in sys.modules:
+        from imate._openmp import get_avail_num_threads
+
+        out["imate"] = int(get_avail_num_threads())
+    return out
+
+
+def thread_words(settings=None) -> str:
+    """``"default threads: BLAS 2, gcrflinalg 2, torch 2 (2 CPUs)"`` (``"... OMP_NUM_THREADS=1 ..."``
+    when thread variables are set)."""
+    s = thread_settings() if settings is None else settings
+    counts = ", ".join(f"{k} {s[k]}" for k in ("blas", "gcrflinalg", "torch", "imate") if k in s)
+    how = " ".join(f"{k}={v}" for k, v in s["env"].items()) or "default threads"
+    return f"{how}: {counts} ({s['cpus']} CPUs)".replace("blas", "BLAS")
+
+
 # --------------------------------------------------------------------------- timing tables
 TIMING_COLUMNS = ("family", "case", "what", "time_ms", "peer", "peer_ms", "comparison", "target", "met")
 
