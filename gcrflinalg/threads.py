@@ -165,45 +165,58 @@ class StepThreads:
     """The thread count of a kernel called many times in a row, chosen by timing the calls.
 
     Call :meth:`count` before each call and :meth:`record` with its wall time after it.  With
-    ``n = get_num_threads() > 1`` (read once, at construction) the calls run on ``n`` threads,
-    except that in every ``period`` calls, from the first on, one call runs on ``n`` threads and the
-    next on one thread; the faster of the two is used until the next such pair.  On an idle machine
-    this costs one single-threaded call per period; where other processes hold the cores, the
-    barriers of a parallel call can make it several times slower than a serial one, and the
-    serial count is then kept.  For kernels whose result does not depend on the thread count only.
+    ``n = get_num_threads() > 1`` (read once, at construction) a *trial* runs one call on ``n``
+    threads and the next on one thread, and the faster count is kept.  A trial runs first, again
+    when a call on ``n`` threads takes more than twice the fastest one so far (the cores were
+    taken), and every ``period`` calls while one thread is kept (they may be free again).  On an
+    idle machine this costs one single-threaded call; where other processes hold the cores, the
+    barriers of a parallel call can make it several times slower than a serial one, and the serial
+    count is then kept.  For kernels whose result does not depend on the thread count only.
 
     Parameters
     ----------
     period : int
-        Calls between two trials (>= 3).
+        Calls on one thread between two trials (>= 1).
     threads : int, optional
         The parallel count to try (default :func:`get_num_threads`).
     """
 
     def __init__(self, period: int = 10, threads: int | None = None):
         self.parallel = get_num_threads() if threads is None else max(1, int(threads))
-        self.period = max(3, int(period))
-        self.calls = 0
+        self.period = max(1, int(period))
         self.choice = self.parallel
-        self._trial = {}
+        self._trial = {}  # count -> wall time of the trial's calls so far
+        self._fastest = float("inf")  # fastest call on `parallel` threads
+        self._since = 0  # calls on one thread since the last trial
         self._last = None
 
     def count(self) -> int:
         """The thread count of the next call."""
         if self.parallel == 1:
             self._last = 1
-            return 1
-        phase = self.calls % self.period
-        self._last = self.parallel if phase == 0 else 1 if phase == 1 else self.choice
+        elif self._trial is not None:  # a trial: n threads first, then one
+            self._last = 1 if self.parallel in self._trial else self.parallel
+        else:
+            self._last = self.choice
         return self._last
 
     def record(self, seconds: float) -> None:
         """The wall time of the call just made (after :meth:`count`)."""
-        if self.parallel > 1:
-            phase = self.calls % self.period
-            if phase < 2:
-                self._trial[self._last] = float(seconds)
-            if phase == 1:
+        if self.parallel == 1:
+            return
+        seconds = float(seconds)
+        if self._last == self.parallel:
+            slow = seconds > 2.0 * self._fastest
+            self._fastest = min(self._fastest, seconds)
+        if self._trial is not None:
+            self._trial[self._last] = seconds
+            if len(self._trial) == 2:
                 self.choice = min(self._trial, key=self._trial.get)
+                self._trial, self._since = None, 0
+        elif self.choice == self.parallel:
+            if slow:
                 self._trial = {}
-        self.calls += 1
+        else:
+            self._since += 1
+            if self._since >= self.period:
+                self._trial = {}

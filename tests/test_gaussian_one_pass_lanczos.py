@@ -194,13 +194,18 @@ def test_slq_same_bits_on_any_thread_count(monkeypatch):
 def test_step_threads_keeps_the_faster_count():
     from gcrflinalg.threads import StepThreads
 
-    chooser = StepThreads(period=4, threads=2)
+    chooser = StepThreads(period=3, threads=2)
     seen = []
-    for wall in [1.0, 0.5, 9, 9, 0.1, 0.5, 9, 9, 0.3, 0.2]:
+    walls = [1.0, 0.5,  # trial: one thread faster
+             9, 9, 9,  # one thread for `period` calls, then a trial
+             0.2, 0.5,  # two threads faster
+             0.25, 0.3, 0.35,  # kept while within twice the fastest two-thread call
+             0.6,  # more than twice: a trial follows
+             0.3, 0.9, 0.2]  # two threads faster again
+    for wall in walls:
         seen.append(chooser.count())
         chooser.record(wall)
-    # trials (2 threads, then 1) open every period; the faster of the pair runs until the next
-    assert seen == [2, 1, 1, 1, 2, 1, 2, 2, 2, 1]
+    assert seen == [2, 1, 1, 1, 1, 2, 1, 2, 2, 2, 2, 2, 1, 2]
     serial = StepThreads(threads=1)
     for _ in range(5):
         assert serial.count() == 1
