@@ -22,6 +22,12 @@ one core busy (docs/design.md, section 4, "Threads"):
 3. **Small problems run on one thread**: a kernel splits its work only when it is large enough
    (e.g. ``PARALLEL_MIN_ENTRIES`` of :mod:`gcrflinalg.forms.grid.kernels`) and never into more
    parts than it has work items.
+4. **Short kernels called many times in a row** (the steps of a Lanczos run, about a millisecond
+   each) wait at a barrier on every call, and on a machine whose cores are taken by other
+   processes that wait (a lost time slice, several milliseconds) can cost more than the call: such
+   a caller times its calls with :class:`StepThreads`, which tries one thread against the count
+   above and keeps the faster.  This applies only where the result does not depend on the thread
+   count (the work is split the same way whatever the count).
 
 The settings are thread-local in Numba and restored after every kernel, so user code that calls
 Numba itself is not affected.  BLAS calls (low-rank and video forms) keep the BLAS library's own
@@ -42,7 +48,7 @@ import contextvars
 import os
 
 __all__ = ["get_num_threads", "set_num_threads", "num_threads", "follow", "parallel_kernel",
-           "ENV_VARIABLE", "CHUNK_SIZE"]
+           "StepThreads", "ENV_VARIABLE", "CHUNK_SIZE"]
 
 #: environment variable giving the default thread count of the kernels
 ENV_VARIABLE = "GCRFLINALG_NUM_THREADS"
@@ -153,3 +159,64 @@ def parallel_kernel(threads: int | None = None):
     finally:
         numba.set_parallel_chunksize(previous_chunk)
         numba.set_num_threads(previous_n)
+
+
+class StepThreads:
+    """The thread count of a kernel called many times in a row, chosen by timing the calls.
+
+    Call :meth:`count` before each call and :meth:`record` with its wall time after it.  With
+    ``n = get_num_threads() > 1`` (read once, at construction) a *trial* runs one call on ``n``
+    threads and the next on one thread, and the faster count is kept.  A trial runs first, again
+    when a call on ``n`` threads takes more than twice the fastest one so far (the cores were
+    taken), and every ``period`` calls while one thread is kept (they may be free again).  On an
+    idle machine this costs one single-threaded call; where other processes hold the cores, the
+    barriers of a parallel call can make it several times slower than a serial one, and the serial
+    count is then kept.  For kernels whose result does not depend on the thread count only.
+
+    Parameters
+    ----------
+    period : int
+        Calls on one thread between two trials (>= 1).
+    threads : int, optional
+        The parallel count to try (default :func:`get_num_threads`).
+    """
+
+    def __init__(self, period: int = 10, threads: int | None = None):
+        self.parallel = get_num_threads() if threads is None else max(1, int(threads))
+        self.period = max(1, int(period))
+        self.choice = self.parallel
+        self._trial = {}  # count -> wall time of the trial's calls so far
+        self._fastest = float("inf")  # fastest call on `parallel` threads
+        self._since = 0  # calls on one thread since the last trial
+        self._last = None
+
+    def count(self) -> int:
+        """The thread count of the next call."""
+        if self.parallel == 1:
+            self._last = 1
+        elif self._trial is not None:  # a trial: n threads first, then one
+            self._last = 1 if self.parallel in self._trial else self.parallel
+        else:
+            self._last = self.choice
+        return self._last
+
+    def record(self, seconds: float) -> None:
+        """The wall time of the call just made (after :meth:`count`)."""
+        if self.parallel == 1:
+            return
+        seconds = float(seconds)
+        if self._last == self.parallel:
+            slow = seconds > 2.0 * self._fastest
+            self._fastest = min(self._fastest, seconds)
+        if self._trial is not None:
+            self._trial[self._last] = seconds
+            if len(self._trial) == 2:
+                self.choice = min(self._trial, key=self._trial.get)
+                self._trial, self._since = None, 0
+        elif self.choice == self.parallel:
+            if slow:
+                self._trial = {}
+        else:
+            self._since += 1
+            if self._since >= self.period:
+                self._trial = {}

@@ -154,20 +154,30 @@ def best_time(fn, *, repeats: int = 3, warmup: bool = True, xp=np, budget_s: flo
     return (best, out) if return_result else best
 
 
-def paired_best(fn_a, fn_b, *, repeats: int, xp=np) -> tuple[float, float]:
+def paired_best(fn_a, fn_b, *, repeats: int, xp=np, block: int = 1, gap_s: float = 0.0) -> tuple[float, float]:
     """Best wall times of ``fn_a`` and ``fn_b`` measured alternately (after one warm-up call of
-    each), so that a load change on a shared machine affects both alike."""
+    each), so that a load change on a shared machine affects both alike.
+
+    ``block``, ``gap_s``: each turn is ``block`` calls in a row after a pause of ``gap_s`` seconds.
+    Threaded libraries keep their idle threads spinning for a while after a call (OpenBLAS for up
+    to about 0.1 s); alternating single calls then runs each library on cores the other's
+    threads still hold, which is not how a program that uses one of them runs.  A pause longer
+    than that, and the best of a block, measure each as if it ran alone.
+    """
     from gcrflinalg.backend import synchronize
 
     fn_a(), fn_b()
     best = [math.inf, math.inf]
     for _ in range(max(1, int(repeats))):
         for k, fn in enumerate((fn_a, fn_b)):
-            synchronize(xp)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(xp)
-            best[k] = min(best[k], time.perf_counter() - t0)
+            if gap_s > 0:
+                time.sleep(gap_s)
+            for _ in range(max(1, int(block))):
+                synchronize(xp)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(xp)
+                best[k] = min(best[k], time.perf_counter() - t0)
     return best[0], best[1]
 
 
@@ -520,6 +530,49 @@ def quartiles(values):
         return None, None, None
     q1, med, q3 = np.percentile(vals, [25, 50, 75])
     return float(q1), float(med), float(q3)
+
+
+# --------------------------------------------------------------------------- threads
+#: environment variables that set the thread pools of the libraries the studies time
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "GCRFLINALG_NUM_THREADS")
+
+
+def thread_settings() -> dict:
+    """The thread counts the timed libraries run with in this process, as a user's process would
+    have them (nothing is changed here): the CPUs, the thread variables that are set, BLAS
+    (``threadpoolctl`` when installed, else ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / the
+    CPU count, OpenBLAS's default), gcrflinalg's kernels, and PyTorch and ``imate`` when imported."""
+    import gcrflinalg
+
+    env = {k: os.environ[k] for k in THREAD_VARIABLES if os.environ.get(k)}
+    cpus = os.cpu_count() or 1
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = max((int(p["num_threads"]) for p in threadpool_info() if p.get("user_api") == "blas"), default=None)
+    except ImportError:
+        blas = None
+    if blas is None:
+        value = env.get("OPENBLAS_NUM_THREADS") or env.get("OMP_NUM_THREADS")
+        blas = int(value) if value and value.isdigit() else cpus
+    out = {"cpus": cpus, "env": env, "blas": blas, "gcrflinalg": gcrflinalg.get_num_threads()}
+    if "torch" in sys.modules:
+        out["torch"] = sys.modules["torch"].get_num_threads()
+    if "imate" in sys.modules:
+        from imate._openmp import get_avail_num_threads
+
+        out["imate"] = int(get_avail_num_threads())
+    return out
+
+
+def thread_words(settings=None) -> str:
+    """``"default threads: BLAS 2, gcrflinalg 2, torch 2 (2 CPUs)"`` (``"... OMP_NUM_THREADS=1 ..."``
+    when thread variables are set)."""
+    s = thread_settings() if settings is None else settings
+    counts = ", ".join(f"{k} {s[k]}" for k in ("blas", "gcrflinalg", "torch", "imate") if k in s)
+    how = " ".join(f"{k}={v}" for k, v in s["env"].items()) or "default threads"
+    return f"{how}: {counts} ({s['cpus']} CPUs)".replace("blas", "BLAS")
 
 
 # --------------------------------------------------------------------------- timing tables

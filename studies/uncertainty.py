@@ -11,7 +11,9 @@ problems:
 3. **timings** — the log-determinant with the quadratic term ``b^T M^{-1} b`` against
    ``linear_operator``'s ``inv_quad_logdet`` (GPyTorch's library; exact Woodbury), exact samples
    against one direct solve, and SLQ against ``imate.logdet`` at the same probes and degree.  The
-   peers are optional: a missing one is reported and skipped.
+   peers are optional: a missing one is reported and skipped.  Every library runs with the threads
+   it has in the process (its own default unless the thread variables are set before the run);
+   each row records them.
 
 Writes ``summary.md``, ``uncertainty.json``, ``uncertainty.csv``, ``uncertainty_maps.png`` and
 ``uncertainty_calibration.png`` into ``--out``.
@@ -26,7 +28,8 @@ import numpy as np
 
 import gcrflinalg
 from gcrflinalg import problems
-from studies._common import Outputs, Progress, array_module, best_time, markdown_table, paired_best, speed_words, study_parser
+from studies._common import (Outputs, Progress, array_module, best_time, markdown_table, paired_best, speed_words,
+                             study_parser, thread_words)
 
 #: what each part of the study runs, full and quick
 SETTINGS = {
@@ -36,6 +39,9 @@ SETTINGS = {
                lowrank_shape=(5, 21, 21), lowrank_rank=32, timing_repeats=2),
 }
 PROBES, DEGREE = 30, 30
+#: the timed calls of each library run in blocks of this many after a pause of this long (s), so
+#: that neither runs while the other's idle threads still spin (see studies._common.paired_best)
+BLOCK, GAP_S = 3, 0.2
 
 
 def _peer(name):
@@ -196,7 +202,8 @@ def timing_lowrank(shape, rank, seed, repeats):
             return float(q), float(l)
 
         q2, l2 = peer()
-        t_ours, t_peer = paired_best(ours, peer, repeats=repeats)  # alternated: a load change hits both
+        # alternated (a load change hits both), in blocks after a pause (each runs as if alone)
+        t_ours, t_peer = paired_best(ours, peer, repeats=repeats, block=BLOCK, gap_s=GAP_S)
         row.update(time_s=t_ours, peer_time_s=t_peer,
                    rel_diff=max(abs(q2 - quad) / abs(quad), abs(l2 - ld) / abs(ld)))
     else:
@@ -211,9 +218,12 @@ def timing_lowrank(shape, rank, seed, repeats):
         op = gcrflinalg.LowRankGCRF(emb, lam)
         return gcrflinalg.sample(op, b, 16, rng=0).samples
 
-    t_samples, t_solve = paired_best(sixteen, one_solve, repeats=repeats)
+    t_samples, t_solve = paired_best(sixteen, one_solve, repeats=repeats, block=BLOCK, gap_s=GAP_S)
     rows.append({"case": case, "what": "16 exact samples (perturb-and-MAP)", "time_s": t_samples,
                  "peer": "one direct solve", "peer_time_s": t_solve, "rel_diff": None, "target": "<= 2x the solve"})
+    threads = thread_words()  # each library's own count, as in a user's process (nothing is set here)
+    for r in rows:
+        r["threads"] = threads
     return rows
 
 
@@ -248,13 +258,14 @@ def timing_slq(size, seed, repeats):
             return value
 
         peer()
-        t_ours, t_peer = paired_best(ours, peer, repeats=repeats)
+        t_ours, t_peer = paired_best(ours, peer, repeats=repeats, block=BLOCK, gap_s=GAP_S)
         row.update(time_s=t_ours, peer_time_s=t_peer, peer_rel_error=float(np.median(errors["peer"])))
     else:
         row["time_s"] = best_time(ours, repeats=repeats)
     # the median over the timed calls: one SLQ run's error is itself random
     row["rel_error"] = float(np.median(errors["ours"]))
     row["error_runs"] = len(errors["ours"])
+    row["threads"] = thread_words()
     return [row]
 
 
@@ -274,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CSV_COLUMNS = ("case", "what", "time_s", "peer", "peer_time_s", "comparison", "target", "rel_error",
-               "peer_rel_error", "rel_diff")
+               "peer_rel_error", "rel_diff", "threads")
 
 
 def main(argv=None) -> int:
@@ -335,7 +346,9 @@ def main(argv=None) -> int:
                                                            "variance_within_2sd", "mean_variance_ratio"]), "",
              "## Timings (best of repeats, alternated with the peer; fresh operator per call, float64)", "",
              "Errors of SLQ (ours and imate's): the median relative error against the exact value over "
-             "all timed calls (new probes each call).", "",
+             "all timed calls (new probes each call).  Threads: each library's own count in this process "
+             f"({timing_rows[-1]['threads'] if timing_rows else thread_words()}); set the thread variables "
+             "before the run for another condition.", "",
              markdown_table(timing_rows, ["case", "what", "time_s", "peer", "peer_time_s", "comparison", "target",
                                           "rel_error", "peer_rel_error", "rel_diff"]), ""]
     missing = [k for k, v in record["peers"].items() if not v]

@@ -125,3 +125,90 @@ def test_lanczos_state_keeps_v0_unless_overwrite():
         np.testing.assert_allclose(np.stack(st.beta), np.stack(plain.beta), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(st.norms, plain.norms, rtol=1e-14)
         assert st.matvecs == plain.matvecs == 6
+
+
+def _large_grid(neighbourhood, shape, seed):
+    """A general grid operator with enough rows for several pixel ranges of the one-pass step."""
+    K = {4: 2, 8: 4, 12: 6}[neighbourhood]
+    L, H, W = shape
+    rng = np.random.default_rng(seed)
+    pairwise = 0.2 * rng.standard_normal((K, L, L, H, W))
+    return gcrflinalg.GridGCRF(pairwise, 4.0, neighbourhood=neighbourhood)
+
+
+@pytest.mark.parametrize("neighbourhood,shape", [(4, (3, 37, 6)), (8, (2, 41, 5)), (12, (2, 60, 4)),
+                                                 (4, (1, 9, 13))])
+def test_fused_kernel_split_into_ranges(neighbourhood, shape, monkeypatch):
+    """The one-pass step split into pixel ranges (edges crossing a boundary and ``x . M x`` near it
+    done after the ranges): the formula against the CSR matrix, and the same bits on one thread
+    and on two."""
+    from gcrflinalg.forms.grid import kernels
+
+    monkeypatch.setattr(kernels, "LANCZOS_PARALLEL_MIN_ENTRIES", 0)  # threads even on a small grid
+    op = _large_grid(neighbourhood, shape, 1)
+    L, H, W = shape
+    reach = max(di * W + dj for di, dj in op.offsets)
+    starts = kernels.lanczos_ranges(H * W, reach)
+    assert starts[0] == 0 and starts[-1] == H * W and np.all(np.diff(starts) >= 4 * reach)
+    if H * W >= 8 * reach:
+        assert starts.size > 2  # several ranges
+    M = op.to_sparse().tocsr()
+    rng = np.random.default_rng(2)
+    k = 7
+    W0, Q, Qp0 = (rng.standard_normal((op.size, k)) for _ in range(3))
+    sq, cq, cp = rng.random(k) + 0.5, rng.standard_normal(k), rng.random(k)
+    x_ref = sq * W0 - cq * Q - cp * Qp0
+    Mx = M @ x_ref
+    results = []
+    for threads in (1, 2):
+        Wt, Qpt = W0.copy(), Qp0.copy()
+        with array_kernels(False):
+            dots, beta2 = op._lanczos_columns(Wt, Q, Qpt, sq, cq, cp, threads=threads)
+        np.testing.assert_allclose(Qpt, x_ref, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(Wt, Mx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dots, np.einsum("nk,nk->k", x_ref, Mx), rtol=1e-12)
+        np.testing.assert_allclose(beta2, (x_ref * x_ref).sum(axis=0), rtol=1e-12)
+        results.append((Wt, Qpt, dots, beta2))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_slq_same_bits_on_any_thread_count(monkeypatch):
+    """SLQ through the split one-pass steps gives the same bits whatever the thread count (and
+    whatever count each step's timing picks)."""
+    from gcrflinalg.forms.grid import kernels
+
+    monkeypatch.setattr(kernels, "LANCZOS_PARALLEL_MIN_ENTRIES", 0)
+    op = _large_grid(4, (3, 40, 8), 3)
+    with array_kernels(False):
+        with gcrflinalg.num_threads(1):
+            one = gcrflinalg.logdet(op, method="slq", num_probes=9, degree=12, rng=5)
+        with gcrflinalg.num_threads(2):
+            two = gcrflinalg.logdet(op, method="slq", num_probes=9, degree=12, rng=5)
+        monkeypatch.setattr(_logdet_module, "block_lanczos_step", lambda op: None)
+        ref = gcrflinalg.logdet(op, method="slq", num_probes=9, degree=12, rng=5)
+    assert one.value == two.value and one.stderr == two.stderr
+    np.testing.assert_allclose(one.value, ref.value, rtol=1e-12)
+
+
+def test_step_threads_keeps_the_faster_count():
+    from gcrflinalg.threads import StepThreads
+
+    chooser = StepThreads(period=3, threads=2)
+    seen = []
+    walls = [1.0, 0.5,  # trial: one thread faster
+             9, 9, 9,  # one thread for `period` calls, then a trial
+             0.2, 0.5,  # two threads faster
+             0.25, 0.3, 0.35,  # kept while within twice the fastest two-thread call
+             0.6,  # more than twice: a trial follows
+             0.3, 0.9, 0.2]  # two threads faster again
+    for wall in walls:
+        seen.append(chooser.count())
+        chooser.record(wall)
+    assert seen == [2, 1, 1, 1, 1, 2, 1, 2, 2, 2, 2, 2, 1, 2]
+    serial = StepThreads(threads=1)
+    for _ in range(5):
+        assert serial.count() == 1
+        serial.record(1.0)
+    with gcrflinalg.num_threads(1):
+        assert StepThreads().count() == 1

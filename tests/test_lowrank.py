@@ -344,6 +344,28 @@ def test_woodbury_factor(core, rng):
         np.testing.assert_allclose(f.lam_bound[s], max(0.0, lam - eig[s].min()), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_woodbury_range_quadratic(batched, rng):
+    """``(U b)^T F (U b)`` from the Cholesky factor (one system: a triangular solve, ``F`` never
+    formed) and from ``F`` (batched) against the dense ``F``; ``F`` and ``K`` formed on first
+    access equal the dense inverses."""
+    shape = (2,) if batched else ()
+    r, n, lam = 4, 9, 0.7
+    u = rng.standard_normal(shape + (r, n))
+    gram = u @ np.swapaxes(u, -1, -2)
+    f = WoodburyFactor(gram, np.full(shape, lam))
+    ub = u @ rng.standard_normal(shape + (n, 3))
+    F = np.linalg.inv(lam * np.eye(r) + gram)
+    ref = np.einsum("...dk,...de,...ek->...k", ub, F, ub)
+    got = f.range_quadratic(ub)
+    assert got.shape == shape + (3,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert (f._f is None) == (not batched)  # one NumPy system: F not formed by the quadratic form
+    np.testing.assert_allclose(f.range_inverse, F, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(f.capacitance_inverse, F, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(f.range_quadratic(ub), ref, rtol=1e-12)  # through F now
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input, no mutation
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 
 import numpy as np
 
@@ -118,10 +119,27 @@ def block_lanczos_step(op):
     """``(W, Q, Qp, sq, cq, cp) -> (x . M x, ||x||^2)`` per column for ``(N, k)`` C-contiguous
     float64 blocks: ``x = sq W - cq Q - cp Qp`` written over ``Qp`` and ``M x`` over ``W`` in one
     pass (a Lanczos update fused with the next product; the general grid form, unbatched,
-    float64, NumPy), else None."""
+    float64, NumPy), else None.
+
+    One such function serves one Lanczos run: its calls choose their thread count by timing
+    (:class:`gcrflinalg.threads.StepThreads`: one thread where the cores are taken by other
+    processes and the kernel's barriers would cost more than its threads save); the result does
+    not depend on the count."""
     if not (hasattr(op, "_lanczos_columns") and not op.batch_shape and op.dtype == np.float64
             and op.xp is np):
         return None
     from ..backend import _array_kernels_on
+    from ..threads import StepThreads
 
-    return None if _array_kernels_on() else op._lanczos_columns
+    if _array_kernels_on():
+        return None
+    chooser = StepThreads()
+
+    def step(W, Q, Qp, sq, cq, cp):
+        threads = chooser.count()
+        t0 = time.perf_counter()
+        out = op._lanczos_columns(W, Q, Qp, sq, cq, cp, threads=threads)
+        chooser.record(time.perf_counter() - t0)
+        return out
+
+    return step

@@ -97,10 +97,9 @@ def lowrank_inv_quad(op, bflat):
     ``b^T M^{-1} b = (b^T b - c^T F c) / lam`` with ``c = E b`` and ``F = (lam I_D + G)^{-1}``
     (Woodbury): one pass over ``E`` instead of the two of a solve."""
     lam = _lam64(op)
-    F = op.factorize().range_inverse.astype(np.float64, copy=False)
     b64 = bflat.astype(np.float64, copy=False)
-    c = (op._emb_flat @ bflat[..., None]).astype(np.float64, copy=False)  # (*batch, D, 1)
-    cfc = (c * (F @ c)).sum(axis=(-2, -1))
+    c = op._emb_flat @ bflat[..., None]  # (*batch, D, 1)
+    cfc = op.factorize().range_quadratic(c)[..., 0]  # ||L^{-1} c||^2 from the Cholesky factor
     return ((b64 * b64).sum(axis=-1) - cfc) / lam
 
 

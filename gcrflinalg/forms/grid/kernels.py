@@ -313,10 +313,11 @@ def pixel_major(pw):
 
 
 @numba.njit(inline="always")
-def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width):  # pragma: no cover - compiled
+def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width, q_lo=0, q_hi=-1):  # pragma: no cover - compiled
     """Both ends of every in-image edge of pixel ``p = (i, j)`` for ``E`` columns:
     ``out[:, p] += C_k v[:, q]`` and ``out[:, q] += C_k^T v[:, p]`` (``cp`` pixel-major blocks
-    ``(B, P, K, L, L)``, ``v`` and ``out`` ``(B, L, P, E)``)."""
+    ``(B, P, K, L, L)``, ``v`` and ``out`` ``(B, L, P, E)``); with ``q_hi >= 0`` only the edges
+    whose other end ``q`` lies in ``[q_lo, q_hi)``."""
     K, L = cp.shape[2], cp.shape[3]
     E = v.shape[3]
     for k in range(K):
@@ -325,6 +326,8 @@ def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width):  # pragma: no c
         if qi < 0 or qi >= height or qj < 0 or qj >= width:
             continue
         q = qi * width + qj
+        if q_hi >= 0 and (q < q_lo or q >= q_hi):
+            continue
         for m in range(L):
             om = out[b, m, p]
             vm = v[b, m, p]
@@ -762,48 +765,102 @@ def shifted_weight_cg(wt, lam, rhs, x, offsets, rtol, maxiter):
     return iterations, int(failed), float(found[0])
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _lanczos_columns_nb(cp, w, q, qp, lam, di, dj, height, width, sq, cq, cpc, dots, beta2):  # pragma: no cover
-    # One pass for a Lanczos step of E probes (columns): each pixel's new vector
+@numba.njit(inline="always")
+def _lanczos_pixels(cp, w, q, qp, a, b, di, dj, height, width, sq, cq, cpc, dots, beta2, start, stop, reach,
+                    head, tail):  # pragma: no cover - compiled
+    # The pixels [start, stop) of one Lanczos pass on E probes (columns): each pixel's new vector
     # x = sq w - cq q - cpc qp is formed just ahead of the first pixel that reads it, stored over qp,
     # and w is overwritten by M x as in _pairwise_product_columns_nb (w[d] is read before the
-    # product writes there: every write of the product lies behind the frontier ``done``).
-    B, P, K, L = cp.shape[0], cp.shape[1], cp.shape[2], cp.shape[3]
+    # product writes there: every write of the product lies behind the frontier ``done``).  Only
+    # the edges inside the range are applied; x . M x is accumulated for the pixels whose M x is
+    # then final, all but the first ``head`` and the last ``tail``.
+    L = cp.shape[3]
     E = w.shape[3]
+    done = start
+    for p in range(start, stop):
+        i = p // width
+        j = p - i * width
+        top = min(stop, p + reach + 1)
+        while done < top:
+            for m in range(L):
+                o = w[b, m, done]
+                x0 = q[b, m, done]
+                x1 = qp[b, m, done]
+                for e in range(E):
+                    x = sq[e] * o[e] - cq[e] * x0[e] - cpc[e] * x1[e]
+                    x1[e] = x
+                    beta2[e] += x * x
+                    o[e] = a * x
+            done += 1
+        _pixel_edges(cp, qp, w, b, p, i, j, di, dj, height, width, start, stop)
+        if p >= start + head and p < stop - tail:
+            for m in range(L):
+                o = w[b, m, p]
+                x = qp[b, m, p]
+                for e in range(E):
+                    dots[e] += x[e] * o[e]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def _lanczos_columns_nb(cp, w, q, qp, lam, di, dj, height, width, sq, cq, cpc, starts, dots, beta2,
+                        band):  # pragma: no cover - compiled
+    # The pixels split into the ranges [starts[t], starts[t + 1]), each at least 2 reach + 1 long,
+    # run as independent tasks (any thread, any order); then, per boundary between two ranges,
+    # the edges that cross it and x . M x of the 2 reach pixels around it.  dots, beta2: (B, T, E)
+    # per range; band: (B, T - 1, E) per boundary; summed by the caller in a fixed order, so the
+    # result does not depend on the thread count.
+    B, P, K = cp.shape[0], cp.shape[1], cp.shape[2]
+    L = cp.shape[3]
+    E = w.shape[3]
+    T = starts.shape[0] - 1
     reach = 0
     for k in range(K):
         reach = max(reach, di[k] * width + dj[k])
-    for b in range(B):
-        a = lam[b]
-        done = 0
-        for i in range(height):
-            for j in range(width):
-                p = i * width + j
-                top = min(P, p + reach + 1)
-                while done < top:
-                    for m in range(L):
-                        o = w[b, m, done]
-                        x0 = q[b, m, done]
-                        x1 = qp[b, m, done]
-                        for e in range(E):
-                            x = sq[e] * o[e] - cq[e] * x0[e] - cpc[e] * x1[e]
-                            x1[e] = x
-                            beta2[b, e] += x * x
-                            o[e] = a * x
-                    done += 1
-                _pixel_edges(cp, qp, w, b, p, i, j, di, dj, height, width)
-                for m in range(L):
-                    o = w[b, m, p]
-                    x = qp[b, m, p]
-                    for e in range(E):
-                        dots[b, e] += x[e] * o[e]
+    for task in numba.prange(B * T):
+        b = task // T
+        t = task - b * T
+        _lanczos_pixels(cp, w, q, qp, lam[b], b, di, dj, height, width, sq, cq, cpc, dots[b, t], beta2[b, t],
+                        starts[t], starts[t + 1], reach, reach if t > 0 else 0, reach if t < T - 1 else 0)
+    for task in numba.prange(B * (T - 1)):
+        b = task // (T - 1)
+        t = task - b * (T - 1)
+        cut = starts[t + 1]
+        for p in range(cut - reach, cut):
+            i = p // width
+            _pixel_edges(cp, qp, w, b, p, i, p - i * width, di, dj, height, width, cut, P)
+        acc = band[b, t]
+        for p in range(cut - reach, cut + reach):
+            for m in range(L):
+                o = w[b, m, p]
+                x = qp[b, m, p]
+                for e in range(E):
+                    acc[e] += x[e] * o[e]
     return w
 
 
-def lanczos_columns(pixel_blocks, w, q, qp, offsets, lam, height, width, sq, cq, cpc):
+#: pixel ranges of the one-pass Lanczos step (fixed, whatever the thread count: the same sums)
+LANCZOS_RANGES = 8
+#: the one-pass Lanczos step runs on several threads from this many block entries (pixels x labels x columns)
+LANCZOS_PARALLEL_MIN_ENTRIES = 1 << 16
+
+
+def lanczos_ranges(n_pixels, reach, ranges=LANCZOS_RANGES):
+    """Starts of the pixel ranges of :func:`lanczos_columns`: at most ``ranges`` of about equal
+    length, each at least ``4 reach`` pixels long (one range when the image is smaller)."""
+    count = max(1, min(int(ranges), n_pixels // max(4 * reach, 1)))
+    return np.linspace(0, n_pixels, count + 1).round().astype(np.int64)
+
+
+def lanczos_columns(pixel_blocks, w, q, qp, offsets, lam, height, width, sq, cq, cpc, threads=None):
     """One fused Lanczos pass on ``E`` probes stored as columns (compiled, NumPy float64).
 
     ``x = sq w - cq q - cpc qp`` (per column) is written over ``qp``, then ``w <- lam x + A x``.
+
+    The pixels are split into at most :data:`LANCZOS_RANGES` ranges (:func:`lanczos_ranges`), run
+    as independent tasks on :func:`product_threads` threads with dynamic scheduling
+    (:mod:`gcrflinalg.threads`; one thread below :data:`LANCZOS_PARALLEL_MIN_ENTRIES`); the edges
+    that cross a boundary between two ranges, and ``x . M x`` near it, follow.  The split does
+    not depend on the thread count, so neither do the sums.
 
     Parameters
     ----------
@@ -813,6 +870,8 @@ def lanczos_columns(pixel_blocks, w, q, qp, offsets, lam, height, width, sq, cq,
         ``w`` holds ``M q`` (unnormalised) on entry.
     sq, cq, cpc : arrays, shape ``(E,)``
         The coefficients of the three-term recurrence.
+    threads : int, optional
+        Thread count (default :func:`product_threads`).
 
     Returns
     -------
@@ -820,11 +879,18 @@ def lanczos_columns(pixel_blocks, w, q, qp, offsets, lam, height, width, sq, cq,
         ``x . M x`` and ``||x||^2`` per column.
     """
     di, dj = _offset_arrays(offsets)
-    B, E = w.shape[0], w.shape[3]
-    dots = np.zeros((B, E))
-    beta2 = np.zeros((B, E))
+    B, L, P, E = w.shape
+    reach = int(max(int(a) * width + int(c) for a, c in offsets))
+    starts = lanczos_ranges(P, reach)
+    T = starts.size - 1
+    dots = np.zeros((B, T, E))
+    beta2 = np.zeros((B, T, E))
+    band = np.zeros((B, max(T - 1, 0), E))
     lam_arr = np.ascontiguousarray(lam, dtype=np.float64).reshape(-1)
-    _lanczos_columns_nb(pixel_blocks, w, q, qp, lam_arr, di, dj, height, width,
-                        np.ascontiguousarray(sq, dtype=np.float64), np.ascontiguousarray(cq, dtype=np.float64),
-                        np.ascontiguousarray(cpc, dtype=np.float64), dots, beta2)
-    return dots, beta2
+    threads = product_threads() if threads is None else int(threads)
+    threads = 1 if B * L * P * E < LANCZOS_PARALLEL_MIN_ENTRIES else max(1, min(threads, B * T))
+    with threads_policy.parallel_kernel(threads):
+        _lanczos_columns_nb(pixel_blocks, w, q, qp, lam_arr, di, dj, height, width,
+                            np.ascontiguousarray(sq, dtype=np.float64), np.ascontiguousarray(cq, dtype=np.float64),
+                            np.ascontiguousarray(cpc, dtype=np.float64), starts, dots, beta2, band)
+    return dots.sum(axis=1) + band.sum(axis=1), beta2.sum(axis=1)

@@ -355,10 +355,12 @@ class GridGCRF(_GridOperator):
             return out.reshape(V.shape), dots.reshape(self.batch_shape + (E,))
         return out.reshape(V.shape)
 
-    def _lanczos_columns(self, W, Q, Qp, sq, cq, cpc):
+    def _lanczos_columns(self, W, Q, Qp, sq, cq, cpc, threads=None):
         """One fused Lanczos pass on ``E`` columns (unbatched, float64, NumPy): ``x = sq W - cq Q -
         cpc Qp`` per column is written over ``Qp`` and ``W`` is overwritten by ``M x``; returns
-        ``(x . M x, ||x||^2)``, each of shape ``(E,)``.  ``W, Q, Qp``: ``(N, E)`` C-contiguous."""
+        ``(x . M x, ||x||^2)``, each of shape ``(E,)``.  ``W, Q, Qp``: ``(N, E)`` C-contiguous.
+        ``threads``: the kernel's thread count (default: :mod:`gcrflinalg.threads`); the result
+        does not depend on it."""
         from .kernels import lanczos_columns
 
         if getattr(self, "_pixel_blocks", None) is None:
@@ -367,7 +369,7 @@ class GridGCRF(_GridOperator):
         L, E = self.vector_shape[0], W.shape[-1]
         shape = (1, L, H * W_, E)
         dots, beta2 = lanczos_columns(self._pixel_blocks, W.reshape(shape), Q.reshape(shape), Qp.reshape(shape),
-                                      self.offsets, self._lam_flat, H, W_, sq, cq, cpc)
+                                      self.offsets, self._lam_flat, H, W_, sq, cq, cpc, threads=threads)
         return dots[0], beta2[0]
 
     def _colour_sweep(self, x, b, omega):

@@ -114,16 +114,42 @@ class WoodburyFactor:
         self._scalar_core = core_arr is None or core_arr.ndim < 2
         self._mu = None
         self._cholesky_ok = False
+        self._chol = None
         self._capacitance_logdet = None
+        self._k = self._f = None
         if self._scalar_core:
             c = xp.asarray(1.0) if core_arr is None else core_arr.astype(np.float64)
             self._c = c[..., None]  # (..., 1)
-            kf = self._from_cholesky() if (gram is not None and eigh is None) else None
-            k, f = kf if kf is not None else self._from_scalar_eigh()
+            if not (gram is not None and eigh is None and self._from_cholesky()):
+                self._set_inverses(*self._from_scalar_eigh())
         else:
-            k, f = self._from_matrix_core(core_arr)
-        self.capacitance_inverse = k.astype(self.dtype, copy=False)
-        self.range_inverse = f.astype(self.dtype, copy=False)
+            self._set_inverses(*self._from_matrix_core(core_arr))
+
+    def _set_inverses(self, k, f):
+        self._k = k.astype(self.dtype, copy=False)
+        self._f = f.astype(self.dtype, copy=False)
+
+    @property
+    def capacitance_inverse(self):
+        """``K`` with ``M^{-1} = (I_N - U^T K U) / lam``, shape ``(..., R, R)`` (formed from the
+        Cholesky factor on first access)."""
+        if self._k is None:
+            self._inverses_from_cholesky()
+        return self._k
+
+    @property
+    def range_inverse(self):
+        """``F`` with ``U M^{-1} = F U``, shape ``(..., R, R)`` (formed from the Cholesky factor on
+        first access)."""
+        if self._f is None:
+            self._inverses_from_cholesky()
+        return self._f
+
+    def _inverses_from_cholesky(self):
+        xp = self.xp
+        linv = xp.linalg.inv(self._chol)  # L^{-1}
+        f = xp.swapaxes(linv, -1, -2) @ linv  # (L L^T)^{-1}
+        self._set_inverses(self._c[..., None] * f, f)
 
     # ------------------------------------------------------------------ factorisations
     def _sym_gram(self):
@@ -137,7 +163,8 @@ class WoodburyFactor:
         return self._eigh
 
     def _from_cholesky(self):
-        # F = (lam I + c G)^{-1}, K = c F; Cholesky success certifies M > 0.
+        # F = (lam I + c G)^{-1}, K = c F; Cholesky success certifies M > 0.  False: not positive
+        # definite (the caller falls back to the eigendecomposition).
         xp = self.xp
         g = self._sym_gram()
         r = g.shape[-1]
@@ -147,12 +174,13 @@ class WoodburyFactor:
         except np.linalg.LinAlgError:
             return None
         if not bool(xp.isfinite(chol).all()):  # CuPy signals failure with NaN
-            return None
-        linv = xp.linalg.inv(chol)  # L^{-1}
-        f = xp.swapaxes(linv, -1, -2) @ linv  # (L L^T)^{-1}
+            return False
+        # F = (L L^T)^{-1} and K are formed when first needed (a log-determinant and a quadratic
+        # form b^T M^{-1} b need the factor only)
+        self._chol = chol
         self._cholesky_ok = True
         self._capacitance_logdet = 2.0 * xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-        return self._c[..., None] * f, f
+        return True
 
     def _from_scalar_eigh(self):
         # K = Q diag(c / (lam + c s)) Q^T,  F = Q diag(1 / (lam + c s)) Q^T
@@ -240,6 +268,19 @@ class WoodburyFactor:
             ``U b`` for ``k`` right-hand sides per system (leading axes broadcast with the batch).
         """
         return self.capacitance_inverse @ ub
+
+    def range_quadratic(self, ub):
+        """``(U b)^T F (U b)`` per column, float64, shape ``(..., k)``, for ``ub`` of shape
+        ``(..., R, k)``: with the Cholesky factor ``L L^T = lam I_R + c G`` of one NumPy system
+        ``||L^{-1} U b||^2`` (one triangular solve, ``F`` not formed), else from ``F``."""
+        ub = ub.astype(np.float64, copy=False)
+        if self._f is None and self._chol is not None and self.xp is np and self._chol.ndim == 2:
+            from scipy.linalg import solve_triangular
+
+            y = solve_triangular(self._chol, ub, lower=True, check_finite=False)
+            return (y * y).sum(axis=-2)
+        F = self.range_inverse.astype(np.float64, copy=False)
+        return (ub * (F @ ub)).sum(axis=-2)
 
     def range_solve(self, ub):
         """``U M^{-1} b = F (U b)`` without touching ``N``-sized data; ``ub`` of shape ``(..., R, k)``."""
