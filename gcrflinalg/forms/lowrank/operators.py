@@ -415,7 +415,15 @@ class LowRankGCRF(_LowRankOperator):
 
     # ------------------------------------------------------------------ direct solve
     def _compute_factor(self):
-        gram = self._emb_flat @ self._embed_t()  # (*batch, D, D)
+        emb = self._emb_raw
+        gram = emb @ self.xp.swapaxes(emb, -1, -2)  # (*batch, D, D)
+        if self._finite_pending:
+            # diag(E E^T) holds the squared row norms of E: finite exactly when every entry of E
+            # is (or a finite row's squares overflowed, which the exact test settles)
+            if np.isfinite(np.diagonal(gram, axis1=-2, axis2=-1)).all():
+                self._finite_pending = False
+            else:
+                _ = self._emb_flat  # raises on NaN/Inf
         return WoodburyFactor(gram, self.lam, None, dtype=self.dtype)
 
     def _direct_flat(self, bflat):
