@@ -536,3 +536,20 @@ def test_auto_keeps_cg_on_a_flat_spectrum():
     assert auto.matvecs <= cg.matvecs
     assert op._factor_cache is None  # nothing factored
     np.testing.assert_allclose(auto.x, cg.x, rtol=1e-6, atol=1e-9)
+
+
+def test_factor_and_products_check_finiteness_without_a_pass_of_their_own(rng, monkeypatch):
+    # the checks of E ride on what the factor (diag of E E^T) and the products (E v) compute anyway
+    from gcrflinalg.forms.lowrank import operators as lowrank_ops
+
+    calls = []
+    original = lowrank_ops._check_finite_by_product
+    monkeypatch.setattr(lowrank_ops, "_check_finite_by_product", lambda *a: calls.append(1) or original(*a))
+    emb = rng.standard_normal((3, 2, 4, 5))
+    b = rng.standard_normal(40)
+    gcrflinalg.logdet(LowRankGCRF(emb, 1.0), inv_quad_rhs=b)
+    gcrflinalg.solve(LowRankGCRF(emb, 1.0), b, method="direct")
+    gcrflinalg.solve(LowRankGCRF(emb, 1.0), b, method="cg")
+    assert calls == []
+    LowRankGCRF(emb, 1.0).diagonal()  # a read without a by-product to test: one pass
+    assert calls == [1]

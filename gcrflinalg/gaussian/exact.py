@@ -98,8 +98,9 @@ def lowrank_inv_quad(op, bflat):
     (Woodbury): one pass over ``E`` instead of the two of a solve."""
     lam = _lam64(op)
     b64 = bflat.astype(np.float64, copy=False)
+    factor = op.factorize()  # first: its Gram matrix checks E for NaN/Inf for free
     c = op._emb_flat @ bflat[..., None]  # (*batch, D, 1)
-    cfc = op.factorize().range_quadratic(c)[..., 0]  # ||L^{-1} c||^2 from the Cholesky factor
+    cfc = factor.range_quadratic(c)[..., 0]  # ||L^{-1} c||^2 from the Cholesky factor
     return ((b64 * b64).sum(axis=-1) - cfc) / lam
 
 
