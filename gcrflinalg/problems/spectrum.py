@@ -19,7 +19,8 @@ import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["extreme_eigenvalues", "lanczos_extremes", "offdiag_spectrum", "spectrum_tolerance", "LANCZOS_TOL"]
+__all__ = ["extreme_eigenvalues", "lanczos_extremes", "offdiag_spectrum", "structured_spectrum",
+           "spectrum_tolerance", "LANCZOS_TOL"]
 
 #: a bound below this fraction of ``rho(B)`` is rounding of a structural zero (e.g. ``E^T E`` is PSD)
 _ZERO = 1e-9
@@ -67,6 +68,8 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     """
     from scipy.linalg import eigh_tridiagonal
 
+    from ._kernels import lanczos_orthogonalise, scaled_copy
+
     maxiter = int(maxiter or min(n, 2000))
     v = rng.standard_normal(n)
     v /= np.sqrt(_dot(v, v))
@@ -75,11 +78,15 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     b = 0.0
     lo = hi = None
     for k in range(maxiter):
-        w = np.asarray(matvec(v), dtype=np.float64).reshape(n) - b * v_prev
-        a = _dot(v, w)
-        w -= a * v
+        w = np.asarray(matvec(v), dtype=np.float64).reshape(n)
+        # updated in place below: a copy when it is not the product's own new array
+        if not (w.flags.writeable and w.flags.c_contiguous) or np.may_share_memory(w, v) \
+                or np.may_share_memory(w, v_prev):
+            w = w.copy()
+        # w -= b v_prev; a = v . w; w -= a v, and ||w||^2: one compiled pass each, fixed-order sums
+        a, b2 = lanczos_orthogonalise(w, v, v_prev, b)
         alpha.append(a)
-        b = float(np.sqrt(_dot(w, w)))
+        b = float(np.sqrt(b2))
         if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
             m = len(alpha)
             theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(0, m - 1)) \
@@ -94,7 +101,8 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
         if b == 0.0:
             break
         beta.append(b)
-        v_prev, v = v, w / b
+        scaled_copy(v_prev, w, b)  # the next Lanczos vector, w / b, over the oldest one
+        v_prev, v = v, v_prev
     return lo, hi, maxiter
 
 
@@ -169,6 +177,38 @@ def _largest_algebraic(matvec, n, rng, tol):
     return lanczos_extremes(matvec, n, rng, tol, ends="max")[1]
 
 
+def _offdiag_extremes(b_matvec, n, rng, tol, *, bipartite=False, weights=None):
+    """``(lambda_min(B), lambda_max(B))`` given what is known of ``B``'s structure.
+
+    ``bipartite``: ``B`` only couples two colour classes, so its spectrum is symmetric and one end
+    gives both.  ``weights = (w_matvec, P, L, w_bipartite)``: ``B = (1 1^T - I) (x) W`` with ``W``
+    the ``P x P`` matrix of ``w_matvec`` (bipartite or not), whose eigenvalues ``mu`` give those of
+    ``B``, ``(L - 1) mu`` and ``-mu``.
+    """
+    if weights is not None:
+        w_matvec, P, L, w_bipartite = weights
+        if w_bipartite:  # W bipartite too: its spectrum is symmetric
+            wmax = _largest_algebraic(w_matvec, P, rng, tol)
+            wmin = -wmax
+        else:
+            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
+        return (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
+    if bipartite:
+        # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
+        # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
+        bmax = _largest_algebraic(b_matvec, n, rng, tol)
+        return -bmax, bmax
+    return extreme_eigenvalues(b_matvec, n, rng, tol)
+
+
+def _radius_and_bound(bmin, bmax, amin):
+    rho = max(abs(bmin), abs(bmax))
+    pd_bound = max(-amin, 0.0)
+    if pd_bound <= _ZERO * max(rho, np.finfo(float).tiny):
+        pd_bound = 0.0
+    return rho, pd_bound
+
+
 def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     """``(rho(B), pd_bound)`` of an unbatched float64 NumPy operator ``op`` (``M = lam I + A``).
 
@@ -182,11 +222,13 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
         Relative accuracy of the Lanczos estimates (:func:`spectrum_tolerance`).
 
     A form whose unknowns split in two colours that ``B`` only couples across (the grid forms on
-    4-neighbourhoods, through their ``colour_classes()``) has a symmetric spectrum: ``lambda_max(B)``
-    alone gives ``rho(B)`` and the bound.  On the Potts grid, ``B = (1 1^T - I) (x) W`` (checked with
-    one product), so ``rho(B) = (L - 1) rho(W)`` and ``lambda_min(B) = min((L - 1) lambda_min(W),
-    -lambda_max(W))`` come from Lanczos on the ``P x P`` matrix ``W``.  Plain Lanczos to the
-    tolerance the margin needs costs a few dozen products.
+    4-neighbourhoods, through their ``colour_classes()``, checked with two products) has a symmetric
+    spectrum: ``lambda_max(B)`` alone gives ``rho(B)`` and the bound.  On the Potts grid,
+    ``B = (1 1^T - I) (x) W`` (checked with one product), so ``rho(B) = (L - 1) rho(W)`` and
+    ``lambda_min(B) = min((L - 1) lambda_min(W), -lambda_max(W))`` come from Lanczos on the
+    ``P x P`` matrix ``W``.  Plain Lanczos to the tolerance the margin needs costs a few dozen
+    products.  :func:`structured_spectrum` gives the same facts of a grid problem from its factors,
+    without products of ``op``.
 
     Returns
     -------
@@ -209,29 +251,54 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     potts = _potts_weight_matvec(op, b_matvec, n, rng) if structured else None
     signs = _bipartite_signs(op, b_matvec, n, rng) if structured and potts is None else None
     if potts is not None:
-        # B = (1 1^T - I) (x) W: the eigenvalues of 1 1^T - I are L - 1 (once) and -1, so those of
-        # B are (L - 1) mu and -mu for every eigenvalue mu of W (products of size P, not L P)
         w_matvec, P, L = potts
         wsigns = _bipartite_signs(op, w_matvec, P, rng, labels=L) if P > DENSE_MAX_WEIGHTS else None
-        if wsigns is not None:  # W bipartite too: its spectrum is symmetric
-            wmax = _largest_algebraic(w_matvec, P, rng, tol)
-            wmin = -wmax
-        else:
-            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
-        bmin, bmax = (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
-    elif signs is not None:
-        # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
-        # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
-        bmax = _largest_algebraic(b_matvec, n, rng, tol)
-        bmin = -bmax
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, weights=(w_matvec, P, L, wsigns is not None))
     else:
-        bmin, bmax = extreme_eigenvalues(b_matvec, n, rng, tol)
-    rho = max(abs(bmin), abs(bmax))
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, bipartite=signs is not None)
     if np.all(diag == lam):  # diag(A) = 0 (grid, Potts, multi-resolution): A = B
         amin = bmin
     else:
         amin, _ = extreme_eigenvalues(a_matvec, n, rng, tol)
-    pd_bound = max(-amin, 0.0)
-    if pd_bound <= _ZERO * max(rho, np.finfo(float).tiny):
-        pd_bound = 0.0
-    return rho, pd_bound
+    return _radius_and_bound(bmin, bmax, amin)
+
+
+def structured_spectrum(coupling, rng, tol=LANCZOS_TOL):
+    """``(rho(B), pd_bound, probe)`` of a grid problem from its factors
+    (:class:`gcrflinalg.problems.coupling.GridCoupling`), without its operator.
+
+    The structure is known rather than tested: on the 4-neighbourhood the red-black colouring makes
+    the spectra of ``B`` (and of the Potts grid's ``W``) symmetric; the Potts grid's spectrum comes
+    from ``W`` (``P x P``).  Each product is a small matrix product of the factors
+    (:meth:`GridCoupling.matvec`) instead of a read of the stored blocks.
+
+    ``probe`` is a random vector of shape ``(N,)`` for :meth:`GridCoupling.matches`, the one product
+    with the problem's operator that checks the factors.  It is drawn from ``rng`` where
+    :func:`offdiag_spectrum` draws its structure tests, so both start Lanczos from the same vector and
+    give the same ``rho`` and bound (to rounding).
+    """
+    n = coupling.size
+    L, P = coupling.num_labels, coupling.num_pixels
+    bipartite = coupling.neighbourhood == 4
+    probe = None
+    if n <= DENSE_MAX:
+        bmin, bmax = _offdiag_extremes(coupling.matvec, n, rng, tol)
+    elif coupling.potts:
+        probe = rng.standard_normal(n)
+        w_bipartite = bipartite and P > DENSE_MAX_WEIGHTS
+        if w_bipartite:
+            rng.standard_normal(P)  # offdiag_spectrum's test of W's colouring draws this
+        bmin, bmax = _offdiag_extremes(None, n, rng, tol, weights=(coupling.weight_matvec, P, L, w_bipartite))
+    else:
+        if bipartite:
+            probe = rng.standard_normal(n)
+        out = np.empty(n)
+
+        def b_matvec(v):  # into one buffer: Lanczos uses each product once
+            return coupling.matvec(v, out=out)
+
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, bipartite=bipartite)
+    if probe is None:
+        probe = rng.standard_normal(n)
+    rho, pd_bound = _radius_and_bound(bmin, bmax, bmin)  # diag(A) = 0 on the grids: A = B
+    return rho, pd_bound, probe
