@@ -289,20 +289,68 @@ def test_factors_that_disagree_with_the_operator_leave_lam_to_its_products(monke
         assert p.operator.lam == p.params["lam"] == pytest.approx(1.05 * p.meta["offdiag_radius"], rel=1e-14)
 
 
-def test_lanczos_updates_are_the_numpy_updates():
+def test_lanczos_updates_are_the_numpy_updates_on_any_thread_count():
     rng = np.random.default_rng(5)
-    for n in (1, 7, 8, 13, 1000):
+    for n in (1, 7, 8, 13, 1000, _kernels.LANCZOS_CHUNK + 3, _kernels.PARALLEL_MIN_LENGTH + 11):
         w, v, vp = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
         ref = w - 0.7 * vp
         a_ref = float(v @ ref)
         ref = ref - a_ref * v
-        out = w.copy()
-        a, b2 = _kernels.lanczos_orthogonalise(out, v, vp, 0.7)
-        np.testing.assert_array_equal(out, w - 0.7 * vp - a * v)  # the same rounding as NumPy's updates
-        assert a == pytest.approx(a_ref, rel=1e-13, abs=1e-13) and b2 == pytest.approx(ref @ ref, rel=1e-13)
-        scaled = np.empty(n)
-        _kernels.scaled_copy(scaled, out, 3.0)
-        np.testing.assert_array_equal(scaled, out / 3.0)
+        results = []
+        for threads in (1, 2):
+            out = w.copy()
+            with gcrflinalg.num_threads(threads):
+                a, b2 = _kernels.lanczos_orthogonalise(out, v, vp, 0.7)
+                scaled = np.empty(n)
+                _kernels.scaled_copy(scaled, out, 3.0)
+            np.testing.assert_array_equal(out, w - 0.7 * vp - a * v)  # the same rounding as NumPy's updates
+            assert a == pytest.approx(a_ref, rel=1e-12, abs=1e-12) and b2 == pytest.approx(ref @ ref, rel=1e-12)
+            np.testing.assert_array_equal(scaled, out / 3.0)
+            results.append((a, b2))
+        assert results[0] == results[1]  # fixed-order sums: the same bits on one thread or two
+
+
+@pytest.mark.parametrize("nbhd", [4, 8, 12])
+def test_factor_product_does_not_depend_on_the_thread_count(nbhd):
+    rng = np.random.default_rng(nbhd)
+    K, L, H, W = len(OFFSETS[nbhd]), 5, 90, 80  # above the parallel size
+    coupling = GridCoupling(rng.random((K, H, W)), nbhd, compat=rng.standard_normal((K, L, L)))
+    assert coupling.size >= _kernels.PARALLEL_MIN_OUTPUTS
+    v = rng.standard_normal(coupling.size)
+    with gcrflinalg.num_threads(1):
+        one = coupling.matvec(v)
+    with gcrflinalg.num_threads(2):
+        two = coupling.matvec(v)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("H,W,L", [(5, 7, 3), (1, 6, 2), (6, 1, 4), (4, 4, 1), (9, 4, 5), (40, 31, 2)])
+def test_red_square_product_is_b_squared_on_the_red_pixels(H, W, L):
+    rng = np.random.default_rng([H, W, L])
+    coupling = GridCoupling(rng.standard_normal((2, H, W)), 4, compat=rng.standard_normal((2, L, L)))
+    red = np.tile(((np.arange(H)[:, None] + np.arange(W)[None, :]) % 2 == 0).reshape(-1), L)
+    assert coupling.red_size == int(red.sum())
+    x = rng.standard_normal(coupling.red_size)
+    full = np.zeros(coupling.size)
+    full[red] = x
+    once = coupling.matvec(full)
+    assert np.all(once[red] == 0.0)  # B maps red values to black pixels only
+    np.testing.assert_allclose(coupling.red_square_matvec(x), coupling.matvec(once)[red], rtol=1e-13, atol=1e-13)
+    # its top eigenvalue is rho(B)^2
+    if coupling.size <= 200:
+        B = coupling.matvec(np.eye(coupling.size))
+        sq = np.stack([coupling.red_square_matvec(e) for e in np.eye(coupling.red_size)], axis=1)
+        rho = np.abs(np.linalg.eigvalsh(B)).max()
+        assert np.linalg.eigvalsh((sq + sq.T) / 2).max() == pytest.approx(rho ** 2, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        GridCoupling(rng.standard_normal((4, H, W)), 8, compat=rng.standard_normal((4, L, L))).red_square_matvec(x)
+
+
+def test_pairwise_blocks_are_the_broadcast_products():
+    rng = np.random.default_rng(2)
+    compat, weights = rng.standard_normal((4, 6, 6)), rng.random((4, 13, 11))
+    np.testing.assert_array_equal(_kernels.pairwise_blocks(compat, weights),
+                                  compat[:, :, :, None, None] * weights[:, None, None, :, :])
 
 
 # --------------------------------------------------------------------------- colour clusters

@@ -13,15 +13,22 @@ So ``B v`` (``B = A``: ``diag(A) = 0`` on the grids) is, per offset ``k`` with f
 
     out[:, p] += w_k(p) C_k v[:, p + s_k]   and   out[:, p + s_k] += w_k(p) C_k^T v[:, p],
 
-one ``(L, 2 K L) x (2 K L, P)`` matrix product of the stacked factors with the weighted, shifted
-copies of ``v``: no read of the ``K L^2 P`` stored blocks.  Flat shifts wrap a row's last pixels to
-the next row's first; those edges leave the image, and their weights are zero here.
+that is ``out[:, p] = sum_d M_d (u_d(p) v[:, p + sigma_d])`` over ``D = 2 K`` directions: ``M_d =
+C_k``, ``sigma_d = s_k``, ``u_d(p) = w_k(p)`` (the pixel's own edge) and ``M_d = C_k^T``,
+``sigma_d = -s_k``, ``u_d(p) = w_k(p - s_k)`` (its neighbour's edge).  Per tile of pixels that is
+one small ``(L, D L) x (D L, tile)`` matrix product (:func:`gcrflinalg.problems._kernels.factor_product`),
+with no read of the ``K L^2 P`` stored blocks.
+
+On the 4-neighbourhood every edge joins a red pixel (``i + j`` even) and a black one, so ``B`` maps
+red values to black ones and back; :meth:`GridCoupling.red_square_matvec` applies ``B^2`` on the red
+pixels (``C C^T`` for ``C = B[red, black]``) as two such half-size products.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..neighbourhoods import edge_mask, neighbourhood_offsets
+from ._kernels import factor_product
 
 __all__ = ["GridCoupling"]
 
@@ -43,7 +50,9 @@ class GridCoupling:
     ----------
     size : int
         ``N = L P``.
-    num_labels, num_pixels, neighbourhood, potts
+    num_labels, num_pixels, neighbourhood
+    potts : bool
+        ``B = (1 1^T - I) (x) W`` (the Potts form).
     """
 
     def __init__(self, weights, neighbourhood, *, compat=None, num_labels=None):
@@ -55,9 +64,21 @@ class GridCoupling:
         self.neighbourhood = int(neighbourhood)
         self.potts = compat is None
         self.num_pixels = P = H * W
+        self._shape = (H, W)
         # off-image entries ignored whatever they hold (NaN included), as the operators do
-        self._weights = np.where(edge_mask(neighbourhood, H, W), weights, 0.0).reshape(K, P)
-        self._shifts = [di * W + dj for di, dj in offsets]  # > 0: a half-set of offsets
+        w = np.where(edge_mask(neighbourhood, H, W), weights, 0.0).reshape(K, P)
+        shifts = [di * W + dj for di, dj in offsets]  # > 0: a half-set of offsets
+        # the D = 2K directions of the module docstring: own edges first, then the neighbours'
+        self._sigma = np.array(shifts + [-s for s in shifts], dtype=np.intp)
+        self._u = np.zeros((2 * K, P))
+        self._u[:K] = w
+        for k, s in enumerate(shifts):
+            if s < P:
+                self._u[K + k, s:] = w[k, : P - s]
+        p = np.arange(P)
+        # a neighbour index wherever the weight is nonzero (its edge is in the image); 0 elsewhere
+        self._index = np.where(self._u != 0.0, p[None, :] + self._sigma[:, None], 0)
+        self._ones = np.ones((1, 2 * K))  # W: M_d = 1 in every direction
         if self.potts:
             self.num_labels = int(num_labels)
             self._stacked = None
@@ -67,66 +88,93 @@ class GridCoupling:
                 raise ValueError(f"compat must have shape ({K}, L, L); got {compat.shape}")
             self.num_labels = compat.shape[1]
             # [C_1 .. C_K, C_1^T .. C_K^T]: (L, 2 K L)
-            self._stacked = np.ascontiguousarray(
-                np.concatenate([*compat, *compat.transpose(0, 2, 1)], axis=1))
+            self._stacked = np.ascontiguousarray(np.concatenate([*compat, *compat.transpose(0, 2, 1)], axis=1))
         self.size = self.num_labels * P
-        self._buffers = {}
+        self._red_black = None
 
     # ------------------------------------------------------------------ products
-    def _shifted_copies(self, V):
-        """``Z (2K, R, P, E)``: ``Z[k][:, p] = w_k(p) V[:, p + s_k]``, ``Z[K + k][:, p + s_k] =
-        w_k(p) V[:, p]``, zero where no edge lands (for one column a buffer reused between calls)."""
-        K = len(self._shifts)
-        R, P, E = V.shape
-        Z = self._buffers.get((R, E))
-        if Z is None:  # the slices never written stay zero
-            Z = np.zeros((2 * K, R, P, E))
-            if E == 1:
-                self._buffers[(R, E)] = Z
-        for k, s in enumerate(self._shifts):
-            if s >= P:  # no pixel has this neighbour (the slices stay zero)
-                continue
-            w = self._weights[k, : P - s, None]
-            np.multiply(V[:, s:], w, out=Z[k, :, : P - s])
-            np.multiply(V[:, : P - s], w, out=Z[K + k, :, s:])
-        return Z
-
-    def _pixel_product(self, V, out):
-        """``out[r] = W V[r]`` for ``V, out`` of shape ``(R, P, E)`` (the weights only, no labels)."""
+    def _columns(self, v, rows, product):
+        """``product`` (on ``(rows, P)`` arrays) of ``v`` of shape ``(rows P,)`` or ``(rows P, E)``."""
+        v = np.asarray(v, dtype=np.float64)
         P = self.num_pixels
-        out[...] = 0.0
-        for k, s in enumerate(self._shifts):
-            if s < P:
-                w = self._weights[k, : P - s, None]
-                out[:, : P - s] += w * V[:, s:]
-                out[:, s:] += w * V[:, : P - s]
+        if v.ndim == 1:
+            return product(np.ascontiguousarray(v.reshape(rows, P))).reshape(v.shape)
+        cols = v.reshape(rows, P, -1)
+        out = np.empty(cols.shape)
+        for e in range(cols.shape[2]):
+            out[:, :, e] = product(np.ascontiguousarray(cols[:, :, e]))
+        return out.reshape(v.shape)
+
+    def _weight_product(self, x):  # (R, P) -> (R, P): W on every row
+        out = np.empty_like(x)
+        for r in range(x.shape[0]):
+            factor_product(self._ones, self._u, self._index, x[r: r + 1], out[r: r + 1])
         return out
 
     def weight_matvec(self, v):
         """``W v`` for ``v`` of shape ``(P,)`` or ``(P, E)`` (``W`` the ``P x P`` edge-weight matrix)."""
-        v = np.asarray(v, dtype=np.float64)
-        V = v.reshape(1, self.num_pixels, -1)
-        return self._pixel_product(V, np.empty(V.shape)).reshape(v.shape)
+        return self._columns(v, 1, self._weight_product)
 
     def matvec(self, v, out=None):
         """``B v`` for ``v`` of shape ``(N,)`` or ``(N, E)``, flat index ``n = l P + p``.
 
-        Returns ``out`` (a C-contiguous float64 array of the shape of ``v``), or a new array.
+        Returns ``out`` (given: a C-contiguous float64 array of ``v``'s shape), or a new array.
         """
-        v = np.asarray(v, dtype=np.float64)
         L, P = self.num_labels, self.num_pixels
-        V = v.reshape(L, P, -1)
-        E = V.shape[2]
-        if out is None:
-            out = np.empty(v.shape)
         if self.potts:
             # B v = W (s - v_l) per label, s the sum over labels
-            self._pixel_product(V.sum(axis=0)[None] - V, out.reshape(L, P, E))
+            def product(x):
+                return self._weight_product(x.sum(axis=0)[None] - x)
+        elif out is not None and np.ndim(v) == 1:
+            v = np.ascontiguousarray(v, dtype=np.float64)
+            factor_product(self._stacked, self._u, self._index, v.reshape(L, P), out.reshape(L, P))
             return out
-        Z = self._shifted_copies(V)
-        np.matmul(self._stacked, Z.reshape(Z.shape[0] * L, P * E), out=out.reshape(L, P * E))
+        else:
+            def product(x):
+                return factor_product(self._stacked, self._u, self._index, x, np.empty_like(x))
+        result = self._columns(v, L, product)
+        if out is None:
+            return result
+        out[...] = result
         return out
 
+    # ------------------------------------------------------------------ red-black halves
+    @property
+    def red_size(self) -> int:
+        """``L`` times the number of red pixels (``i + j`` even): the length of
+        :meth:`red_square_matvec`'s vectors."""
+        H, W = self._shape
+        return self.num_labels * ((H * W + 1) // 2)
+
+    def _halves(self):
+        """``((u, index) black <- red, (u, index) red <- black)`` of the 4-neighbourhood (cached)."""
+        if self._red_black is None:
+            if self.neighbourhood != 4 or self.potts:
+                raise ValueError("the red-black halves need the general form on the 4-neighbourhood")
+            H, W = self._shape
+            red = ((np.arange(H)[:, None] + np.arange(W)[None, :]) % 2 == 0).reshape(-1)
+            position = np.empty(self.num_pixels, dtype=np.intp)  # a pixel's place among its colour
+            position[red] = np.arange(int(red.sum()))
+            position[~red] = np.arange(int((~red).sum()))
+            halves = []
+            for out_pixels in (np.flatnonzero(~red), np.flatnonzero(red)):
+                u = np.ascontiguousarray(self._u[:, out_pixels])
+                index = np.where(u != 0.0, position[self._index[:, out_pixels]], 0)
+                halves.append((u, index))
+            self._red_black = tuple(halves)
+        return self._red_black
+
+    def red_square_matvec(self, x):
+        """``B^2`` on the red pixels, ``x`` of shape ``(red_size,)``: ``B`` to the black pixels and
+        back (4-neighbourhood, general form).  Its eigenvalues are the squared singular values of
+        ``B[red, black]``, so its largest is ``rho(B)^2``."""
+        (u_b, i_b), (u_r, i_r) = self._halves()
+        L = self.num_labels
+        xr = np.ascontiguousarray(x, dtype=np.float64).reshape(L, -1)
+        black = factor_product(self._stacked, u_b, i_b, xr, np.empty((L, u_b.shape[1])))
+        return factor_product(self._stacked, u_r, i_r, black, np.empty_like(xr)).reshape(-1)
+
+    # ------------------------------------------------------------------ the check
     def matches(self, op, v) -> bool:
         """Whether ``B v`` agrees with the operator's ``M v - diag(M) v`` (to ``1e-10`` relative) for
         the given vector ``v`` of shape ``(N,)``: one product that checks the factors against ``op``."""

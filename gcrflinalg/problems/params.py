@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ..neighbourhoods import edge_mask, neighbourhood_offsets
+from ._kernels import pairwise_blocks
 from .coupling import GridCoupling
 from .photo import (bilateral_features, colour_clusters, load_photo, random_fourier_features,
                     squared_distances, unaries_from_clusters)
@@ -123,7 +124,7 @@ def grid_params(form, index, rng, size, synthetic, stride=None, num_labels=None)
         else:
             _, centres = colour_clusters(image, L, seed=int(rng.integers(2 ** 31)))
             compat = _label_compatibility(centres, rng, len(offsets))
-        pairwise = compat[:, :, :, None, None] * weights[:, None, None, :, :]
+        pairwise = pairwise_blocks(compat, weights)  # compat[:, :, :, None, None] * weights[:, None, None]
         params = dict(pairwise=pairwise, neighbourhood=neighbourhood)
         coupling = GridCoupling(weights, neighbourhood, compat=compat)
     # the factors of the pairwise blocks, for the spectral facts (make_params takes them out)

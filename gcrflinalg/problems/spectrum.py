@@ -1,17 +1,22 @@
-"""Spectral facts of a built-in problem that set its ``lam``, computed from the operator's own product.
+"""Spectral facts of a built-in problem that set its ``lam``: from the operator's own product, or
+from the factors of a grid problem's pairwise blocks.
 
 For ``M = lam I + A`` the problems need the spectral radius ``rho(B)`` of the off-diagonal part
 ``B = A - diag(A)`` (``lam > rho(B)`` makes Jacobi converge) and the positive-definiteness bound
-``-lambda_min(A)`` (docs/design.md, "Positive definiteness").  Both come from products with the form's
-operator, ``A v = M v - lam v`` and ``B v = M v - diag(M) v``, so no form's product is written twice.
-The Potts grid is the exception that uses its structure: there ``B = (1 1^T - I) (x) W`` with ``W``
-the ``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that
-of ``B`` from products ``L`` times smaller.
+``-lambda_min(A)`` (docs/design.md, "Positive definiteness").  :func:`offdiag_spectrum` takes both
+from products with the form's operator, ``A v = M v - lam v`` and ``B v = M v - diag(M) v``, so no
+form's product is written twice; on the Potts grid, ``B = (1 1^T - I) (x) W`` with ``W`` the
+``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that of
+``B`` from products ``L`` times smaller.  The grid problems know their structure
+(:class:`gcrflinalg.problems.coupling.GridCoupling`): :func:`structured_spectrum` applies ``B`` from
+the ``L x L`` compatibilities and the edge weights, about ten times cheaper than a read of the
+stored blocks, and on the 4-neighbourhood runs Lanczos on ``B^2`` over the red pixels.
 
-The inner products are NumPy ``einsum`` reductions (as in the solvers), not BLAS calls: a threaded
-BLAS reduction between two products of a parallel Numba kernel leaves BLAS threads spinning on the
-cores the kernel needs (several times slower on a loaded machine), and its summation order depends
-on the BLAS thread count, so the estimates would depend on the machine.
+The Lanczos updates and inner products are compiled loops with fixed-order sums (per chunk, the
+chunk sums added in order; :mod:`gcrflinalg.problems._kernels`), not BLAS calls: a threaded BLAS
+call between two products of a parallel Numba kernel leaves BLAS threads spinning on the cores the
+kernel needs (several times slower), and its summation order depends on the BLAS thread count, so
+the estimates would depend on the machine.  These are the same on any thread count.
 """
 from __future__ import annotations
 
@@ -54,6 +59,17 @@ def _dot(u, v) -> float:
     return float(np.einsum("i,i->", u, v))
 
 
+def _ritz_pair(alpha, beta, i):
+    """``(theta_i, s_i)``: the ``i``-th smallest eigenvalue of the Lanczos tridiagonal matrix and the
+    last component of its unit eigenvector (one pair, not all ``m``: their cost grows as ``m^2``)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    if len(alpha) == 1:
+        return float(alpha[0]), 1.0
+    theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(i, i))
+    return float(theta[0]), float(S[-1, 0])
+
+
 def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None):
     """``(lower, upper, products)``: the extreme eigenvalues of a symmetric operator by Lanczos.
 
@@ -66,8 +82,6 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     from them keeps Jacobi's radius at most ``1 / (1 + margin)``.
     Each step is one product and two vector updates (no ARPACK restarts).
     """
-    from scipy.linalg import eigh_tridiagonal
-
     from ._kernels import lanczos_orthogonalise, scaled_copy
 
     maxiter = int(maxiter or min(n, 2000))
@@ -88,13 +102,12 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
         alpha.append(a)
         b = float(np.sqrt(b2))
         if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
-            m = len(alpha)
-            theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(0, m - 1)) \
-                if m > 1 else (np.array(alpha), np.ones((1, 1)))
-            r_lo, r_hi = b * abs(S[-1, 0]), b * abs(S[-1, -1])
+            theta_lo, s_lo = _ritz_pair(alpha, beta, 0)
+            theta_hi, s_hi = _ritz_pair(alpha, beta, len(alpha) - 1)
+            r_lo, r_hi = b * abs(s_lo), b * abs(s_hi)
             # widened by the residual bounds: an eigenvalue lies within r of each Ritz value, so the
             # interval encloses the extremes once the extreme Ritz values have found them
-            lo, hi = float(theta[0]) - r_lo, float(theta[-1]) + r_hi
+            lo, hi = theta_lo - r_lo, theta_hi + r_hi
             scale = max(abs(lo), abs(hi), np.finfo(float).tiny)
             if b == 0.0 or (r_hi <= tol * scale and (ends == "max" or r_lo <= tol * scale)):
                 return lo, hi, k + 1
@@ -267,15 +280,21 @@ def structured_spectrum(coupling, rng, tol=LANCZOS_TOL):
     """``(rho(B), pd_bound, probe)`` of a grid problem from its factors
     (:class:`gcrflinalg.problems.coupling.GridCoupling`), without its operator.
 
-    The structure is known rather than tested: on the 4-neighbourhood the red-black colouring makes
-    the spectra of ``B`` (and of the Potts grid's ``W``) symmetric; the Potts grid's spectrum comes
-    from ``W`` (``P x P``).  Each product is a small matrix product of the factors
+    The structure is known rather than tested.  On the 4-neighbourhood ``B`` only couples red and
+    black pixels, so its spectrum is symmetric, ``+-sigma_i(C)`` for ``C = B[red, black]``:
+    Lanczos runs on ``C C^T`` (``B^2`` on the red pixels, half-length vectors), whose largest
+    eigenvalue ``rho^2`` it gets to the relative tolerance ``tol (2 - tol)``, so that ``rho`` is
+    good to ``tol`` as on the other paths; a polynomial in ``B^2`` of degree ``k`` is one in ``B``
+    of degree ``2 k`` at the price of ``k`` products, so about half the products of Lanczos on ``B``.
+    The Potts grid's spectrum comes from ``W`` (``P x P``, symmetric on the 4-neighbourhood).  Each
+    product is a small matrix product of the factors per tile of pixels
     (:meth:`GridCoupling.matvec`) instead of a read of the stored blocks.
 
     ``probe`` is a random vector of shape ``(N,)`` for :meth:`GridCoupling.matches`, the one product
     with the problem's operator that checks the factors.  It is drawn from ``rng`` where
-    :func:`offdiag_spectrum` draws its structure tests, so both start Lanczos from the same vector and
-    give the same ``rho`` and bound (to rounding).
+    :func:`offdiag_spectrum` draws its structure tests, so that away from the general
+    4-neighbourhood both start Lanczos from the same vector and give the same ``rho`` and bound (to
+    rounding); on the general 4-neighbourhood they agree to ``tol``.
     """
     n = coupling.size
     L, P = coupling.num_labels, coupling.num_pixels
@@ -289,15 +308,19 @@ def structured_spectrum(coupling, rng, tol=LANCZOS_TOL):
         if w_bipartite:
             rng.standard_normal(P)  # offdiag_spectrum's test of W's colouring draws this
         bmin, bmax = _offdiag_extremes(None, n, rng, tol, weights=(coupling.weight_matvec, P, L, w_bipartite))
+    elif bipartite:
+        probe = rng.standard_normal(n)
+        # hi^2 <= rho^2 / (1 - tol (2 - tol)) = (rho / (1 - tol))^2: the bound on the other paths
+        square = _largest_algebraic(coupling.red_square_matvec, coupling.red_size, rng, tol * (2.0 - tol))
+        bmax = float(np.sqrt(max(square, 0.0)))
+        bmin = -bmax
     else:
-        if bipartite:
-            probe = rng.standard_normal(n)
         out = np.empty(n)
 
         def b_matvec(v):  # into one buffer: Lanczos uses each product once
             return coupling.matvec(v, out=out)
 
-        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, bipartite=bipartite)
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol)
     if probe is None:
         probe = rng.standard_normal(n)
     rho, pd_bound = _radius_and_bound(bmin, bmax, bmin)  # diag(A) = 0 on the grids: A = B
