@@ -346,6 +346,30 @@ def test_red_square_product_is_b_squared_on_the_red_pixels(H, W, L):
         GridCoupling(rng.standard_normal((4, H, W)), 8, compat=rng.standard_normal((4, L, L))).red_square_matvec(x)
 
 
+@pytest.mark.parametrize("nbhd", [4, 8])
+def test_likely_extreme_vectors_are_eigenvectors_of_a_separable_coupling(nbhd):
+    # one symmetric C for every offset: B = C (x) W, and the products of the extreme eigenvectors of
+    # C and of W (the power steps converge slowly on a bipartite W: many of them) are eigenvectors of B
+    rng = np.random.default_rng(nbhd)
+    K, L, H, W = len(OFFSETS[nbhd]), 4, 7, 6
+    C = rng.standard_normal((L, L))
+    C = C + C.T
+    weights = np.ones((K, H, W))
+    coupling = GridCoupling(weights, nbhd, compat=np.broadcast_to(C, (K, L, L)).copy())
+    vectors = coupling.likely_extreme_vectors(iterations=3000)
+    assert vectors.shape == (4, coupling.size)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-12)
+    B = coupling.matvec(np.eye(coupling.size))
+    ev = np.linalg.eigvalsh(B)
+    for x in vectors:
+        theta = x @ B @ x
+        assert np.linalg.norm(B @ x - theta * x) < 1e-5 * np.abs(ev).max()
+    thetas = [x @ B @ x for x in vectors]
+    assert max(thetas) == pytest.approx(ev[-1], rel=1e-8) and min(thetas) == pytest.approx(ev[0], rel=1e-8)
+    with pytest.raises(ValueError):
+        GridCoupling(weights, nbhd, num_labels=L).likely_extreme_vectors()
+
+
 def test_pairwise_blocks_are_the_broadcast_products():
     rng = np.random.default_rng(2)
     compat, weights = rng.standard_normal((4, 6, 6)), rng.random((4, 13, 11))

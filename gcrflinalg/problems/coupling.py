@@ -174,6 +174,42 @@ class GridCoupling:
         black = factor_product(self._stacked, u_b, i_b, xr, np.empty((L, u_b.shape[1])))
         return factor_product(self._stacked, u_r, i_r, black, np.empty_like(xr)).reshape(-1)
 
+    # ------------------------------------------------------------------ a start for Lanczos
+    def likely_extreme_vectors(self, iterations: int = 30):
+        """Unit vectors ``(4, N)`` near the extreme eigenvectors of ``B`` (general form).
+
+        Were every ``C_k`` the same symmetric ``C`` and the weights the same in every direction,
+        ``B = C (x) W`` would have the eigenvectors ``u (x) w`` (``u`` of ``C``, ``w`` of ``W``) with
+        the eigenvalues ``mu(C) mu(W)``: the extremes come from the extreme ``u`` and ``w``.  These are
+        the four products of the extreme eigenvectors of the mean symmetric part of the ``C_k`` and
+        of ``W`` (by ``iterations`` power steps on ``W + g I`` and ``g I - W``, ``g`` its Gershgorin
+        bound, from the constant vector).  A Lanczos start that leans on them finds the ends in fewer
+        steps; its certificate does not depend on the start.
+        """
+        if self.potts:
+            raise ValueError("the Potts form's spectrum comes from W")
+        K, L = len(self._sigma) // 2, self.num_labels
+        compat = self._stacked[:, : K * L].reshape(L, K, L).transpose(1, 0, 2)
+        _, U = np.linalg.eigh(((compat + compat.transpose(0, 2, 1)) / 2.0).mean(axis=0))
+        g = float(np.abs(self._u).sum(axis=0).max()) or 1.0
+        ends = []
+        for sign in (1.0, -1.0):
+            w = np.ones(self.num_pixels)
+            for _ in range(iterations):
+                w = sign * self.weight_matvec(w) + g * w
+                w /= np.sqrt(np.einsum("i,i->", w, w))
+            ends.append(w)
+        out = np.stack([np.kron(U[:, i], w) for i in (-1, 0) for w in ends])
+        return out / np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
+
+    @property
+    def red_pixels(self):
+        """Boolean ``(N,)``: the unknowns of the red pixels (``i + j`` even), in the order of
+        :meth:`red_square_matvec`'s vectors."""
+        H, W = self._shape
+        red = ((np.arange(H)[:, None] + np.arange(W)[None, :]) % 2 == 0).reshape(-1)
+        return np.tile(red, self.num_labels)
+
     # ------------------------------------------------------------------ the check
     def matches(self, op, v) -> bool:
         """Whether ``B v`` agrees with the operator's ``M v - diag(M) v`` (to ``1e-10`` relative) for
