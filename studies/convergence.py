@@ -1127,22 +1127,30 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "",
         "## Building the problems",
         "",
-        "`lam` needs `rho(B)`.  The problems get it from the operator's own product by plain Lanczos "
-        "(both ends of the spectrum in one run, no ARPACK restarts) to a hundredth of the margin, relative: "
-        "the accuracy `lam` needs, not full accuracy.  Where the form's two-colouring makes the spectrum of "
-        "`B` symmetric (the grid forms on 4-neighbourhoods) one end suffices.  On the Potts grid "
-        "`B = (1 1^T - I) (x) W`, so Lanczos runs on the `P x P` weight matrix `W` (`rho(B) = (L - 1) rho(W)`), "
-        "with products `L` times smaller.  Lanczos's inner products are NumPy reductions, not BLAS calls: a "
-        "threaded BLAS call between two products of a parallel Numba kernel leaves BLAS threads spinning on the "
-        "cores the kernel needs, which made each product two to three times slower on a loaded machine.  The "
-        "photograph is block-averaged once per stride; the colour clusters are drawn per problem (their seed is "
-        "part of the problem) and cost about 0.03 s at the thesis's size.  The per-problem build time (the "
-        "photograph's colour clusters, the parameters, `rho(B)`, and for the low-rank and video forms the "
-        "Jacobi-radius estimate) is the `build_s` column of `runs.csv`; the first problem of a process also "
-        "pays the loading of the compiled kernels.  On the Potts grid building costs a few CG solves, most of it "
-        "the colour clusters.  On the general grid it is still about ten: in the seed regime CG needs about 10 "
-        "products, and Lanczos about 40 for a residual bound of a hundredth of the margin on a spectrum that is "
-        "dense at its ends (its extreme Ritz value is that close after about 20), each product the same as CG's.",
+        "`lam` needs `rho(B)`.  The problems get it by plain Lanczos (no ARPACK restarts) to a hundredth of "
+        "the margin, relative: the accuracy `lam` needs, not full accuracy.  On the grid forms Lanczos does "
+        "not use the operator's product but the factors of the pairwise blocks: the general grid's block of "
+        "offset `k` at pixel `p` is `C_k w_k(p)` (an `L x L` label compatibility times a contrast weight), so "
+        "`B v` is one small matrix product per tile of pixels, `(L, 2 K L) x (2 K L, 64)`, four to five times "
+        "cheaper than the operator's product, which reads all `K L^2 P` stored entries.  On the "
+        "4-neighbourhood `B` only couples red and black pixels, so Lanczos runs on `B^2` over the red pixels "
+        "(vectors of half the length, each step two half-size products, a polynomial of twice the degree in "
+        "`B`): 10 to 15 steps at the thesis's size where Lanczos on `B` took 35.  On the 8- and "
+        "12-neighbourhoods it runs on `B` for both ends; its start leans on the products of the extreme "
+        "eigenvectors of the mean compatibility and of `W`, near the ends of `B`'s spectrum, which saves a "
+        "third to a half of the steps (25 to 30 instead of 40 to 45) and, from a sample of problems, stops "
+        "short of the extreme eigenvalue less often than a random start.  On the Potts grid `B = (1 1^T - I) "
+        "(x) W`, so Lanczos runs on the `P x P` weight matrix `W` (`rho(B) = (L - 1) rho(W)`).  The operator "
+        "is built once, with its `lam`, and one product with it checks the factors (were they wrong, its own "
+        "products would set `lam`).  Lanczos's updates and sums are compiled loops with fixed-order sums, the "
+        "same on any thread count, and nothing in the build calls BLAS: the threads a BLAS library leaves "
+        "spinning after a product made the parallel kernels that followed it (Lanczos's products, the CG "
+        "solve) two to four times slower.  The photograph is block-averaged once per stride; the colour "
+        "clusters are drawn per problem (their seed is part of the problem) by a compiled k-means that gives "
+        "the plain NumPy k-means's labels and centres.  The per-problem build time (the photograph's colour "
+        "clusters, the parameters, `rho(B)`, and for the low-rank and video forms the Jacobi-radius estimate) "
+        "is the `build_s` column of `runs.csv`; the first problem of a process also pays the loading of the "
+        "compiled kernels.",
         "",
     ]
     for name, _ in REPORT_SWEEPS:

@@ -1,18 +1,23 @@
 """The spectral facts that set a built-in problem's ``lam``, and the reuse of the photograph.
 
 ``rho(B)`` and the positive-definiteness bound from :func:`gcrflinalg.problems.spectrum.offdiag_spectrum`
-(Lanczos on the operator's product, or on the Potts grid's ``P x P`` weight matrix) are checked
-against dense eigenvalues of the matrix assembled by explicit loops from docs/design.md (3.1, 3.2),
-on problems just above the size where the dense path takes over, so the Lanczos paths run.
+(Lanczos on the operator's product, or on the Potts grid's ``P x P`` weight matrix) and from
+:func:`~gcrflinalg.problems.spectrum.structured_spectrum` (products of the grid problems' factors,
+:class:`~gcrflinalg.problems.coupling.GridCoupling`) are checked against dense eigenvalues of the
+matrix assembled by explicit loops from docs/design.md (3.1, 3.2), on problems just above the size
+where the dense path takes over, so the Lanczos paths run.  The factors' product is checked against
+the operators' own, the compiled k-means against the plain NumPy one.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import gcrflinalg
 from gcrflinalg import problems
-from gcrflinalg.problems import photo, spectrum
-from operator_cases import dense_grid_coupling
+from gcrflinalg.problems import _kernels, photo, spectrum
+from gcrflinalg.problems.coupling import GridCoupling
+from operator_cases import OFFSETS, dense_grid_coupling
 
 
 def _dense_offdiag(form, params, L, h, w):
@@ -136,6 +141,300 @@ def test_cached_photograph_is_the_block_average():
         crop = problems.load_photo(stride, crop=(0, 0, h, w))  # the whole image as a crop: still a copy
         crop[:] = -1.0
         assert problems.load_photo(stride).min() >= 0.0
+
+
+# --------------------------------------------------------------------------- the factors' product
+@pytest.mark.parametrize("nbhd", [4, 8, 12])
+@pytest.mark.parametrize("L,H,W", [(3, 5, 7), (1, 4, 4), (2, 1, 9), (4, 9, 1), (5, 2, 2), (2, 11, 6)])
+def test_factor_product_is_the_operators_product(nbhd, L, H, W):
+    rng = np.random.default_rng([nbhd, L, H, W])
+    K = len(OFFSETS[nbhd])
+    weights = rng.standard_normal((K, H, W))
+    compat = rng.standard_normal((K, L, L))  # not symmetric: C_k and C_k^T both appear
+    pairwise = compat[:, :, :, None, None] * weights[:, None, None]
+    # entries of edges leaving the image are ignored by the operators, whatever they hold
+    off = ~problems.params.edge_mask(nbhd, H, W)
+    weights[off] = 1e3
+    pairwise[np.broadcast_to(off[:, None, None], pairwise.shape)] = -1e3
+    lam = 1.7
+    general, potts = GridCoupling(weights, nbhd, compat=compat), GridCoupling(weights, nbhd, num_labels=L)
+    ops = {general: gcrflinalg.GridGCRF(pairwise, lam, neighbourhood=nbhd),
+           potts: gcrflinalg.GridPottsGCRF(weights, lam, L, neighbourhood=nbhd)}
+    n = L * H * W
+    for coupling, op in ops.items():
+        assert coupling.size == n
+        v, V = rng.standard_normal(n), rng.standard_normal((n, 3))
+        np.testing.assert_allclose(coupling.matvec(v), op.matvec(v) - lam * v, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(coupling.matvec(V), (op.matvec(V.T) - lam * V.T).T, rtol=1e-12, atol=1e-12)
+        out = np.empty(n)
+        assert coupling.matvec(v, out=out) is out
+        np.testing.assert_array_equal(out, coupling.matvec(v))
+        assert coupling.matches(op, v)
+    # against the dense matrices of docs/design.md by explicit loops
+    dense = dense_grid_coupling(lambda k, i, j: pairwise[k, :, :, i, j], L, H, W, nbhd)
+    np.testing.assert_allclose(general.matvec(np.eye(n)), dense, atol=1e-12)
+    dense_w = dense_grid_coupling(lambda k, i, j: weights[k, i, j] * np.ones((1, 1)), 1, H, W, nbhd)
+    np.testing.assert_allclose(potts.weight_matvec(np.eye(H * W)), dense_w, atol=1e-12)
+    # a check that can fail: the factors of another problem
+    if L > 1:
+        v = rng.standard_normal(n)
+        assert not general.matches(ops[potts], v) and not potts.matches(ops[general], v)
+        other = GridCoupling(weights, nbhd, compat=compat.transpose(0, 2, 1))
+        assert not other.matches(ops[general], v)
+
+
+# the whole photograph at stride 24 (25 x 21 = 525 pixels) or 16 (1184 pixels): N above DENSE_MAX,
+# so the Lanczos paths run, on B or on the Potts grid's W (above DENSE_MAX_WEIGHTS)
+STRUCTURED = [("grid", 0, 2, 0.05, 24), ("grid", 1, 2, 0.3, 24), ("grid", 3, 2, 0.1, 24),
+              ("grid", 2, 3, 0.2, 24), ("grid", 0, 2, 0.738, 16), ("grid_potts", 0, 2, 0.01, 24),
+              ("grid_potts", 3, 3, 0.1, 24), ("grid_potts", 1, 2, 0.001, 24)]
+
+
+@pytest.mark.parametrize("form,index,labels,margin,stride", STRUCTURED)
+def test_structured_spectrum_against_dense_eigenvalues_and_the_operators_products(form, index, labels, margin,
+                                                                                 stride):
+    params, _, meta = problems.make_params(form, index, size="large", stride=stride, num_labels=labels,
+                                           margin=margin)
+    assert "_coupling" not in params and meta["N"] > spectrum.DENSE_MAX
+    h, w = meta["image_shape"]
+    L = meta["num_labels"]
+    ev = np.linalg.eigvalsh(_dense_offdiag(form, params, L, h, w))
+    rho, pd = max(abs(ev[0]), abs(ev[-1])), max(-ev[0], 0.0)
+    tol = spectrum.spectrum_tolerance(margin)
+    assert rho * (1 - 1e-12) <= meta["offdiag_radius"] <= rho * (1 + tol)
+    assert abs(meta["pd_bound"] - pd) <= tol * rho
+    # the operator's own products (the path of every other form) from the same start vector
+    op = problems.build_operator(form, params)
+    seed_rng = problems._rng(0, form, index, False, stream=1)
+    rho_op, pd_op = spectrum.offdiag_spectrum(op, seed_rng, tol=tol)
+    assert meta["offdiag_radius"] == pytest.approx(rho_op, rel=tol)
+    assert meta["pd_bound"] == pytest.approx(pd_op, abs=tol * rho)
+    # and the factors themselves, rebuilt from the maker
+    maker = problems._REGISTRY[form].problem_maker()
+    raw, _, _ = maker(form, index, problems._rng(0, form, index, False), "large", False, stride=stride,
+                      num_labels=labels)
+    coupling = raw.pop("_coupling")
+    r, p, probe = spectrum.structured_spectrum(coupling, problems._rng(0, form, index, False, stream=1), tol)
+    assert (r, p) == (meta["offdiag_radius"], meta["pd_bound"])
+    assert probe.shape == (meta["N"],) and coupling.matches(op, probe)
+
+
+@pytest.mark.parametrize("form,index,size,kw", [
+    ("grid", 0, "large", dict(stride=16, num_labels=3, margin=0.738)),  # 4-neighbourhood, Lanczos on B
+    ("grid", 1, "large", dict(stride=16, num_labels=2, margin=0.05)),  # 8-neighbourhood, both ends
+    ("grid", 3, "large", dict(stride=12, num_labels=4, margin=0.02)),  # 12-neighbourhood
+    ("grid_potts", 0, "large", dict(stride=12, num_labels=5, margin=0.1)),  # Lanczos on W, symmetric
+    ("grid_potts", 1, "large", dict(stride=16, num_labels=3, margin=0.3)),  # W both ends
+    ("grid", 2, "small", {}), ("grid_potts", 1, "tiny", {}),  # dense
+    ("grid", 1, "large", dict(stride=16, num_labels=2, margin=0.05, lam_rule="pd")),
+    ("grid", 0, "large", dict(stride=16, num_labels=3, margin=0.1, synthetic=True)),
+])
+def test_built_in_problems_keep_their_lam(form, index, size, kw):
+    """make_params gives what the operator-product path (the one before the factors) gives: the same
+    ``lam`` and facts to the spectral tolerance (the same Lanczos start, so in practice to rounding)."""
+    kw = dict(kw)
+    synthetic = kw.pop("synthetic", False)
+    params, b, meta = problems.make_params(form, index, size=size, synthetic=synthetic, **kw)
+    probe = problems.build_operator(form, dict(params, lam=1.0))
+    margin = meta["margin"]
+    tol = spectrum.spectrum_tolerance(margin)
+    rho, pd = spectrum.offdiag_spectrum(probe, problems._rng(0, form, index, synthetic, stream=1), tol=tol)
+    assert meta["offdiag_radius"] == pytest.approx(rho, rel=tol)
+    assert meta["pd_bound"] == pytest.approx(pd, abs=tol * rho)
+    base = rho if meta["lam_rule"] == "jacobi" else pd
+    assert meta["lam"] == pytest.approx((1 + margin) * base, rel=tol) and params["lam"] == meta["lam"]
+    assert meta["jacobi_radius_bound"] == pytest.approx(meta["offdiag_radius"] / meta["lam"], rel=1e-14)
+
+
+def test_make_problem_builds_the_operator_once_and_checks_the_factors(monkeypatch):
+    built, products = [], []
+    build = problems.build_operator
+
+    def counting_build(form, params, **kw):
+        op = build(form, params, **kw)
+        built.append(kw.get("dtype", np.float64))
+        matvec = op.matvec
+
+        def counting_matvec(v):
+            products.append(np.shape(v))
+            return matvec(v)
+
+        op.matvec = counting_matvec
+        return op
+
+    monkeypatch.setattr(problems, "build_operator", counting_build)
+    for form, index in (("grid", 0), ("grid", 1), ("grid_potts", 0)):
+        built.clear(), products.clear()
+        p = problems.make_problem(form, index, size="large", stride=16, num_labels=3, margin=0.1)
+        assert built == [np.float64] and products == [(p.size,)]  # one operator, one product: the check
+        assert p.operator.lam == p.params["lam"]
+        built.clear()
+        p32 = problems.make_problem(form, index, size="large", stride=16, num_labels=3, margin=0.1,
+                                    dtype=np.float32)
+        assert built == [np.float64, np.float32] and p32.operator.dtype == np.float32
+        assert p32.meta["lam"] == p.meta["lam"]
+
+
+def test_factors_that_disagree_with_the_operator_leave_lam_to_its_products(monkeypatch):
+    # factors off by 10%: the check rejects them and the operator's own products set lam
+    matvec = GridCoupling.matvec
+    monkeypatch.setattr(GridCoupling, "matvec", lambda self, v, out=None: 1.1 * matvec(self, v))
+    monkeypatch.setattr(GridCoupling, "weight_matvec", lambda self, v: 1.1 * np.asarray(v))
+    for form in ("grid", "grid_potts"):
+        p = problems.make_problem(form, 1, size="large", stride=24, num_labels=2, margin=0.05)
+        h, w = p.meta["image_shape"]
+        ev = np.linalg.eigvalsh(_dense_offdiag(form, p.params, 2, h, w))
+        rho = max(abs(ev[0]), abs(ev[-1]))
+        assert rho <= p.meta["offdiag_radius"] <= rho * (1 + spectrum.spectrum_tolerance(0.05))
+        assert p.operator.lam == p.params["lam"] == pytest.approx(1.05 * p.meta["offdiag_radius"], rel=1e-14)
+
+
+def test_lanczos_updates_are_the_numpy_updates_on_any_thread_count():
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 8, 13, 1000, _kernels.LANCZOS_CHUNK + 3, _kernels.PARALLEL_MIN_LENGTH + 11):
+        w, v, vp = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
+        ref = w - 0.7 * vp
+        a_ref = float(v @ ref)
+        ref = ref - a_ref * v
+        results = []
+        for threads in (1, 2):
+            out = w.copy()
+            with gcrflinalg.num_threads(threads):
+                a, b2 = _kernels.lanczos_orthogonalise(out, v, vp, 0.7)
+                scaled = np.empty(n)
+                _kernels.scaled_copy(scaled, out, 3.0)
+            np.testing.assert_array_equal(out, w - 0.7 * vp - a * v)  # the same rounding as NumPy's updates
+            assert a == pytest.approx(a_ref, rel=1e-12, abs=1e-12) and b2 == pytest.approx(ref @ ref, rel=1e-12)
+            np.testing.assert_array_equal(scaled, out / 3.0)
+            results.append((a, b2))
+        assert results[0] == results[1]  # fixed-order sums: the same bits on one thread or two
+
+
+@pytest.mark.parametrize("nbhd", [4, 8, 12])
+def test_factor_product_does_not_depend_on_the_thread_count(nbhd):
+    rng = np.random.default_rng(nbhd)
+    K, L, H, W = len(OFFSETS[nbhd]), 5, 90, 80  # above the parallel size
+    coupling = GridCoupling(rng.random((K, H, W)), nbhd, compat=rng.standard_normal((K, L, L)))
+    assert coupling.size >= _kernels.PARALLEL_MIN_OUTPUTS
+    v = rng.standard_normal(coupling.size)
+    with gcrflinalg.num_threads(1):
+        one = coupling.matvec(v)
+    with gcrflinalg.num_threads(2):
+        two = coupling.matvec(v)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("H,W,L", [(5, 7, 3), (1, 6, 2), (6, 1, 4), (4, 4, 1), (9, 4, 5), (40, 31, 2)])
+def test_red_square_product_is_b_squared_on_the_red_pixels(H, W, L):
+    rng = np.random.default_rng([H, W, L])
+    coupling = GridCoupling(rng.standard_normal((2, H, W)), 4, compat=rng.standard_normal((2, L, L)))
+    red = np.tile(((np.arange(H)[:, None] + np.arange(W)[None, :]) % 2 == 0).reshape(-1), L)
+    assert coupling.red_size == int(red.sum())
+    x = rng.standard_normal(coupling.red_size)
+    full = np.zeros(coupling.size)
+    full[red] = x
+    once = coupling.matvec(full)
+    assert np.all(once[red] == 0.0)  # B maps red values to black pixels only
+    np.testing.assert_allclose(coupling.red_square_matvec(x), coupling.matvec(once)[red], rtol=1e-13, atol=1e-13)
+    # its top eigenvalue is rho(B)^2
+    if coupling.size <= 200:
+        B = coupling.matvec(np.eye(coupling.size))
+        sq = np.stack([coupling.red_square_matvec(e) for e in np.eye(coupling.red_size)], axis=1)
+        rho = np.abs(np.linalg.eigvalsh(B)).max()
+        assert np.linalg.eigvalsh((sq + sq.T) / 2).max() == pytest.approx(rho ** 2, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        GridCoupling(rng.standard_normal((4, H, W)), 8, compat=rng.standard_normal((4, L, L))).red_square_matvec(x)
+
+
+@pytest.mark.parametrize("nbhd", [4, 8])
+def test_likely_extreme_vectors_are_eigenvectors_of_a_separable_coupling(nbhd):
+    # one symmetric C for every offset: B = C (x) W, and the products of the extreme eigenvectors of
+    # C and of W (the power steps converge slowly on a bipartite W: many of them) are eigenvectors of B
+    rng = np.random.default_rng(nbhd)
+    K, L, H, W = len(OFFSETS[nbhd]), 4, 7, 6
+    C = rng.standard_normal((L, L))
+    C = C + C.T
+    weights = np.ones((K, H, W))
+    coupling = GridCoupling(weights, nbhd, compat=np.broadcast_to(C, (K, L, L)).copy())
+    vectors = coupling.likely_extreme_vectors(iterations=3000)
+    assert vectors.shape == (4, coupling.size)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-12)
+    B = coupling.matvec(np.eye(coupling.size))
+    ev = np.linalg.eigvalsh(B)
+    for x in vectors:
+        theta = x @ B @ x
+        assert np.linalg.norm(B @ x - theta * x) < 1e-5 * np.abs(ev).max()
+    thetas = [x @ B @ x for x in vectors]
+    assert max(thetas) == pytest.approx(ev[-1], rel=1e-8) and min(thetas) == pytest.approx(ev[0], rel=1e-8)
+    with pytest.raises(ValueError):
+        GridCoupling(weights, nbhd, num_labels=L).likely_extreme_vectors()
+
+
+def test_pairwise_blocks_are_the_broadcast_products():
+    rng = np.random.default_rng(2)
+    compat, weights = rng.standard_normal((4, 6, 6)), rng.random((4, 13, 11))
+    np.testing.assert_array_equal(_kernels.pairwise_blocks(compat, weights),
+                                  compat[:, :, :, None, None] * weights[:, None, None, :, :])
+
+
+# --------------------------------------------------------------------------- colour clusters
+def _reference_colour_clusters(image, num_labels, seed=0, iterations=25):
+    """The plain NumPy k-means (k-means++ seeding, Lloyd iterations, centres sorted by brightness)."""
+    pix = np.asarray(image, dtype=np.float64).reshape(-1, 3)
+
+    def nearest(centres):
+        d2 = (pix ** 2).sum(1)[:, None] - 2.0 * pix @ centres.T + (centres ** 2).sum(1)[None, :]
+        return np.argmin(d2, axis=1)
+
+    rng = np.random.default_rng(seed)
+    centres = np.empty((num_labels, 3))
+    centres[0] = pix[rng.integers(pix.shape[0])]
+    d2 = np.sum((pix - centres[0]) ** 2, axis=1)
+    for k in range(1, num_labels):
+        total = d2.sum()
+        idx = rng.choice(pix.shape[0], p=d2 / total) if total > 0 else rng.integers(pix.shape[0])
+        centres[k] = pix[idx]
+        d2 = np.minimum(d2, np.sum((pix - centres[k]) ** 2, axis=1))
+    for _ in range(iterations):
+        labels = nearest(centres)
+        counts = np.bincount(labels, minlength=num_labels)
+        sums = np.stack([np.bincount(labels, weights=pix[:, c], minlength=num_labels) for c in range(3)], 1)
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+        done = np.allclose(new, centres, atol=1e-10, rtol=0)
+        centres = new
+        if done:
+            break
+    centres = centres[np.argsort(centres.sum(axis=1), kind="stable")]
+    return nearest(centres).reshape(np.shape(image)[:2]), centres
+
+
+@pytest.mark.parametrize("stride,crop,labels,seed", [(6, None, 21, 0), (6, None, 21, 7), (8, None, 5, 1),
+                                                     (16, None, 2, 3), (12, (2, 3, 20, 17), 9, 4),
+                                                     (24, None, 40, 5), (8, (0, 0, 3, 2), 6, 2),
+                                                     (3, None, 12, 11)])
+def test_colour_clusters_are_the_plain_numpy_kmeans(stride, crop, labels, seed):
+    img = problems.load_photo(stride, crop)
+    got_labels, got_centres = problems.colour_clusters(img, labels, seed=seed)
+    ref_labels, ref_centres = _reference_colour_clusters(img, labels, seed=seed)
+    np.testing.assert_array_equal(got_labels, ref_labels)
+    np.testing.assert_allclose(got_centres, ref_centres, rtol=0, atol=1e-12)
+    # every iteration count, converged or not
+    for iterations in (0, 1, 3):
+        a = problems.colour_clusters(img, labels, seed=seed, iterations=iterations)
+        b = _reference_colour_clusters(img, labels, seed=seed, iterations=iterations)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], rtol=0, atol=1e-12)
+
+
+def test_colour_clusters_of_a_flat_or_strided_image():
+    flat = np.full((6, 5, 3), 0.25)  # every distance zero: uniform draws, one centre for all
+    labels, centres = problems.colour_clusters(flat, 3, seed=1)
+    ref_labels, ref_centres = _reference_colour_clusters(flat, 3, seed=1)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(centres, ref_centres)
+    strided = problems.load_photo(4)[::3, ::2]  # not C-contiguous
+    for a, b in zip(problems.colour_clusters(strided, 7, seed=2), _reference_colour_clusters(strided, 7, seed=2)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 def _arrays(x):

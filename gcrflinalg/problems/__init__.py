@@ -34,7 +34,7 @@ from ..forms.registry import resolve
 from .params import SIZES
 from .photo import (bilateral_features, colour_clusters, load_photo, random_fourier_features,
                     unaries_from_clusters)
-from .spectrum import offdiag_spectrum, spectrum_tolerance
+from .spectrum import offdiag_spectrum, spectrum_tolerance, structured_spectrum
 
 __all__ = [
     "FORMS",
@@ -145,6 +145,14 @@ def make_params(form: str, index: int = 0, *, seed: int = 0, size: str = "small"
     meta : dict
         JSON-friendly description of the problem.
     """
+    params, b, meta, _ = _make_params(form, index, seed=seed, size=size, synthetic=synthetic, margin=margin,
+                                      lam_rule=lam_rule, **overrides)
+    return params, b, meta
+
+
+def _make_params(form, index, *, seed, size, synthetic, margin, lam_rule, **overrides):
+    """:func:`make_params`, and the float64 NumPy operator when building the parameters built it
+    (else None)."""
     _check_form(form)
     if lam_rule not in ("jacobi", "pd"):
         raise ValueError(f"lam_rule must be 'jacobi' or 'pd'; got {lam_rule!r}")
@@ -153,25 +161,41 @@ def make_params(form: str, index: int = 0, *, seed: int = 0, size: str = "small"
         raise ValueError(f"index must be >= 0; got {index}")
     rng = _rng(seed, form, index, synthetic)
     params, b, meta = _REGISTRY[form].problem_maker()(form, index, rng, size, synthetic, **overrides)
+    coupling = params.pop("_coupling", None)
     if margin is None:
         margin = float(rng.uniform(0.05, 0.3))
     margin = float(margin)
     if margin <= 0:
         raise ValueError(f"margin must be > 0; got {margin}")
-    probe = build_operator(form, dict(params, lam=1.0))
     # rho(B) to a hundredth of the margin: what lam needs, at a fraction of full accuracy's cost
-    rho, pd_bound = offdiag_spectrum(probe, _rng(seed, form, index, synthetic, stream=1),
-                                     tol=spectrum_tolerance(margin))
-    base = rho if lam_rule == "jacobi" else pd_bound
-    # a system without pairwise terms still needs lam > 0
-    lam = (1.0 + margin) * base if base > 0 else 1.0
-    params["lam"] = float(lam)
+    tol = spectrum_tolerance(margin)
+    op = None
+    if coupling is not None:
+        # from the factors of the pairwise blocks; the operator is built once, with its lam, and one
+        # product of it checks the factors (if they disagree, its own products decide)
+        rho, pd_bound, probe = structured_spectrum(coupling, _rng(seed, form, index, synthetic, stream=1), tol)
+        params["lam"] = _lam(rho, pd_bound, margin, lam_rule)
+        op = build_operator(form, params)
+        if not coupling.matches(op, probe):
+            rho, pd_bound = offdiag_spectrum(op, _rng(seed, form, index, synthetic, stream=1), tol=tol)
+            op = None
+    else:
+        probe = build_operator(form, dict(params, lam=1.0))
+        rho, pd_bound = offdiag_spectrum(probe, _rng(seed, form, index, synthetic, stream=1), tol=tol)
+    lam = _lam(rho, pd_bound, margin, lam_rule)
+    params["lam"] = lam
     n = int(sum(np.size(x) for x in b)) if isinstance(b, list) else int(b.size)
     meta.update(form=form, index=index, seed=int(seed), size=size, synthetic=bool(synthetic),
                 source="synthetic" if synthetic else "photo", N=n, lam=float(lam), margin=margin,
                 lam_rule=lam_rule, offdiag_radius=float(rho), pd_bound=float(pd_bound),
                 jacobi_radius_bound=float(rho / lam))
-    return params, b, meta
+    return params, b, meta, op
+
+
+def _lam(rho, pd_bound, margin, lam_rule) -> float:
+    base = rho if lam_rule == "jacobi" else pd_bound
+    # a system without pairwise terms still needs lam > 0
+    return float((1.0 + margin) * base if base > 0 else 1.0)
 
 
 def build_operator(form: str, params: dict, *, dtype=np.float64, xp=np):
@@ -219,8 +243,11 @@ def make_problem(form: str, index: int = 0, *, seed: int = 0, size: str = "small
     -------
     Problem
     """
-    params, b, meta = make_params(form, index, seed=seed, size=size, synthetic=synthetic, **kwargs)
-    op = build_operator(form, params, dtype=dtype, xp=xp)
+    kwargs.setdefault("margin", None)
+    kwargs.setdefault("lam_rule", "jacobi")
+    params, b, meta, op = _make_params(form, index, seed=seed, size=size, synthetic=synthetic, **kwargs)
+    if op is None or xp is not np or np.dtype(dtype) != np.float64:
+        op = build_operator(form, params, dtype=dtype, xp=xp)
     name = f"{form}{'-synthetic' if synthetic else ''}-{int(index):02d}"
     meta["dtype"] = np.dtype(dtype).name
     return Problem(name=name, form=form, operator=op, b=_rhs(form, b, op, dtype, xp), params=params, meta=meta)

@@ -2,7 +2,10 @@
 
 Each maker has the signature ``(form, index, rng, size, synthetic, **overrides) -> (params, b, meta)``
 that the form registry (:mod:`gcrflinalg.forms.registry`, field ``problem``) names, and draws every
-random choice from ``rng``:
+random choice from ``rng``.  A maker may add the entry ``"_coupling"`` to ``params``: the factors
+of the pairwise part (:class:`gcrflinalg.problems.coupling.GridCoupling`), from which
+:func:`gcrflinalg.problems.make_params` takes the spectral facts without building the operator twice
+(and which it removes from ``params``).
 
 - grid forms take pairwise terms from colour contrast,
   ``w_pq = alpha exp(-|c_p - c_q|^2 / (2 sigma^2))``, and label compatibilities from colour clusters;
@@ -16,6 +19,8 @@ import math
 import numpy as np
 
 from ..neighbourhoods import edge_mask, neighbourhood_offsets
+from ._kernels import pairwise_blocks
+from .coupling import GridCoupling
 from .photo import (bilateral_features, colour_clusters, load_photo, random_fourier_features,
                     squared_distances, unaries_from_clusters)
 
@@ -112,14 +117,18 @@ def grid_params(form, index, rng, size, synthetic, stride=None, num_labels=None)
     weights = weights * edge_mask(neighbourhood, h, w)
     if form == "grid_potts":
         params = dict(weights=weights, num_labels=L, neighbourhood=neighbourhood)
+        coupling = GridCoupling(weights, neighbourhood, num_labels=L)
     else:
         if synthetic:
             compat = rng.standard_normal((len(offsets), L, L))
         else:
             _, centres = colour_clusters(image, L, seed=int(rng.integers(2 ** 31)))
             compat = _label_compatibility(centres, rng, len(offsets))
-        pairwise = compat[:, :, :, None, None] * weights[:, None, None, :, :]
+        pairwise = pairwise_blocks(compat, weights)  # compat[:, :, :, None, None] * weights[:, None, None]
         params = dict(pairwise=pairwise, neighbourhood=neighbourhood)
+        coupling = GridCoupling(weights, neighbourhood, compat=compat)
+    # the factors of the pairwise blocks, for the spectral facts (make_params takes them out)
+    params["_coupling"] = coupling
     meta.update(stride=stride, crop=list(crop), num_labels=L, image_shape=[h, w])
     return params, b, meta
 

@@ -97,32 +97,56 @@ def colour_clusters(image, num_labels: int, seed: int = 0, *, iterations: int = 
     pix = img.reshape(-1, 3)
     if num_labels < 1 or num_labels > pix.shape[0]:
         raise ValueError(f"num_labels must be in [1, {pix.shape[0]}]; got {num_labels}")
+    labels, centres = _kmeans(np.ascontiguousarray(pix), num_labels, seed, iterations)
+    return labels.reshape(img.shape[:2]), centres
+
+
+def _kmeans(pix, num_labels, seed, iterations):
+    """``(labels, centres)`` of :func:`colour_clusters` for the pixels ``pix (P, 3)`` (C-contiguous).
+
+    The passes over the pixels are compiled loops (:mod:`gcrflinalg.problems._kernels`) doing the
+    operations of the NumPy expressions ``sum((pix - c) ** 2, axis=1)``, ``argmin(|pix|^2 - 2 pix
+    C^T + |C|^2, axis=1)`` and ``bincount`` in the same order, without their ``(P, L)``
+    temporaries and without BLAS: only the three-term products ``2 pix . c`` may round differently
+    from a BLAS matrix product's, which can change a label only at a tie to the last bit.  The
+    clusters are those of the plain NumPy k-means (tests/test_problem_spectrum.py compares them:
+    the same labels, the same centres), about four times faster.
+    """
+    from ._kernels import assign_and_sum, nearer_squared_distances
+
+    P = pix.shape[0]
     rng = np.random.default_rng(seed)
     centres = np.empty((num_labels, 3))
-    centres[0] = pix[rng.integers(pix.shape[0])]
-    d2 = np.sum((pix - centres[0]) ** 2, axis=1)
+    centres[0] = pix[rng.integers(P)]
+    d2 = np.full(P, np.inf)
+    nearer_squared_distances(pix, centres[0], d2)
     for k in range(1, num_labels):
         total = d2.sum()
         # k-means++: next centre drawn with probability proportional to d^2 (uniform if all equal)
-        idx = rng.choice(pix.shape[0], p=d2 / total) if total > 0 else rng.integers(pix.shape[0])
+        idx = rng.choice(P, p=d2 / total) if total > 0 else rng.integers(P)
         centres[k] = pix[idx]
-        d2 = np.minimum(d2, np.sum((pix - centres[k]) ** 2, axis=1))
+        nearer_squared_distances(pix, centres[k], d2)
+    # the terms of the distances |pix|^2 - 2 pix C^T + |C|^2 that do not change between iterations
+    pix2 = (pix ** 2).sum(1)
+    twice = 2.0 * pix
+    labels = np.empty(P, dtype=np.intp)
+    counts = np.empty(num_labels, dtype=np.intp)
+    sums = np.empty((num_labels, 3))
+
+    def assign(centres):
+        assign_and_sum(pix, twice, pix2, centres, (centres ** 2).sum(1), labels, counts, sums)
+
     for _ in range(iterations):
-        labels = _nearest(pix, centres)
-        counts = np.bincount(labels, minlength=num_labels)
-        sums = np.stack([np.bincount(labels, weights=pix[:, c], minlength=num_labels) for c in range(3)], 1)
+        assign(centres)
         new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-        if np.allclose(new, centres, atol=1e-10, rtol=0):
+        # np.allclose(new, centres, atol=1e-10, rtol=0) for finite values
+        if (np.abs(new - centres) <= 1e-10).all():
             centres = new
             break
         centres = new
     centres = centres[np.argsort(centres.sum(axis=1), kind="stable")]
-    return _nearest(pix, centres).reshape(img.shape[:2]), centres
-
-
-def _nearest(pix, centres):
-    d2 = (pix ** 2).sum(1)[:, None] - 2.0 * pix @ centres.T + (centres ** 2).sum(1)[None, :]
-    return np.argmin(d2, axis=1)
+    assign(centres)
+    return labels, centres
 
 
 def squared_distances(image, centres):

@@ -1,17 +1,22 @@
-"""Spectral facts of a built-in problem that set its ``lam``, computed from the operator's own product.
+"""Spectral facts of a built-in problem that set its ``lam``: from the operator's own product, or
+from the factors of a grid problem's pairwise blocks.
 
 For ``M = lam I + A`` the problems need the spectral radius ``rho(B)`` of the off-diagonal part
 ``B = A - diag(A)`` (``lam > rho(B)`` makes Jacobi converge) and the positive-definiteness bound
-``-lambda_min(A)`` (docs/design.md, "Positive definiteness").  Both come from products with the form's
-operator, ``A v = M v - lam v`` and ``B v = M v - diag(M) v``, so no form's product is written twice.
-The Potts grid is the exception that uses its structure: there ``B = (1 1^T - I) (x) W`` with ``W``
-the ``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that
-of ``B`` from products ``L`` times smaller.
+``-lambda_min(A)`` (docs/design.md, "Positive definiteness").  :func:`offdiag_spectrum` takes both
+from products with the form's operator, ``A v = M v - lam v`` and ``B v = M v - diag(M) v``, so no
+form's product is written twice; on the Potts grid, ``B = (1 1^T - I) (x) W`` with ``W`` the
+``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that of
+``B`` from products ``L`` times smaller.  The grid problems know their structure
+(:class:`gcrflinalg.problems.coupling.GridCoupling`): :func:`structured_spectrum` applies ``B`` from
+the ``L x L`` compatibilities and the edge weights, four to five times cheaper than the operator's
+read of the stored blocks, and on the 4-neighbourhood runs Lanczos on ``B^2`` over the red pixels.
 
-The inner products are NumPy ``einsum`` reductions (as in the solvers), not BLAS calls: a threaded
-BLAS reduction between two products of a parallel Numba kernel leaves BLAS threads spinning on the
-cores the kernel needs (several times slower on a loaded machine), and its summation order depends
-on the BLAS thread count, so the estimates would depend on the machine.
+The Lanczos updates and inner products are compiled loops with fixed-order sums (per chunk, the
+chunk sums added in order; :mod:`gcrflinalg.problems._kernels`), not BLAS calls: a threaded BLAS
+call between two products of a parallel Numba kernel leaves BLAS threads spinning on the cores the
+kernel needs (several times slower), and its summation order depends on the BLAS thread count, so
+the estimates would depend on the machine.  These are the same on any thread count.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["extreme_eigenvalues", "lanczos_extremes", "offdiag_spectrum", "spectrum_tolerance", "LANCZOS_TOL"]
+__all__ = ["extreme_eigenvalues", "lanczos_extremes", "offdiag_spectrum", "structured_spectrum",
+           "spectrum_tolerance", "LANCZOS_TOL"]
 
 #: a bound below this fraction of ``rho(B)`` is rounding of a structural zero (e.g. ``E^T E`` is PSD)
 _ZERO = 1e-9
@@ -53,7 +59,18 @@ def _dot(u, v) -> float:
     return float(np.einsum("i,i->", u, v))
 
 
-def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None):
+def _ritz_pair(alpha, beta, i):
+    """``(theta_i, s_i)``: the ``i``-th smallest eigenvalue of the Lanczos tridiagonal matrix and the
+    last component of its unit eigenvector (one pair, not all ``m``: their cost grows as ``m^2``)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    if len(alpha) == 1:
+        return float(alpha[0]), 1.0
+    theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(i, i))
+    return float(theta[0]), float(S[-1, 0])
+
+
+def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None, start=None):
     """``(lower, upper, products)``: the extreme eigenvalues of a symmetric operator by Lanczos.
 
     Plain three-term Lanczos from a seeded random start (no reorthogonalisation: its copies of
@@ -63,38 +80,43 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
     The values returned are the extreme Ritz values widened by those bounds (``theta_min - r``,
     ``theta_max + r``), so that they enclose the spectrum rather than fall inside it: ``lam`` set
     from them keeps Jacobi's radius at most ``1 / (1 + margin)``.
-    Each step is one product and two vector updates (no ARPACK restarts).
+    Each step is one product and two vector updates (no ARPACK restarts).  ``start`` replaces the
+    random start vector drawn from ``rng``.
     """
-    from scipy.linalg import eigh_tridiagonal
+    from ._kernels import lanczos_orthogonalise, scaled_copy
 
     maxiter = int(maxiter or min(n, 2000))
-    v = rng.standard_normal(n)
+    v = rng.standard_normal(n) if start is None else np.array(start, dtype=np.float64).reshape(n)
     v /= np.sqrt(_dot(v, v))
     v_prev = np.zeros(n)
     alpha, beta = [], []
     b = 0.0
     lo = hi = None
     for k in range(maxiter):
-        w = np.asarray(matvec(v), dtype=np.float64).reshape(n) - b * v_prev
-        a = _dot(v, w)
-        w -= a * v
+        w = np.asarray(matvec(v), dtype=np.float64).reshape(n)
+        # updated in place below: a copy when it is not the product's own new array
+        if not (w.flags.writeable and w.flags.c_contiguous) or np.may_share_memory(w, v) \
+                or np.may_share_memory(w, v_prev):
+            w = w.copy()
+        # w -= b v_prev; a = v . w; w -= a v, and ||w||^2: one compiled pass each, fixed-order sums
+        a, b2 = lanczos_orthogonalise(w, v, v_prev, b)
         alpha.append(a)
-        b = float(np.sqrt(_dot(w, w)))
+        b = float(np.sqrt(b2))
         if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
-            m = len(alpha)
-            theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(0, m - 1)) \
-                if m > 1 else (np.array(alpha), np.ones((1, 1)))
-            r_lo, r_hi = b * abs(S[-1, 0]), b * abs(S[-1, -1])
+            theta_lo, s_lo = _ritz_pair(alpha, beta, 0)
+            theta_hi, s_hi = _ritz_pair(alpha, beta, len(alpha) - 1)
+            r_lo, r_hi = b * abs(s_lo), b * abs(s_hi)
             # widened by the residual bounds: an eigenvalue lies within r of each Ritz value, so the
             # interval encloses the extremes once the extreme Ritz values have found them
-            lo, hi = float(theta[0]) - r_lo, float(theta[-1]) + r_hi
+            lo, hi = theta_lo - r_lo, theta_hi + r_hi
             scale = max(abs(lo), abs(hi), np.finfo(float).tiny)
             if b == 0.0 or (r_hi <= tol * scale and (ends == "max" or r_lo <= tol * scale)):
                 return lo, hi, k + 1
         if b == 0.0:
             break
         beta.append(b)
-        v_prev, v = v, w / b
+        scaled_copy(v_prev, w, b)  # the next Lanczos vector, w / b, over the oldest one
+        v_prev, v = v, v_prev
     return lo, hi, maxiter
 
 
@@ -169,6 +191,38 @@ def _largest_algebraic(matvec, n, rng, tol):
     return lanczos_extremes(matvec, n, rng, tol, ends="max")[1]
 
 
+def _offdiag_extremes(b_matvec, n, rng, tol, *, bipartite=False, weights=None):
+    """``(lambda_min(B), lambda_max(B))`` given what is known of ``B``'s structure.
+
+    ``bipartite``: ``B`` only couples two colour classes, so its spectrum is symmetric and one end
+    gives both.  ``weights = (w_matvec, P, L, w_bipartite)``: ``B = (1 1^T - I) (x) W`` with ``W``
+    the ``P x P`` matrix of ``w_matvec`` (bipartite or not), whose eigenvalues ``mu`` give those of
+    ``B``, ``(L - 1) mu`` and ``-mu``.
+    """
+    if weights is not None:
+        w_matvec, P, L, w_bipartite = weights
+        if w_bipartite:  # W bipartite too: its spectrum is symmetric
+            wmax = _largest_algebraic(w_matvec, P, rng, tol)
+            wmin = -wmax
+        else:
+            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
+        return (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
+    if bipartite:
+        # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
+        # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
+        bmax = _largest_algebraic(b_matvec, n, rng, tol)
+        return -bmax, bmax
+    return extreme_eigenvalues(b_matvec, n, rng, tol)
+
+
+def _radius_and_bound(bmin, bmax, amin):
+    rho = max(abs(bmin), abs(bmax))
+    pd_bound = max(-amin, 0.0)
+    if pd_bound <= _ZERO * max(rho, np.finfo(float).tiny):
+        pd_bound = 0.0
+    return rho, pd_bound
+
+
 def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     """``(rho(B), pd_bound)`` of an unbatched float64 NumPy operator ``op`` (``M = lam I + A``).
 
@@ -182,11 +236,13 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
         Relative accuracy of the Lanczos estimates (:func:`spectrum_tolerance`).
 
     A form whose unknowns split in two colours that ``B`` only couples across (the grid forms on
-    4-neighbourhoods, through their ``colour_classes()``) has a symmetric spectrum: ``lambda_max(B)``
-    alone gives ``rho(B)`` and the bound.  On the Potts grid, ``B = (1 1^T - I) (x) W`` (checked with
-    one product), so ``rho(B) = (L - 1) rho(W)`` and ``lambda_min(B) = min((L - 1) lambda_min(W),
-    -lambda_max(W))`` come from Lanczos on the ``P x P`` matrix ``W``.  Plain Lanczos to the
-    tolerance the margin needs costs a few dozen products.
+    4-neighbourhoods, through their ``colour_classes()``, checked with two products) has a symmetric
+    spectrum: ``lambda_max(B)`` alone gives ``rho(B)`` and the bound.  On the Potts grid,
+    ``B = (1 1^T - I) (x) W`` (checked with one product), so ``rho(B) = (L - 1) rho(W)`` and
+    ``lambda_min(B) = min((L - 1) lambda_min(W), -lambda_max(W))`` come from Lanczos on the
+    ``P x P`` matrix ``W``.  Plain Lanczos to the tolerance the margin needs costs a few dozen
+    products.  :func:`structured_spectrum` gives the same facts of a grid problem from its factors,
+    without products of ``op``.
 
     Returns
     -------
@@ -209,29 +265,85 @@ def offdiag_spectrum(op, rng, tol=LANCZOS_TOL):
     potts = _potts_weight_matvec(op, b_matvec, n, rng) if structured else None
     signs = _bipartite_signs(op, b_matvec, n, rng) if structured and potts is None else None
     if potts is not None:
-        # B = (1 1^T - I) (x) W: the eigenvalues of 1 1^T - I are L - 1 (once) and -1, so those of
-        # B are (L - 1) mu and -mu for every eigenvalue mu of W (products of size P, not L P)
         w_matvec, P, L = potts
         wsigns = _bipartite_signs(op, w_matvec, P, rng, labels=L) if P > DENSE_MAX_WEIGHTS else None
-        if wsigns is not None:  # W bipartite too: its spectrum is symmetric
-            wmax = _largest_algebraic(w_matvec, P, rng, tol)
-            wmin = -wmax
-        else:
-            wmin, wmax = extreme_eigenvalues(w_matvec, P, rng, tol, dense_max=DENSE_MAX_WEIGHTS)
-        bmin, bmax = (min((L - 1) * wmin, -wmax), max((L - 1) * wmax, -wmin)) if L > 1 else (0.0, 0.0)
-    elif signs is not None:
-        # a two-colouring that B only couples across (red-black on a 4-neighbourhood): S B S = -B
-        # with S = diag(signs), so the spectrum of B is symmetric and one end gives both
-        bmax = _largest_algebraic(b_matvec, n, rng, tol)
-        bmin = -bmax
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, weights=(w_matvec, P, L, wsigns is not None))
     else:
-        bmin, bmax = extreme_eigenvalues(b_matvec, n, rng, tol)
-    rho = max(abs(bmin), abs(bmax))
+        bmin, bmax = _offdiag_extremes(b_matvec, n, rng, tol, bipartite=signs is not None)
     if np.all(diag == lam):  # diag(A) = 0 (grid, Potts, multi-resolution): A = B
         amin = bmin
     else:
         amin, _ = extreme_eigenvalues(a_matvec, n, rng, tol)
-    pd_bound = max(-amin, 0.0)
-    if pd_bound <= _ZERO * max(rho, np.finfo(float).tiny):
-        pd_bound = 0.0
-    return rho, pd_bound
+    return _radius_and_bound(bmin, bmax, amin)
+
+
+def _leaning_start(rng, vectors):
+    """A random unit vector plus half of each of ``vectors`` (each scaled to unit length)."""
+    v = rng.standard_normal(vectors[0].shape[0])
+    v /= np.sqrt(_dot(v, v))
+    for x in vectors:
+        v += 0.5 * x / np.sqrt(_dot(x, x))
+    return v
+
+
+def structured_spectrum(coupling, rng, tol=LANCZOS_TOL):
+    """``(rho(B), pd_bound, probe)`` of a grid problem from its factors
+    (:class:`gcrflinalg.problems.coupling.GridCoupling`), without its operator.
+
+    The structure is known rather than tested.  Each product is a small matrix product of the
+    factors per tile of pixels (:meth:`GridCoupling.matvec`) instead of a read of the stored blocks.
+
+    - General grid, 4-neighbourhood: ``B`` only couples red and black pixels, so its spectrum is
+      symmetric, ``+-sigma_i(C)`` for ``C = B[red, black]``.  Lanczos runs on ``C C^T`` (``B^2`` on
+      the red pixels, vectors of half the length, each product two half-size ones), whose largest
+      eigenvalue ``rho^2`` it gets to the relative tolerance ``tol (2 - tol)``, so that ``rho`` is
+      good to ``tol`` as on the other paths.  A polynomial of degree ``k`` in ``B^2`` is one of
+      degree ``2 k`` in ``B`` at the price of ``k`` products: about half the products of Lanczos on
+      ``B``.
+    - General grid, 8- and 12-neighbourhoods: Lanczos on ``B``, both ends.
+    - Potts grid: Lanczos on ``W`` (``P x P``; one end on the 4-neighbourhood), as
+      :func:`offdiag_spectrum` does, from the same start vector, so the two give the same ``rho``
+      and bound to rounding.
+
+    On the general grid Lanczos starts from a random unit vector plus half of each of the four
+    vectors of :meth:`GridCoupling.likely_extreme_vectors` (products of the extreme eigenvectors
+    of the mean compatibility and of ``W``): the residual bounds that stop it do not depend on the
+    start, which only shortens the run (a third to a half fewer products at the thesis's size) and makes it
+    less likely to stop on a Ritz value short of the extreme one.
+
+    ``probe`` is a random vector of shape ``(N,)`` for :meth:`GridCoupling.matches`, the one product
+    with the problem's operator that checks the factors.
+    """
+    n = coupling.size
+    L, P = coupling.num_labels, coupling.num_pixels
+    bipartite = coupling.neighbourhood == 4
+    probe = None
+    if n <= DENSE_MAX:
+        bmin, bmax = _offdiag_extremes(coupling.matvec, n, rng, tol)
+    elif coupling.potts:
+        probe = rng.standard_normal(n)
+        w_bipartite = bipartite and P > DENSE_MAX_WEIGHTS
+        if w_bipartite:
+            rng.standard_normal(P)  # offdiag_spectrum's test of W's colouring draws this
+        bmin, bmax = _offdiag_extremes(None, n, rng, tol, weights=(coupling.weight_matvec, P, L, w_bipartite))
+    elif bipartite:
+        probe = rng.standard_normal(n)
+        red = coupling.red_pixels
+        start = _leaning_start(rng, [x[red] for x in coupling.likely_extreme_vectors()])
+        # hi^2 <= rho^2 / (1 - tol (2 - tol)) = (rho / (1 - tol))^2: the bound on the other paths
+        _, square, _ = lanczos_extremes(coupling.red_square_matvec, coupling.red_size, rng, tol * (2.0 - tol),
+                                        ends="max", start=start)
+        bmax = float(np.sqrt(max(square, 0.0)))
+        bmin = -bmax
+    else:
+        out = np.empty(n)
+
+        def b_matvec(v):  # into one buffer: Lanczos uses each product once
+            return coupling.matvec(v, out=out)
+
+        start = _leaning_start(rng, coupling.likely_extreme_vectors())
+        bmin, bmax, _ = lanczos_extremes(b_matvec, n, rng, tol, start=start)
+    if probe is None:
+        probe = rng.standard_normal(n)
+    rho, pd_bound = _radius_and_bound(bmin, bmax, bmin)  # diag(A) = 0 on the grids: A = B
+    return rho, pd_bound, probe
