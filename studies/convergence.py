@@ -852,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float64", "float32"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sweep", action="store_true",
                         help="the regime sweep: every form and method, margins " + " ".join(SWEEP_MARGINS)
-                             + ", sizes medium and large, 25 problems (about 30 minutes on 2 cores)")
+                             + ", sizes medium and large, 25 problems (23 minutes on 2 idle cores)")
     parser.add_argument("--thesis", action="store_true",
                         help="the thesis's Fig. 2.3 side by side: the seed regime at the thesis's size (100 x 85 "
                              "pixels, 21 labels), grid forms, Jacobi / Gauss-Seidel / GMRES / CG (long: a Dask "
@@ -1030,8 +1030,8 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "",
         "The everyday commands: `python -m studies.convergence` (25 problems per form at the medium size, "
         "margins drawn in [0.05, 0.3]; about a minute), `--quick` (under a minute), `--sweep` (every form and "
-        "method, margins 1e-3 1e-2 0.1 1, sizes medium and large, 25 problems: the long sweep, about "
-        "30 minutes on 2 free cores), `--thesis` (the seed regime at the thesis's size, 25 problems: a Dask "
+        "method, margins 1e-3 1e-2 0.1 1, sizes medium and large, 25 problems: the long sweep, 23 "
+        "minutes on 2 idle cores, 1100 problem runs), `--thesis` (the seed regime at the thesis's size, 25 problems: a Dask "
         "cluster, `--dask ADDRESS`, or overnight).  `--resume` continues an interrupted sweep from "
         "`runs.jsonl`.",
         "",
