@@ -150,7 +150,8 @@ def make_params(form: str, index: int = 0, *, seed: int = 0, size: str = "small"
     return params, b, meta
 
 
-def _make_params(form, index, *, seed, size, synthetic, margin, lam_rule, **overrides):
+def _make_params(form, index, *, seed=0, size="small", synthetic=False, margin=None, lam_rule="jacobi",
+                 **overrides):
     """:func:`make_params`, and the float64 NumPy operator when building the parameters built it
     (else None)."""
     _check_form(form)
@@ -243,8 +244,6 @@ def make_problem(form: str, index: int = 0, *, seed: int = 0, size: str = "small
     -------
     Problem
     """
-    kwargs.setdefault("margin", None)
-    kwargs.setdefault("lam_rule", "jacobi")
     params, b, meta, op = _make_params(form, index, seed=seed, size=size, synthetic=synthetic, **kwargs)
     if op is None or xp is not np or np.dtype(dtype) != np.float64:
         op = build_operator(form, params, dtype=dtype, xp=xp)

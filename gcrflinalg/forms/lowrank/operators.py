@@ -336,8 +336,8 @@ class LowRankGCRF(_LowRankOperator):
         _check_dims(emb.shape[-4:], ("D", "L", "H", "W"), "embeddings (..., D, L, H, W)")
         # on NumPy the finiteness of E is checked where E is first read: a product checks the
         # D-vector E v it forms anyway (free), every other read the whole of E once (_emb_flat)
-        self._finite_pending = xp_is_numpy = get_array_module(emb) is np
-        if not xp_is_numpy:
+        self._finite_pending = xp is np
+        if xp is not np:
             _check_finite_by_product(emb, "embeddings")
         if watched:
             self._watch("embeddings", emb, fingerprint, lazy=True)
@@ -355,9 +355,13 @@ class LowRankGCRF(_LowRankOperator):
     def _emb_flat(self):
         """``E`` as ``(*batch, D, N)``, checked for NaN/Inf on its first use (``ValueError``)."""
         if self._finite_pending:
-            _check_finite_by_product(self.embeddings, "embeddings")
-            self._finite_pending = False
+            self._check_embeddings()
         return self._emb_raw
+
+    def _check_embeddings(self):
+        """The exact NaN/Inf test of ``E`` (``ValueError``); passed, nothing is pending."""
+        _check_finite_by_product(self.embeddings, "embeddings")
+        self._finite_pending = False
 
     def _checked_product(self, ev):
         """``ev = E v`` (``(*batch, D, ...)``) from a finite ``v``: NaN/Inf in ``ev`` come from ``E``
@@ -365,8 +369,7 @@ class LowRankGCRF(_LowRankOperator):
         proves nothing about the rest of ``E`` but is all this product read.  Costs a test of
         ``D`` values per column."""
         if not np.isfinite(ev).all():
-            self._finite_pending = True
-            _ = self._emb_flat  # the exact test: raises, or finite entries whose sums overflowed
+            self._check_embeddings()  # raises, or finite entries whose sums overflowed
         return ev
 
     # ------------------------------------------------------------------ products
@@ -423,7 +426,7 @@ class LowRankGCRF(_LowRankOperator):
             if np.isfinite(np.diagonal(gram, axis1=-2, axis2=-1)).all():
                 self._finite_pending = False
             else:
-                _ = self._emb_flat  # raises on NaN/Inf
+                self._check_embeddings()
         return WoodburyFactor(gram, self.lam, None, dtype=self.dtype)
 
     def _direct_flat(self, bflat):

@@ -172,7 +172,7 @@ class WoodburyFactor:
         try:
             chol = xp.linalg.cholesky(cap)
         except np.linalg.LinAlgError:
-            return None
+            return False
         if not bool(xp.isfinite(chol).all()):  # CuPy signals failure with NaN
             return False
         # F = (L L^T)^{-1} and K are formed when first needed (a log-determinant and a quadratic
