@@ -18,9 +18,10 @@ and with ``x = M^{-1} b`` and the bilinear contraction ``pg(u, v) = -v^T (dM/dth
   ``2 (L-1) (F_{L-1} - F_{-1}) psi`` on 3.5), on video (from the capacitance factor) and, on grid
   and multi-resolution systems of at most :data:`GRADIENT_EXACT_MAX_SIZE` unknowns, from the
   columns of ``M^{-1}`` (sparse LU);
-* otherwise by Hutchinson's unbiased estimator with ``K`` Rademacher probes ``z_k``, whose solves
-  ``w_k = M^{-1} z_k`` are one batched call of :func:`gcrflinalg.solve`:
-  ``tr(M^{-1} dM) ~ -(1/K) sum_k pg(z_k, w_k)`` (an unbiased estimate of the gradient; the NLL
+* otherwise by Hutchinson's unbiased estimator with ``K`` random-sign probes ``z_k`` (coloured on the
+  grid forms, :mod:`gcrflinalg.gaussian.probes`), whose solves ``w_k = M^{-1} z_k`` are one batched
+  call of :func:`gcrflinalg.solve`: ``tr(M^{-1} dM) ~ -sum_k pg(z_k, w_k) / K_{c_k}`` (``K_c = K``
+  for plain probes) (an unbiased estimate of the gradient; the NLL
   value then uses the SLQ estimate of ``log det M``).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ._common import as_generator, check_operator, form_kind, positive_int, rade
 from .exact import (GRADIENT_EXACT_MAX_SIZE, inverse_columns_logdet_gradients, lowrank_logdet_gradients,
                     video_logdet_gradients)
 from .logdet import logdet
+from .probes import probe_classes
 
 __all__ = ["gaussian_nll", "NLLResult", "logdet_gradients"]
 
@@ -68,7 +70,8 @@ def logdet_gradients(op, *, method="auto", num_probes=30, rng=None, solve_method
 
     ``method``: ``"exact"`` (closed forms on 3.4–3.6, ``M^{-1}`` columns on sparse forms of at most
     :data:`GRADIENT_EXACT_MAX_SIZE` unknowns), ``"stochastic"`` (Hutchinson, ``num_probes``
-    Rademacher probes, unbiased) or ``"auto"`` (exact where it applies).
+    random-sign probes, coloured on the grid forms as in :func:`gcrflinalg.logdet`, unbiased) or
+    ``"auto"`` (exact where it applies).
     """
     check_operator(op)
     kind = form_kind(op)
@@ -88,16 +91,25 @@ def logdet_gradients(op, *, method="auto", num_probes=30, rng=None, solve_method
     num_probes = positive_int(num_probes, "num_probes")
     gen = as_generator(rng)
     xp = op.xp
-    z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp).astype(op.dtype)
+    z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp)
+    # coloured probes (see gcrflinalg.gaussian.probes): probe k carries signs on its class c_k and
+    # weighs 1 / K_c, so that sum_k z_k z_k^T / K_{c_k} has expectation I as with plain probes
+    entry_class, num_classes = probe_classes(op, num_probes)
+    probe_class = np.arange(num_probes) % num_classes
+    weight = 1.0 / np.bincount(probe_class, minlength=num_classes)[probe_class]
+    if entry_class is not None:
+        z *= xp.asarray((entry_class[None, :] == probe_class[:, None]).reshape(
+            (num_probes,) + (1,) * len(op.batch_shape) + (op.size,)))
+    z = z.astype(op.dtype)
     w = solve(op, z, method=solve_method, rtol=default_rtol(op.dtype) * 1e-2).x
     total = None
     for k in range(num_probes):
         g = op.parameter_gradients(z[k], w[k])
         if total is None:
-            total = {key: -xp.asarray(v, dtype=np.float64) / num_probes for key, v in g.items()}
+            total = {key: -xp.asarray(v, dtype=np.float64) * weight[k] for key, v in g.items()}
         else:
             for key, v in g.items():
-                total[key] = total[key] - v / num_probes
+                total[key] = total[key] - v * weight[k]
     return total, "stochastic"
 
 

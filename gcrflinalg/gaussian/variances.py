@@ -12,6 +12,7 @@ from ..solve import solve
 from ..tolerances import default_rtol
 from ._common import as_generator, check_operator, form_kind, positive_int, rademacher
 from .exact import VARIANCES_EXACT_MAX_SIZE, structured_variances
+from .probes import PROBINGS, probe_classes
 from .results import VarianceResult
 
 __all__ = ["marginal_variances", "AUTO_EXACT_MAX_SIZE"]
@@ -22,7 +23,7 @@ AUTO_EXACT_MAX_SIZE = 4_000
 
 
 def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=VARIANCES_EXACT_MAX_SIZE,
-                       rtol=None, solve_method="auto"):
+                       rtol=None, solve_method="auto", probing="auto"):
     """The marginal variances ``Var[x_i] = (M^{-1})_ii`` of ``x ~ N(M^{-1} b, M^{-1})``.
 
     Parameters
@@ -39,13 +40,18 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
 
         unbiased, with the standard error of the ``K`` per-probe values.  Since ``M^{-1}`` decays
         away from the diagonal on these shifted systems the error is small relative to the
-        diagonal.  ``"auto"``: exact on the low-rank and video forms and on sparse systems of at most
+        diagonal.  With coloured probes (``probing``) entry ``i`` averages the ``K_c`` probes of its
+        class only, and the error keeps only the ``(M^{-1})_ij`` of pixels in the same class.  ``"auto"``: exact on the low-rank and video forms and on sparse systems of at most
         :data:`AUTO_EXACT_MAX_SIZE` unknowns, stochastic otherwise.
     num_probes : int
         ``K`` (>= 2).
     rng : None, int or numpy.random.Generator
     max_size : int
         Size limit of the sparse exact method; above it ``"exact"`` raises ``ValueError``.
+    probing : {"auto", "rademacher", "coloured"}
+        The probes, as in :func:`gcrflinalg.logdet`: coloured by a stencil-separating colouring
+        of the pixels on the grid forms (``"auto"`` when ``K >= 2 C``), plain Rademacher otherwise.
+        ``info["probe_classes"]`` is ``C``.
     rtol, solve_method
         Tolerance (default ``1e-10`` in float64, the default of :func:`gcrflinalg.solve` in
         float32) and method of the probes' solves (stochastic).
@@ -60,6 +66,8 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
     t0 = time.perf_counter()
     if method not in ("auto", "exact", "stochastic"):
         raise ValueError(f"method must be 'auto', 'exact' or 'stochastic'; got {method!r}")
+    if probing not in PROBINGS:
+        raise ValueError(f"probing must be one of {PROBINGS}; got {probing!r}")
     kind = form_kind(op)
     if method == "auto":
         exact_ok = kind in ("lowrank", "lowrank_potts", "video") or (
@@ -73,15 +81,31 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
     num_probes = positive_int(num_probes, "num_probes")
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 (the standard error needs two probes); got {num_probes}")
+    entry_class, num_classes = probe_classes(op, num_probes, probing)
+    probe_class = np.arange(num_probes) % num_classes
     gen = as_generator(rng)
     z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp)
+    if entry_class is not None:
+        mask = entry_class[None, :] == probe_class[:, None]  # (K, N): probe k carries signs on its class
+        z *= xp.asarray(mask.reshape((num_probes,) + (1,) * len(op.batch_shape) + (op.size,)))
     if rtol is None:
         rtol = 1e-10 if op.dtype == np.float64 else default_rtol(op.dtype)
     result = solve(op, z.astype(op.dtype), method=solve_method, rtol=rtol)
     per_probe = z * result.x.astype(np.float64)  # (K, *batch, N)
-    values = per_probe.mean(axis=0)
-    stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(num_probes)
+    if entry_class is None:
+        values = per_probe.mean(axis=0)
+        stderr = per_probe.std(axis=0, ddof=1) / math.sqrt(num_probes)
+    else:
+        # entry i: the mean and standard error over the K_c probes of its class
+        values = xp.zeros(per_probe.shape[1:])
+        stderr = xp.zeros(per_probe.shape[1:])
+        for c in range(num_classes):
+            cols = xp.asarray(np.flatnonzero(entry_class == c))
+            vals = per_probe[probe_class == c][..., cols]
+            values[..., cols] = vals.mean(axis=0)
+            stderr[..., cols] = vals.std(axis=0, ddof=1) / math.sqrt(vals.shape[0])
     shape = op.batch_shape + op.vector_shape
     return VarianceResult(values=values.reshape(shape), stderr=stderr.reshape(shape), method="stochastic",
                           info={"num_probes": num_probes, "solve_method": result.method,
-                                "converged": to_host(result.converged), "time_s": time.perf_counter() - t0})
+                                "converged": to_host(result.converged), "probe_classes": num_classes,
+                                "time_s": time.perf_counter() - t0})

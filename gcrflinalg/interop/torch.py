@@ -709,7 +709,8 @@ def gaussian_nll(form, y, b, *params, lam, method="auto", num_probes=30, degree=
     closed forms of the low-rank and video forms, and ``M^{-1}``'s columns on grid and
     multi-resolution systems of at most ``GRADIENT_EXACT_MAX_SIZE`` unknowns; with
     ``method="stochastic"`` (or ``"auto"`` above that size) the value uses SLQ and the gradient of
-    ``log det M`` Hutchinson's unbiased estimator with ``num_probes`` Rademacher probes drawn from
+    ``log det M`` Hutchinson's unbiased estimator with ``num_probes`` random-sign probes (coloured on the grid
+    forms, as in :func:`gcrflinalg.logdet`) drawn from
     ``seed`` (pass a new seed each step for independent estimates).
 
     Parameters
