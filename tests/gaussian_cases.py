@@ -27,3 +27,13 @@ def indefinite(case, rng):
     assert lam_min < 0
     op, params = with_lam(case, params, 0.5 * -lam_min)
     return op, case.dense(params)
+
+
+def reference_signs(seed, shape):
+    """The documented sign stream of the stochastic estimators, written out independently: the
+    bits of ``ceil(n / 8)`` bytes ``default_rng(seed).integers(0, 256, dtype=uint8)``, most
+    significant first, as ``2 b - 1`` in C order."""
+    n = int(np.prod(shape))
+    raw = np.random.default_rng(seed).integers(0, 256, size=(n + 7) // 8, dtype=np.uint8)
+    bits = [(int(byte) >> (7 - t)) & 1 for byte in raw for t in range(8)][:n]
+    return (2.0 * np.array(bits, dtype=np.float64) - 1.0).reshape(shape)

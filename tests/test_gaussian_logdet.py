@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from gaussian_cases import ALL, FAMILIES, case_by_id, indefinite
+from gaussian_cases import ALL, FAMILIES, case_by_id, indefinite, reference_signs
 from gcrflinalg import NotPositiveDefiniteError
 
 
@@ -98,7 +98,7 @@ def test_slq_early_stop_with_two_eigenvalues():
     res = gcrflinalg.logdet(op, method="slq", num_probes=6, degree=30, rng=3, reorthogonalize=True)
     assert res.info["matvecs"] == 2 and np.isfinite(res.value)
     # per probe, z^T log(M) z exactly: compare with the dense quadratic forms of the same probes
-    z = np.random.default_rng(3).integers(0, 2, size=(6, 24), dtype=np.int8).astype(np.float64) * 2 - 1
+    z = reference_signs(3, (6, 24))
     w, V = np.linalg.eigh(M)
     logm = (V * np.log(w)) @ V.T
     np.testing.assert_allclose(res.value, np.einsum("ki,ij,kj->k", z, logm, z).mean(), rtol=1e-10)

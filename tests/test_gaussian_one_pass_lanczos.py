@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from gaussian_cases import case_by_id
+from gaussian_cases import case_by_id, reference_signs
 from gcrflinalg.gaussian._common import block_lanczos_step, block_product, block_product_quadratic
 from gcrflinalg.gaussian.lanczos import LanczosState
 from solvers.backend import array_kernels
@@ -89,7 +89,7 @@ def test_slq_one_pass_against_dense_quadratic_forms(case_id, degree):
     n, k = op.size, 6
     with array_kernels(False):
         res = gcrflinalg.logdet(op, method="slq", num_probes=k, degree=degree, rng=9, probing="rademacher")
-    z = np.random.default_rng(9).integers(0, 2, size=(k, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    z = reference_signs(9, (k, n))
     if degree >= 25:
         w, V = np.linalg.eigh(M)
         ref = np.einsum("ki,ij,kj->k", z, (V * np.log(w)) @ V.T, z).mean()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gcrflinalg
-from gaussian_cases import case_by_id
+from gaussian_cases import case_by_id, reference_signs
 from gcrflinalg.gaussian.probes import lattice_colouring, probe_classes
 from gcrflinalg.neighbourhoods import neighbourhood_offsets
 
@@ -72,7 +72,7 @@ def test_coloured_slq_equals_dense_class_sum(case_id, k):
     assert res.info["probe_classes"] == m
     pixel_colour = _colour_grid(colouring, op.height, op.width)
     entry_colour = np.broadcast_to(pixel_colour, op.vector_shape).reshape(-1)
-    signs = np.random.default_rng(7).integers(0, 2, size=(k, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    signs = reference_signs(7, (k, n))
     z = signs * (entry_colour[None, :] == (np.arange(k) % m)[:, None])
     w, V = np.linalg.eigh(M)
     per_probe = np.einsum("ki,ij,kj->k", z, (V * np.log(w)) @ V.T, z)
@@ -93,7 +93,7 @@ def test_coloured_slq_batched_equals_each_system():
     assert np.all(np.abs(res.value - ref) <= 5 * res.stderr)
     # each system's estimate is the dense class sum of its own probes (signs of shape (K, 2, N))
     n = op.size
-    signs = np.random.default_rng(3).integers(0, 2, size=(8, 2, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    signs = reference_signs(3, (8, 2, n))
     entry = np.broadcast_to(np.add.outer(np.arange(3), np.arange(5)) % 2, (3, 3, 5)).reshape(-1)
     cls = np.arange(8) % 2
     z = signs * (entry[None, None, :] == cls[:, None, None])
@@ -149,7 +149,7 @@ def test_stochastic_logdet_gradient_weights_each_class(k):
     n = op.size
     g, method = logdet_gradients(op, method="stochastic", num_probes=k, rng=1, solve_method="direct")
     assert method == "stochastic"
-    signs = np.random.default_rng(1).integers(0, 2, size=(k, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    signs = reference_signs(1, (k, n))
     entry = np.broadcast_to(np.add.outer(np.arange(3), np.arange(5)) % 2, (3, 3, 5)).reshape(-1)
     cls = np.arange(k) % 2
     z = signs * (entry[None, :] == cls[:, None])
@@ -163,3 +163,25 @@ def test_stochastic_logdet_gradient_weights_each_class(k):
         vals = np.array([r[key] for r in runs])
         se = vals.std(axis=0, ddof=1) / np.sqrt(len(runs))
         assert np.all(np.abs(vals.mean(axis=0) - exact[key]) <= 5 * se + 1e-12)
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 1000])
+def test_sign_stream_and_probe_columns(count):
+    """rademacher() follows the documented stream, and the compiled probe block equals the array
+    formula (plain and coloured, the array-kernel switch on and off)."""
+    from gcrflinalg.gaussian._common import rademacher, random_bits
+    from gcrflinalg.gaussian.probes import probe_columns
+    from solvers.backend import array_kernels
+
+    np.testing.assert_array_equal(rademacher(np.random.default_rng(11), (count,)), reference_signs(11, (count,)))
+    k, n = 6, count
+    bits = random_bits(np.random.default_rng(2), k * n).reshape(k, n)
+    entry = np.random.default_rng(3).integers(0, 3, size=n).astype(np.int8)
+    cls = np.arange(k) % 3
+    for entry_class, probe_class in ((None, np.zeros(k, dtype=np.int64)), (entry, cls)):
+        ref = (2.0 * bits.T - 1.0) * (1 if entry_class is None else (entry[:, None] == cls[None, :]))
+        for switch in (False, True):
+            with array_kernels(switch):
+                out = probe_columns(bits, entry_class, probe_class)
+            assert out.flags.c_contiguous and out.dtype == np.float64
+            np.testing.assert_array_equal(out, ref)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..operator import GCRFOperator
 
-__all__ = ["check_operator", "form_kind", "rademacher", "block_product", "block_product_quadratic", "block_lanczos_step",
+__all__ = ["check_operator", "form_kind", "rademacher", "random_bits", "block_product", "block_product_quadratic", "block_lanczos_step",
            "as_generator", "positive_int"]
 
 
@@ -54,9 +54,18 @@ def positive_int(value, name: str) -> int:
     return value
 
 
+def random_bits(rng, count):
+    """``count`` random bits (``uint8`` 0 or 1): the bits of ``ceil(count / 8)`` uniform bytes
+    ``rng.integers(0, 256, dtype=uint8)``, most significant bit first (:func:`numpy.unpackbits`);
+    one draw per eight bits."""
+    count = int(count)
+    return np.unpackbits(rng.integers(0, 256, size=(count + 7) // 8, dtype=np.uint8), count=count)
+
+
 def rademacher(rng, shape, xp=np):
-    """Random signs ``+-1`` (float64) of ``shape``, drawn on the host from ``rng``."""
-    z = rng.integers(0, 2, size=shape, dtype=np.int8).astype(np.float64) * 2.0 - 1.0
+    """Random signs ``+-1`` (float64) of ``shape``, drawn on the host from ``rng``: ``2 b - 1`` for
+    the bits ``b`` of :func:`random_bits`, in C order."""
+    z = random_bits(rng, math.prod(shape)).reshape(shape).astype(np.float64) * 2.0 - 1.0
     return z if xp is np else xp.asarray(z)
 
 

@@ -21,9 +21,12 @@ The colouring is a lattice colouring ``(a i + b j) mod m`` of the pixel ``(i, j)
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-__all__ = ["lattice_colouring", "probe_classes", "class_estimate", "PROBINGS"]
+from ..backend import _array_kernels_on
+
+__all__ = ["lattice_colouring", "probe_classes", "class_estimate", "probe_columns", "PROBINGS"]
 
 #: the values of the ``probing`` option of the SLQ estimator
 PROBINGS = ("auto", "rademacher", "coloured")
@@ -85,6 +88,35 @@ def probe_classes(op, num_probes, probing="auto"):
     colour = ((a * i + b * j) % m).astype(np.int8)
     entry_class = np.broadcast_to(colour, (op.num_labels,) + colour.shape).reshape(-1)
     return entry_class, m
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe_columns_nb(bits, entry_class, probe_class, out):  # pragma: no cover - compiled
+    K, n = bits.shape
+    for i in range(n):
+        c = entry_class[i]
+        row = out[i]
+        for k in range(K):
+            row[k] = 2.0 * bits[k, i] - 1.0 if probe_class[k] == c else 0.0
+
+
+def probe_columns(bits, entry_class, probe_class):
+    """The probes as the columns of an ``N x K`` block (C-contiguous float64): ``out[i, k] =
+    2 bits[k, i] - 1`` where unknown ``i`` lies in probe ``k``'s class, 0 elsewhere.
+
+    ``bits``: ``(K, N)`` of 0/1; ``entry_class``: ``(N,)`` or None (one class); ``probe_class``:
+    ``(K,)``.  One compiled pass (array code under the array-kernel switch)."""
+    K, n = bits.shape
+    if entry_class is None:
+        entry_class = np.zeros(n, dtype=np.int8)
+        probe_class = np.zeros(K, dtype=np.int64)
+    if _array_kernels_on():
+        out = (2.0 * bits.T - 1.0) * (entry_class[:, None] == probe_class[None, :])
+        return np.ascontiguousarray(out, dtype=np.float64)
+    out = np.empty((n, K))
+    _probe_columns_nb(np.ascontiguousarray(bits), np.ascontiguousarray(entry_class),
+                      np.ascontiguousarray(probe_class, dtype=np.int64), out)
+    return out
 
 
 def class_estimate(per_probe, probe_class, num_classes):
