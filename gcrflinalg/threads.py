@@ -161,6 +161,11 @@ def parallel_kernel(threads: int | None = None):
         numba.set_num_threads(previous_n)
 
 
+#: choosers kept by :meth:`StepThreads.shared`
+SHARED_CHOOSERS = 64
+_shared_choosers: dict = {}
+
+
 class StepThreads:
     """The thread count of a kernel called many times in a row, chosen by timing the calls.
 
@@ -189,6 +194,24 @@ class StepThreads:
         self._fastest = float("inf")  # fastest call on `parallel` threads
         self._since = 0  # calls on one thread since the last trial
         self._last = None
+
+    @classmethod
+    def shared(cls, key, **kwargs) -> "StepThreads":
+        """The chooser of ``key`` (e.g. a kernel and a problem size) for the calling thread and the
+        current :func:`get_num_threads`, kept between runs: a later run of the same kernel on the
+        same size starts from what the earlier ones learnt (no trial on an idle machine; a call
+        more than twice as slow as the fastest still starts one).  At most
+        :data:`SHARED_CHOOSERS` are kept (the least recently used go)."""
+        import threading
+
+        full = (threading.get_ident(), get_num_threads(), key)
+        chooser = _shared_choosers.pop(full, None)
+        if chooser is None:
+            chooser = cls(**kwargs)
+        _shared_choosers[full] = chooser  # most recently used last
+        while len(_shared_choosers) > SHARED_CHOOSERS:
+            _shared_choosers.pop(next(iter(_shared_choosers)))
+        return chooser
 
     def count(self) -> int:
         """The thread count of the next call."""

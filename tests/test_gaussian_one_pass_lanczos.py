@@ -212,3 +212,63 @@ def test_step_threads_keeps_the_faster_count():
         serial.record(1.0)
     with gcrflinalg.num_threads(1):
         assert StepThreads().count() == 1
+
+
+def test_shared_step_threads_persist_per_key_thread_and_count():
+    """A shared chooser carries what it learnt into the next run (no new trial), is distinct per
+    key, per calling thread and per thread setting, and the registry stays bounded."""
+    import threading
+
+    from gcrflinalg import threads as policy
+    from gcrflinalg.threads import StepThreads
+
+    policy._shared_choosers.clear()
+    with gcrflinalg.num_threads(2):
+        a = StepThreads.shared(("k", 1))
+        for wall in (0.5, 1.0):  # the trial: two threads faster
+            a.count()
+            a.record(wall)
+        b = StepThreads.shared(("k", 1))
+        assert b is a and [b.count() for _ in range(3)] == [2, 2, 2]  # no trial in the next run
+        assert StepThreads.shared(("k", 2)) is not a
+        other = []
+        t = threading.Thread(target=lambda: other.append(StepThreads.shared(("k", 1))))
+        t.start()
+        t.join()
+        assert other[0] is not a
+    with gcrflinalg.num_threads(1):
+        assert StepThreads.shared(("k", 1)) is not a
+    for i in range(policy.SHARED_CHOOSERS + 5):
+        StepThreads.shared(("many", i))
+    assert len(policy._shared_choosers) == policy.SHARED_CHOOSERS
+    policy._shared_choosers.clear()
+
+
+def test_slq_runs_share_the_thread_choice(monkeypatch):
+    """Two SLQ runs on fresh operators of one shape use one chooser: the second starts from the
+    first's choice, not from a new trial."""
+    from gcrflinalg import threads as policy
+
+    policy._shared_choosers.clear()
+    counts = []
+    op, _ = _grid("grid-n4-L3-3x5", 3)
+    real = type(op)._lanczos_columns
+
+    def spy(self, *args, threads=None):
+        counts.append(threads)
+        return real(self, *args, threads=threads)
+
+    monkeypatch.setattr(type(op), "_lanczos_columns", spy)
+    with gcrflinalg.num_threads(2):
+        fresh, _ = _grid("grid-n4-L3-3x5", 3)
+        gcrflinalg.logdet(fresh, method="slq", num_probes=8, degree=6, rng=1)
+        (key, chooser), = [(k, c) for k, c in policy._shared_choosers.items() if "lanczos_columns" in k[2]]
+        assert counts[:2] == [2, 1]  # the first run starts with a trial: two threads, then one
+        state = (chooser._trial, chooser.choice)
+        counts.clear()
+        fresh, _ = _grid("grid-n4-L3-3x5", 3)
+        gcrflinalg.logdet(fresh, method="slq", num_probes=8, degree=6, rng=2)
+        assert policy._shared_choosers[key] is chooser
+        if state[0] is None:  # no trial pending: the second run goes on with the choice
+            assert counts[0] == state[1]
+    policy._shared_choosers.clear()

@@ -130,10 +130,11 @@ def block_lanczos_step(op):
     pass (a Lanczos update fused with the next product; the general grid form, unbatched,
     float64, NumPy), else None.
 
-    One such function serves one Lanczos run: its calls choose their thread count by timing
-    (:class:`gcrflinalg.threads.StepThreads`: one thread where the cores are taken by other
-    processes and the kernel's barriers would cost more than its threads save); the result does
-    not depend on the count."""
+    Its calls choose their thread count by timing (:class:`gcrflinalg.threads.StepThreads`: one
+    thread where the cores are taken by other processes and the kernel's barriers would cost more
+    than its threads save), with one chooser per problem shape kept between runs
+    (:meth:`~gcrflinalg.threads.StepThreads.shared`), so that a run on a fresh operator of a known
+    shape does not pay a trial on one thread; the result does not depend on the count."""
     if not (hasattr(op, "_lanczos_columns") and not op.batch_shape and op.dtype == np.float64
             and op.xp is np):
         return None
@@ -142,9 +143,13 @@ def block_lanczos_step(op):
 
     if _array_kernels_on():
         return None
-    chooser = StepThreads()
+    key = ("lanczos_columns", type(op).__name__, op.vector_shape, op.offsets)
+    choosers = {}
 
     def step(W, Q, Qp, sq, cq, cp):
+        chooser = choosers.get(W.shape[-1])
+        if chooser is None:  # per column count: the time of a call grows with it
+            chooser = choosers[W.shape[-1]] = StepThreads.shared(key + (W.shape[-1],))
         threads = chooser.count()
         t0 = time.perf_counter()
         out = op._lanczos_columns(W, Q, Qp, sq, cq, cp, threads=threads)

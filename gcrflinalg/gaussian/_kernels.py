@@ -10,12 +10,14 @@ quantities on any backend (CuPy, and NumPy under the array-kernel switch).
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from ..backend import _array_kernels_on
 
-__all__ = ["fused_lanczos_available", "lanczos_update"]
+__all__ = ["fused_lanczos_available", "lanczos_update", "gauss_nodes"]
 
 
 def fused_lanczos_available(*arrays) -> bool:
@@ -118,3 +120,102 @@ def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None, dots=
     _lanczos_update_nb(w.reshape(k, n), q.reshape(k, n), q_prev.reshape(k, n),
                        bp, sq, sp, alpha, beta2, known)
     return alpha.reshape(shape), beta2.reshape(shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gauss_nodes_nb(a, b, theta, s0):  # pragma: no cover - compiled
+    # Implicit QL with Wilkinson shifts on each tridiagonal (diagonal a[p], off-diagonal b[p]),
+    # applying the rotations to the first row of the eigenvector matrix only (Golub-Welsch).
+    # Returns False when some eigenvalue needs more than 60 sweeps.
+    P, k = a.shape
+    d = np.empty(k)
+    e = np.empty(k)
+    z = np.empty(k)
+    for p in range(P):
+        for i in range(k):
+            d[i] = a[p, i]
+            z[i] = 0.0
+            e[i] = b[p, i] if i < k - 1 else 0.0
+        z[0] = 1.0
+        for l in range(k):
+            sweeps = 0
+            while True:
+                m = l
+                while m < k - 1:
+                    dd = abs(d[m]) + abs(d[m + 1])
+                    if abs(e[m]) + dd == dd:
+                        break
+                    m += 1
+                if m == l:
+                    break
+                sweeps += 1
+                if sweeps > 60:
+                    return False
+                g = (d[l + 1] - d[l]) / (2.0 * e[l])
+                r = math.hypot(g, 1.0)
+                g = d[m] - d[l] + e[l] / (g + (r if g >= 0.0 else -r))
+                s = 1.0
+                c = 1.0
+                shift = 0.0
+                i = m - 1
+                deflated = False
+                while i >= l:
+                    f = s * e[i]
+                    bb = c * e[i]
+                    r = math.hypot(f, g)
+                    e[i + 1] = r
+                    if r == 0.0:  # underflow: split the matrix here and sweep again
+                        d[i + 1] -= shift
+                        e[m] = 0.0
+                        deflated = True
+                        break
+                    s = f / r
+                    c = g / r
+                    g = d[i + 1] - shift
+                    r = (d[i] - g) * s + 2.0 * c * bb
+                    shift = s * r
+                    d[i + 1] = g + shift
+                    g = c * r - bb
+                    f = z[i + 1]
+                    z[i + 1] = s * z[i] + c * f
+                    z[i] = c * z[i] - s * f
+                    i -= 1
+                if deflated:
+                    continue
+                d[l] -= shift
+                e[l] = g
+                e[m] = 0.0
+        for i in range(k):
+            theta[p, i] = d[i]
+            s0[p, i] = z[i]
+    return True
+
+
+def gauss_nodes(alpha, beta):
+    """Eigenvalues and first eigenvector components of symmetric tridiagonal matrices
+    (Golub–Welsch: the nodes and, squared, the weights of the Gauss quadrature).
+
+    Parameters
+    ----------
+    alpha : numpy.ndarray, shape ``(P, k)``
+        Diagonals.
+    beta : numpy.ndarray, shape ``(P, k - 1)``
+        Off-diagonals.
+
+    Returns
+    -------
+    (theta, s0) : numpy.ndarray, shape ``(P, k)``, or None
+        Unordered eigenvalues and the first components of their unit eigenvectors (exactly 0 for
+        an eigenvalue of a block decoupled from the first row by a zero ``beta``); None when the
+        implicit QL iteration did not converge (the caller falls back to a full eigensolver).
+    """
+    a = np.ascontiguousarray(alpha, dtype=np.float64)
+    P, k = a.shape
+    b = np.zeros((P, max(k, 1)))
+    if k > 1:
+        b[:, : k - 1] = beta
+    theta = np.empty((P, k))
+    s0 = np.empty((P, k))
+    if not _gauss_nodes_nb(a, b, theta, s0):
+        return None
+    return theta, s0

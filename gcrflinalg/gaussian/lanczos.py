@@ -23,8 +23,8 @@ import numpy as np
 
 from solvers import NotPositiveDefiniteError
 
-from ..backend import get_array_module
-from ._kernels import fused_lanczos_available, lanczos_update
+from ..backend import _array_kernels_on, get_array_module
+from ._kernels import fused_lanczos_available, gauss_nodes, lanczos_update
 
 __all__ = ["LanczosState", "tridiagonal_eigh", "quadrature", "LOOP_MAX_PROBES"]
 
@@ -286,7 +286,13 @@ def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
     else:
         theta, S = xp.linalg.eigh(T)
     s0 = S[..., 0, :]
+    _check_ritz_values(theta, s0, what)
+    return theta, s0, S
+
+
+def _check_ritz_values(theta, s0, what):
     # a padded eigenvalue is exactly 1 with a zero first component; real Ritz values count
+    xp = get_array_module(theta)
     real = xp.abs(s0) > 0
     bad = real & (theta <= 0)
     if bool(bad.any()):
@@ -295,7 +301,6 @@ def tridiagonal_eigh(state: LanczosState, *, what: str = "M"):
             f"{what} is not positive definite: Lanczos found the Ritz value {worst:.6g} <= 0 "
             "(a Rayleigh quotient of M, so lambda_min(M) <= it)",
             quantity="ritz value", value=worst, bound=0.0, system=None)
-    return theta, s0, S
 
 
 def _eigh_tridiagonal_loop(T):
@@ -315,8 +320,20 @@ def _eigh_tridiagonal_loop(T):
 
 
 def quadrature(state: LanczosState, f, *, what: str = "M"):
-    """``v^T f(M) v / ||v||^2`` by Gauss quadrature, shape ``probes``."""
-    theta, s0, _ = tridiagonal_eigh(state, what=what)
+    """``v^T f(M) v / ||v||^2`` by Gauss quadrature, shape ``probes``: ``sum_i S[0, i]^2 f(theta_i)``
+    over the eigenpairs of each probe's tridiagonal (on NumPy the nodes and first components only,
+    by a compiled implicit QL on the first row: :func:`gauss_nodes`)."""
     xp = state.xp
+    nodes = None
+    if xp is np and not _array_kernels_on() and state.steps:
+        shape = state.norms.shape
+        a = np.stack(state.alpha, axis=-1).reshape((-1, state.steps))
+        b = np.stack(state.beta[:-1], axis=-1).reshape((-1, state.steps - 1)) if state.steps > 1 else None
+        nodes = gauss_nodes(a, b)
+    if nodes is not None:
+        theta, s0 = (v.reshape(shape + (state.steps,)) for v in nodes)
+        _check_ritz_values(theta, s0, what)
+    else:
+        theta, s0, _ = tridiagonal_eigh(state, what=what)
     safe = xp.where(xp.abs(s0) > 0, theta, 1.0)
     return (s0 * s0 * f(safe)).sum(axis=-1)
