@@ -11,7 +11,6 @@ from ..backend import to_host
 from ._common import (as_generator, block_lanczos_step, block_product, block_product_quadratic, check_operator, form_kind,
                       positive_int, rademacher, random_bits)
 from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
-from ..forms.grid.kernels import padded_columns
 from .lanczos import LanczosState, quadrature
 from .probes import PROBINGS, class_estimate, probe_classes, probe_columns
 from .results import LogDetResult
@@ -137,20 +136,11 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False,
     probe_class = np.arange(num_probes) % num_classes
     gen = as_generator(rng)
     n = op.size
-    fused = block_lanczos_step(op)
-    columns = num_probes
     if not op.batch_shape and op.xp is np:
         # probe-minor layout (Fortran-ordered (K, N)): the column products read it without a copy
         # (see block_product); the same signs as rademacher() draws, written in one pass
         bits = random_bits(gen, num_probes * n).reshape(num_probes, n)
-        block_class = probe_class
-        if fused is not None and not reorthogonalize:
-            # the compiled pass is faster on a whole number of its column blocks (30 -> 32): the
-            # spare columns repeat the first probes and are dropped from the estimate
-            columns = padded_columns(num_probes)
-            bits = np.concatenate([bits, bits[: columns - num_probes]])
-            block_class = np.concatenate([probe_class, probe_class[: columns - num_probes]])
-        z = probe_columns(bits, entry_class, block_class).T
+        z = probe_columns(bits, entry_class, probe_class).T
     else:
         z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
         if entry_class is not None:
@@ -160,14 +150,14 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False,
     norms2 = (np.full(num_probes, float(n)) if entry_class is None
               else np.bincount(entry_class, minlength=num_classes)[probe_class].astype(np.float64))
     state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
-                         apply_quadratic=block_product_quadratic(op), fused_step=fused, overwrite=True,
+                         apply_quadratic=block_product_quadratic(op), fused_step=block_lanczos_step(op), overwrite=True,
                          breakdown=256 * np.finfo(op.dtype).eps)
     state.run(min(degree, n))
     per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2
-    per_probe = np.asarray(to_host(per_probe), dtype=np.float64)[:num_probes]
+    per_probe = np.asarray(to_host(per_probe), dtype=np.float64)
     per_probe = per_probe * norms2.reshape((num_probes,) + (1,) * (per_probe.ndim - 1))
     value, stderr = class_estimate(per_probe, probe_class, num_classes)
     info = {"num_probes": num_probes, "degree": degree, "matvecs": state.matvecs,
             "probe_classes": num_classes,
-            "steps": np.asarray(to_host(state.sizes))[:num_probes].max(axis=0) if state.sizes.size else 0}
+            "steps": np.asarray(to_host(state.sizes)).max(axis=0) if state.sizes.size else 0}
     return value, stderr, info

@@ -321,12 +321,70 @@ def pixel_major(pw):
 
 
 @numba.njit(inline="always")
+def _rows_update(cp, b, p, k, src, s_idx, dst, d_idx, L, L4, E, transpose):  # pragma: no cover - compiled
+    # dst[:, d] += C src[:, s] (transpose: C^T), C = cp[b, p, k]: output rows two at a time and
+    # input rows four at a time (unroll and jam), so that each load of an input row serves two
+    # output rows and each load and store of an output row four input rows.
+    L2 = L - L % 2
+    for m in range(0, L2, 2):
+        o0 = dst[b, m, d_idx]
+        o1 = dst[b, m + 1, d_idx]
+        for n in range(0, L4, 4):
+            if transpose:
+                a0, a1, a2, a3 = cp[b, p, k, n, m], cp[b, p, k, n + 1, m], cp[b, p, k, n + 2, m], cp[b, p, k, n + 3, m]
+                e0, e1, e2, e3 = (cp[b, p, k, n, m + 1], cp[b, p, k, n + 1, m + 1], cp[b, p, k, n + 2, m + 1],
+                                  cp[b, p, k, n + 3, m + 1])
+            else:
+                a0, a1, a2, a3 = cp[b, p, k, m, n], cp[b, p, k, m, n + 1], cp[b, p, k, m, n + 2], cp[b, p, k, m, n + 3]
+                e0, e1, e2, e3 = (cp[b, p, k, m + 1, n], cp[b, p, k, m + 1, n + 1], cp[b, p, k, m + 1, n + 2],
+                                  cp[b, p, k, m + 1, n + 3])
+            v0 = src[b, n, s_idx]
+            v1 = src[b, n + 1, s_idx]
+            v2 = src[b, n + 2, s_idx]
+            v3 = src[b, n + 3, s_idx]
+            for e in range(E):
+                x0 = v0[e]
+                x1 = v1[e]
+                x2 = v2[e]
+                x3 = v3[e]
+                o0[e] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                o1[e] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+        for n in range(L4, L):
+            if transpose:
+                a0, e0 = cp[b, p, k, n, m], cp[b, p, k, n, m + 1]
+            else:
+                a0, e0 = cp[b, p, k, m, n], cp[b, p, k, m + 1, n]
+            v0 = src[b, n, s_idx]
+            for e in range(E):
+                x0 = v0[e]
+                o0[e] += a0 * x0
+                o1[e] += e0 * x0
+    for m in range(L2, L):
+        o0 = dst[b, m, d_idx]
+        for n in range(0, L4, 4):
+            if transpose:
+                a0, a1, a2, a3 = cp[b, p, k, n, m], cp[b, p, k, n + 1, m], cp[b, p, k, n + 2, m], cp[b, p, k, n + 3, m]
+            else:
+                a0, a1, a2, a3 = cp[b, p, k, m, n], cp[b, p, k, m, n + 1], cp[b, p, k, m, n + 2], cp[b, p, k, m, n + 3]
+            v0 = src[b, n, s_idx]
+            v1 = src[b, n + 1, s_idx]
+            v2 = src[b, n + 2, s_idx]
+            v3 = src[b, n + 3, s_idx]
+            for e in range(E):
+                o0[e] += a0 * v0[e] + a1 * v1[e] + a2 * v2[e] + a3 * v3[e]
+        for n in range(L4, L):
+            a0 = cp[b, p, k, n, m] if transpose else cp[b, p, k, m, n]
+            v0 = src[b, n, s_idx]
+            for e in range(E):
+                o0[e] += a0 * v0[e]
+
+
+@numba.njit(inline="always")
 def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width, q_lo=0, q_hi=-1):  # pragma: no cover - compiled
     """Both ends of every in-image edge of pixel ``p = (i, j)`` for ``E`` columns:
     ``out[:, p] += C_k v[:, q]`` and ``out[:, q] += C_k^T v[:, p]`` (``cp`` pixel-major blocks
     ``(B, P, K, L, L)``, ``v`` and ``out`` ``(B, L, P, E)``); with ``q_hi >= 0`` only the edges
-    whose other end ``q`` lies in ``[q_lo, q_hi)``.  Four rows of ``v`` per pass over an output
-    row (unroll and jam): a quarter of the loads and stores of the output, and of the loops."""
+    whose other end ``q`` lies in ``[q_lo, q_hi)``."""
     K, L = cp.shape[2], cp.shape[3]
     E = v.shape[3]
     L4 = L - L % 4
@@ -338,42 +396,8 @@ def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width, q_lo=0, q_hi=-1)
         q = qi * width + qj
         if q_hi >= 0 and (q < q_lo or q >= q_hi):
             continue
-        for m in range(L):  # out[:, p] += C_k v[:, q]
-            om = out[b, m, p]
-            for n in range(0, L4, 4):
-                c0 = cp[b, p, k, m, n]
-                c1 = cp[b, p, k, m, n + 1]
-                c2 = cp[b, p, k, m, n + 2]
-                c3 = cp[b, p, k, m, n + 3]
-                v0 = v[b, n, q]
-                v1 = v[b, n + 1, q]
-                v2 = v[b, n + 2, q]
-                v3 = v[b, n + 3, q]
-                for e in range(E):
-                    om[e] += c0 * v0[e] + c1 * v1[e] + c2 * v2[e] + c3 * v3[e]
-            for n in range(L4, L):
-                cn = cp[b, p, k, m, n]
-                vn = v[b, n, q]
-                for e in range(E):
-                    om[e] += cn * vn[e]
-        for n in range(L):  # out[:, q] += C_k^T v[:, p]
-            on = out[b, n, q]
-            for m in range(0, L4, 4):
-                c0 = cp[b, p, k, m, n]
-                c1 = cp[b, p, k, m + 1, n]
-                c2 = cp[b, p, k, m + 2, n]
-                c3 = cp[b, p, k, m + 3, n]
-                v0 = v[b, m, p]
-                v1 = v[b, m + 1, p]
-                v2 = v[b, m + 2, p]
-                v3 = v[b, m + 3, p]
-                for e in range(E):
-                    on[e] += c0 * v0[e] + c1 * v1[e] + c2 * v2[e] + c3 * v3[e]
-            for m in range(L4, L):
-                cm = cp[b, p, k, m, n]
-                vm = v[b, m, p]
-                for e in range(E):
-                    on[e] += cm * vm[e]
+        _rows_update(cp, b, p, k, v, q, out, p, L, L4, E, False)
+        _rows_update(cp, b, p, k, v, p, out, q, L, L4, E, True)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -896,21 +920,6 @@ def lanczos_ranges(n_pixels, reach, ranges=LANCZOS_RANGES):
     length, each at least ``4 reach`` pixels long (one range when the image is smaller)."""
     count = max(1, min(int(ranges), n_pixels // max(4 * reach, 1)))
     return np.linspace(0, n_pixels, count + 1).round().astype(np.int64)
-
-
-#: the compiled column kernels' loops over the columns run fastest on a multiple of this many
-#: columns (the vector loop's width times its interleave; a remainder runs scalar): 32 columns
-#: took 7% less time than 30 on the 75 x 64 x 5 grid
-COLUMN_BLOCK = 16
-
-
-def padded_columns(e):
-    """``e`` rounded up to a multiple of :data:`COLUMN_BLOCK` where that adds at most ``e / 8``
-    columns (30 -> 32), else ``e``: a caller free to carry spare columns runs the compiled
-    column kernels on that many."""
-    e = int(e)
-    up = -(-e // COLUMN_BLOCK) * COLUMN_BLOCK
-    return up if 8 * (up - e) <= e else e
 
 
 @functools.lru_cache(maxsize=64)
