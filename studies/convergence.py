@@ -950,11 +950,11 @@ def report(runs, problems_meta, opts, *, header) -> str:
 
 #: The sweeps of the report (docs/studies/convergence.md), each ``(name, arguments)``.
 REPORT_SWEEPS = (
-    ("thesis", ["--thesis", "--count", "3"]),
-    ("medium", ["--margins", "0.001", "0.01", "0.1", "1", "seed", "--sizes", "medium", "--count", "2",
+    ("thesis", ["--thesis", "--count", "25"]),
+    ("medium", ["--margins", "0.001", "0.01", "0.1", "1", "seed", "--sizes", "medium", "--count", "25",
                 "--maxiter", "5000"]),
     ("large", ["--forms", "grid", "grid_potts", "--margins", "0.001", "0.01", "0.1", "1", "--sizes", "large",
-               "--count", "2", "--maxiter", "5000"]),
+               "--count", "25", "--maxiter", "5000"]),
 )
 REPORT_COMMAND = "python -m studies.convergence --report docs/studies/convergence.md"
 
