@@ -855,8 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
                              + ", sizes medium and large, 25 problems (23 minutes on 2 idle cores)")
     parser.add_argument("--thesis", action="store_true",
                         help="the thesis's Fig. 2.3 side by side: the seed regime at the thesis's size (100 x 85 "
-                             "pixels, 21 labels), grid forms, Jacobi / Gauss-Seidel / GMRES / CG (long: a Dask "
-                             "cluster or overnight)")
+                             "pixels, 21 labels), grid forms, Jacobi / Gauss-Seidel / GMRES / CG, 25 problems (about 40 "
+                             "seconds on 2 idle cores)")
     parser.add_argument("--report", metavar="PATH", default=None,
                         help="run (or resume, from results/convergence-report/) the sweeps of the report and write it "
                              "to PATH (docs/studies/convergence.md), its figures to studies/figures/")
@@ -1031,8 +1031,8 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "The everyday commands: `python -m studies.convergence` (25 problems per form at the medium size, "
         "margins drawn in [0.05, 0.3]; about a minute), `--quick` (under a minute), `--sweep` (every form and "
         "method, margins 1e-3 1e-2 0.1 1, sizes medium and large, 25 problems: the long sweep, 23 "
-        "minutes on 2 idle cores, 1100 problem runs), `--thesis` (the seed regime at the thesis's size, 25 problems: a Dask "
-        "cluster, `--dask ADDRESS`, or overnight).  `--resume` continues an interrupted sweep from "
+        "minutes on 2 idle cores, 1100 problem runs), `--thesis` (the seed regime at the thesis's size, 25 problems per grid "
+        "form: about 40 seconds on 2 idle cores).  `--resume` continues an interrupted sweep from "
         "`runs.jsonl`.",
         "",
         "## Regimes",
