@@ -62,3 +62,20 @@ def test_batch_of_probes_and_log_rule():
         w, V = np.linalg.eigh(_dense(a[p], b[p]))
         np.testing.assert_allclose((s0[p] ** 2 * np.log(theta[p])).sum(), (V[0] ** 2 * np.log(w)).sum(),
                                    rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name, a, b", _cases(), ids=[c[0] for c in _cases()])
+def test_last_row_components(name, a, b):
+    """``row=-1``: the last components (Lanczos's residual bounds) against eigh's last row."""
+    theta, last = gauss_nodes(a[None], b[None], row=-1)
+    w, V = np.linalg.eigh(_dense(a, b))
+    scale = np.abs(w).max()
+    np.testing.assert_allclose(np.sort(theta[0]), w, rtol=0, atol=1e-13 * scale)
+    for f in (np.exp, lambda x: x ** 2):
+        np.testing.assert_allclose((last[0] ** 2 * f(theta[0] / scale)).sum(), (V[-1] ** 2 * f(w / scale)).sum(),
+                                   rtol=1e-12)
+    # the extreme pairs: |S[-1, i]| of the smallest and largest eigenvalue (simple ones here)
+    if name.startswith("random"):
+        i, j = np.argmin(theta[0]), np.argmax(theta[0])
+        np.testing.assert_allclose(abs(last[0][i]), abs(V[-1, 0]), rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(abs(last[0][j]), abs(V[-1, -1]), rtol=1e-9, atol=1e-14)

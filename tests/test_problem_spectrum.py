@@ -443,3 +443,38 @@ def _arrays(x):
     if isinstance(x, (list, tuple)):
         return [a for v in x for a in _arrays(v)]
     return [np.asarray(x)]
+
+
+@pytest.mark.parametrize("stride", [4, 6, 8])
+def test_compiled_distances_and_unaries_equal_the_numpy_expressions(stride):
+    """The compiled squared distances and unaries give the bits of the NumPy expressions they
+    replace (einsum over the colour axis; 1 - d / scale + noise z), so the problems do not change."""
+    from gcrflinalg.problems import load_photo
+    from gcrflinalg.problems.photo import colour_clusters, squared_distances, unaries_from_clusters
+
+    img = np.asarray(load_photo(stride), dtype=np.float64)
+    rng = np.random.default_rng(stride)
+    for centres in (rng.random((21, 3)), rng.random((5, 3)) * 2 - 0.5):
+        diff = img[None] - centres[:, None, None, :]
+        np.testing.assert_array_equal(squared_distances(img, centres), np.einsum("lhwc,lhwc->lhw", diff, diff))
+    _, centres = colour_clusters(img, 7, 3)
+    diff = img[None] - centres[:, None, None, :]
+    d = np.einsum("lhwc,lhwc->lhw", diff, diff)
+    ref = 1.0 - d / float(np.median(d)) + 0.5 * np.random.default_rng([3, 1]).standard_normal(d.shape)
+    np.testing.assert_array_equal(unaries_from_clusters(img, 7, seed=3, noise=0.5), ref)
+
+
+def test_likely_extreme_vectors_on_the_red_pixels():
+    """``red_only``: the full vectors' entries on the red pixels, each scaled to unit length."""
+    from gcrflinalg.problems.coupling import GridCoupling
+
+    rng = np.random.default_rng(8)
+    H, W, L = 7, 6, 3
+    coupling = GridCoupling(rng.random((2, H, W)), 4, compat=rng.standard_normal((2, L, L)))
+    full = coupling.likely_extreme_vectors()
+    red = coupling.likely_extreme_vectors(red_only=True)
+    assert red.shape == (4, coupling.red_size)
+    for x, y in zip(full, red):
+        xr = x[coupling.red_pixels]
+        np.testing.assert_allclose(y, xr / np.linalg.norm(xr), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(np.linalg.norm(y), 1.0, rtol=1e-14)

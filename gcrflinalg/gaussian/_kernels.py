@@ -123,9 +123,9 @@ def lanczos_update(w, q, q_prev, beta_prev, q_scale=None, prev_scale=None, dots=
 
 
 @numba.njit(cache=True, nogil=True)
-def _gauss_nodes_nb(a, b, theta, s0):  # pragma: no cover - compiled
+def _gauss_nodes_nb(a, b, theta, s0, row):  # pragma: no cover - compiled
     # Implicit QL with Wilkinson shifts on each tridiagonal (diagonal a[p], off-diagonal b[p]),
-    # applying the rotations to the first row of the eigenvector matrix only (Golub-Welsch).
+    # applying the rotations to one row of the eigenvector matrix only (the first: Golub-Welsch).
     # Returns False when some eigenvalue needs more than 60 sweeps.
     P, k = a.shape
     d = np.empty(k)
@@ -136,7 +136,7 @@ def _gauss_nodes_nb(a, b, theta, s0):  # pragma: no cover - compiled
             d[i] = a[p, i]
             z[i] = 0.0
             e[i] = b[p, i] if i < k - 1 else 0.0
-        z[0] = 1.0
+        z[row] = 1.0
         for l in range(k):
             sweeps = 0
             while True:
@@ -191,9 +191,10 @@ def _gauss_nodes_nb(a, b, theta, s0):  # pragma: no cover - compiled
     return True
 
 
-def gauss_nodes(alpha, beta):
+def gauss_nodes(alpha, beta, row=0):
     """Eigenvalues and first eigenvector components of symmetric tridiagonal matrices
-    (Golub–Welsch: the nodes and, squared, the weights of the Gauss quadrature).
+    (Golub–Welsch: the nodes and, squared, the weights of the Gauss quadrature); with
+    ``row=-1`` the last components instead (Lanczos's residual bounds ``beta_k |S[k, i]|``).
 
     Parameters
     ----------
@@ -205,7 +206,7 @@ def gauss_nodes(alpha, beta):
     Returns
     -------
     (theta, s0) : numpy.ndarray, shape ``(P, k)``, or None
-        Unordered eigenvalues and the first components of their unit eigenvectors (exactly 0 for
+        Unordered eigenvalues and the ``row``-th components of their unit eigenvectors (exactly 0 for
         an eigenvalue of a block decoupled from the first row by a zero ``beta``); None when the
         implicit QL iteration did not converge (the caller falls back to a full eigensolver).
     """
@@ -216,6 +217,6 @@ def gauss_nodes(alpha, beta):
         b[:, : k - 1] = beta
     theta = np.empty((P, k))
     s0 = np.empty((P, k))
-    if not _gauss_nodes_nb(a, b, theta, s0):
+    if not _gauss_nodes_nb(a, b, theta, s0, int(row) % max(k, 1)):
         return None
     return theta, s0

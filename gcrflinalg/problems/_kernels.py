@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 __all__ = ["lanczos_orthogonalise", "scaled_copy", "nearer_squared_distances", "assign_and_sum",
+           "squared_distances_to", "unaries_from_distances",
            "factor_product", "pairwise_blocks"]
 
 
@@ -156,21 +157,10 @@ def nearer_squared_distances(pix, centre, d2):
             d2[p] = d
 
 
-@numba.njit(cache=True, nogil=True)
-def assign_and_sum(pix, twice, pix2, centres, c2, labels, counts, sums):  # pragma: no cover - compiled
-    """One Lloyd assignment: ``labels[p] = argmin_l (pix2[p] - twice[p] . centres[l]) + c2[l]``
-    (the first minimum, as ``argmin``), with the label counts and the per-label colour sums
-    accumulated in pixel order (as ``bincount``).
-
-    ``pix (P, 3)``, ``twice = 2 pix``, ``pix2 (P,)`` the squared norms, ``centres (L, 3)``, ``c2 (L,)``
-    their squared norms; writes ``labels (P,)``, ``counts (L,)``, ``sums (L, 3)``.  The three-term
-    products are added left to right here, where a BLAS product may fuse them: distances can differ
-    in the last bit, which changes a label only at a tie to rounding.  No BLAS call: the threads a
-    BLAS library leaves spinning after a product slow the parallel kernels that follow it (the
-    spectrum's, the operator's) several times over.
-    """
-    P, L = pix.shape[0], centres.shape[0]
-    for p in range(P):
+@numba.njit(inline="always")
+def _assign_pixels(pix2, twice, centres, c2, labels, lo, hi):  # pragma: no cover - compiled
+    L = centres.shape[0]
+    for p in range(lo, hi):
         a = pix2[p]
         t0, t1, t2 = twice[p, 0], twice[p, 1], twice[p, 2]
         lab = 0
@@ -181,14 +171,62 @@ def assign_and_sum(pix, twice, pix2, centres, c2, labels, counts, sums):  # prag
                 dbest = d
                 lab = l
         labels[p] = lab
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign_serial(pix2, twice, centres, c2, labels):  # pragma: no cover - compiled
+    _assign_pixels(pix2, twice, centres, c2, labels, 0, labels.shape[0])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _assign_parallel(pix2, twice, centres, c2, labels):  # pragma: no cover - compiled
+    P = labels.shape[0]
+    chunks = -(-P // ASSIGN_CHUNK)
+    for c in numba.prange(chunks):
+        _assign_pixels(pix2, twice, centres, c2, labels, c * ASSIGN_CHUNK, min(P, (c + 1) * ASSIGN_CHUNK))
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_sums(pix, labels, counts, sums):  # pragma: no cover - compiled
     counts[:] = 0
     sums[:] = 0.0
-    for p in range(P):
+    for p in range(pix.shape[0]):
         lab = labels[p]
         counts[lab] += 1
         sums[lab, 0] += pix[p, 0]
         sums[lab, 1] += pix[p, 1]
         sums[lab, 2] += pix[p, 2]
+
+
+#: pixels per task of the parallel k-means assignment
+ASSIGN_CHUNK = 1024
+#: the k-means assignment runs on the kernel threads from this many pixel-label pairs
+ASSIGN_PARALLEL_MIN = 1 << 16
+
+
+def assign_and_sum(pix, twice, pix2, centres, c2, labels, counts, sums):
+    """One Lloyd assignment: ``labels[p] = argmin_l (pix2[p] - twice[p] . centres[l]) + c2[l]``
+    (the first minimum, as ``argmin``), with the label counts and the per-label colour sums
+    accumulated in pixel order (as ``bincount``).
+
+    ``pix (P, 3)``, ``twice = 2 pix``, ``pix2 (P,)`` the squared norms, ``centres (L, 3)``, ``c2 (L,)``
+    their squared norms; writes ``labels (P,)``, ``counts (L,)``, ``sums (L, 3)``.  The three-term
+    products are added left to right here, where a BLAS product may fuse them: distances can differ
+    in the last bit, which changes a label only at a tie to rounding.  No BLAS call: the threads a
+    BLAS library leaves spinning after a product slow the parallel kernels that follow it (the
+    spectrum's, the operator's) several times over.  The assignment of each pixel is independent
+    (run on the kernel threads for large images; the same labels on any thread count); the sums
+    run serially, in pixel order.
+    """
+    from .. import threads
+
+    if pix.shape[0] * centres.shape[0] >= ASSIGN_PARALLEL_MIN and threads.get_num_threads() > 1:
+        with threads.parallel_kernel():
+            _assign_parallel(pix2, twice, centres, c2, labels)
+    else:
+        _assign_serial(pix2, twice, centres, c2, labels)
+    _label_sums(pix, labels, counts, sums)
+
 
 #: pixels per tile of :func:`factor_product`: its ``D L x TILE`` block of gathered, weighted
 #: neighbour values stays in the L1/L2 cache
@@ -317,3 +355,28 @@ def pairwise_blocks(compat, weights):
     with threads.parallel_kernel():
         _blocks_parallel(compat, weights.reshape(K, -1), out.reshape(K, L, L, -1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def squared_distances_to(img, centres, out):  # pragma: no cover - compiled
+    """``out[l, i, j] = |img[i, j] - centres[l]|^2`` for ``img (H, W, 3)``, ``centres (L, 3)``: the
+    three squares added as ``numpy.einsum("lhwc,lhwc->lhw", diff, diff)`` adds them
+    (``(x0^2 + x2^2) + x1^2``; tests/test_problem_spectrum.py checks the equality), without the
+    ``(L, H, W, 3)`` difference array."""
+    L, H, W = centres.shape[0], img.shape[0], img.shape[1]
+    for l in range(L):
+        c0, c1, c2 = centres[l, 0], centres[l, 1], centres[l, 2]
+        for i in range(H):
+            for j in range(W):
+                x0 = img[i, j, 0] - c0
+                x1 = img[i, j, 1] - c1
+                x2 = img[i, j, 2] - c2
+                out[l, i, j] = (x0 * x0 + x2 * x2) + x1 * x1
+
+
+@numba.njit(cache=True, nogil=True)
+def unaries_from_distances(d, scale, noise, z, out):  # pragma: no cover - compiled
+    """``out = 1 - d / scale + noise * z`` (elementwise, in that order of operations)."""
+    df, zf, of = d.reshape(-1), z.reshape(-1), out.reshape(-1)
+    for i in range(df.shape[0]):
+        of[i] = (1.0 - df[i] / scale) + noise * zf[i]

@@ -175,8 +175,10 @@ class GridCoupling:
         return factor_product(self._stacked, u_r, i_r, black, np.empty_like(xr)).reshape(-1)
 
     # ------------------------------------------------------------------ a start for Lanczos
-    def likely_extreme_vectors(self, iterations: int = 30):
-        """Unit vectors ``(4, N)`` near the extreme eigenvectors of ``B`` (general form).
+    def likely_extreme_vectors(self, iterations: int = 30, *, red_only: bool = False):
+        """Unit vectors ``(4, N)`` near the extreme eigenvectors of ``B`` (general form); with
+        ``red_only`` their entries on the red pixels only, ``(4, red_size)`` in the order of
+        :meth:`red_square_matvec`'s vectors (each scaled to unit length there).
 
         Were every ``C_k`` the same symmetric ``C`` and the weights the same in every direction,
         ``B = C (x) W`` would have the eigenvectors ``u (x) w`` (``u`` of ``C``, ``w`` of ``W``) with
@@ -199,6 +201,10 @@ class GridCoupling:
                 w = sign * self.weight_matvec(w) + g * w
                 w /= np.sqrt(np.einsum("i,i->", w, w))
             ends.append(w)
+        if red_only:  # kron(u, w)[red] = kron(u, w[red pixels]): the halves never built
+            H, W = self._shape
+            red = ((np.arange(H)[:, None] + np.arange(W)[None, :]) % 2 == 0).reshape(-1)
+            ends = [w[red] for w in ends]
         out = np.stack([np.kron(U[:, i], w) for i in (-1, 0) for w in ends])
         return out / np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
 

@@ -150,9 +150,15 @@ def _kmeans(pix, num_labels, seed, iterations):
 
 
 def squared_distances(image, centres):
-    """``d[l, i, j] = |image[i, j] - centres[l]|^2``, shape ``(L, H, W)``."""
-    diff = image[None, :, :, :] - centres[:, None, None, :]
-    return np.einsum("lhwc,lhwc->lhw", diff, diff)
+    """``d[l, i, j] = |image[i, j] - centres[l]|^2``, shape ``(L, H, W)`` (one compiled pass, the
+    sums of :func:`numpy.einsum` over the colour axis)."""
+    from ._kernels import squared_distances_to
+
+    img = np.ascontiguousarray(image, dtype=np.float64)
+    c = np.ascontiguousarray(centres, dtype=np.float64)
+    out = np.empty((c.shape[0],) + img.shape[:2])
+    squared_distances_to(img, c, out)
+    return out
 
 
 def unaries_from_clusters(image, num_labels: int, seed: int = 0, noise: float = 0.5):
@@ -177,10 +183,14 @@ def unaries_from_clusters(image, num_labels: int, seed: int = 0, noise: float = 
     """
     img = np.asarray(image, dtype=np.float64)
     _, centres = colour_clusters(img, num_labels, seed)
+    from ._kernels import unaries_from_distances
+
     d = squared_distances(img, centres)
     scale = float(np.median(d)) or 1.0
     rng = np.random.default_rng([int(seed), 1])
-    return 1.0 - d / scale + float(noise) * rng.standard_normal(d.shape)
+    z = rng.standard_normal(d.shape)
+    unaries_from_distances(d, scale, float(noise), z, z)  # 1 - d / scale + noise z, over z
+    return z
 
 
 # --------------------------------------------------------------------------- features

@@ -59,15 +59,24 @@ def _dot(u, v) -> float:
     return float(np.einsum("i,i->", u, v))
 
 
-def _ritz_pair(alpha, beta, i):
-    """``(theta_i, s_i)``: the ``i``-th smallest eigenvalue of the Lanczos tridiagonal matrix and the
-    last component of its unit eigenvector (one pair, not all ``m``: their cost grows as ``m^2``)."""
-    from scipy.linalg import eigh_tridiagonal
+def _ritz_extremes(alpha, beta):
+    """``((theta_min, s_min), (theta_max, s_max))``: the extreme eigenvalues of the Lanczos
+    tridiagonal matrix and the last components of their unit eigenvectors, by a compiled implicit
+    QL sweep that rotates the last row only (the residual bounds need nothing more)."""
+    from ..gaussian._kernels import gauss_nodes
 
     if len(alpha) == 1:
-        return float(alpha[0]), 1.0
-    theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta), select="i", select_range=(i, i))
-    return float(theta[0]), float(S[-1, 0])
+        return (float(alpha[0]), 1.0), (float(alpha[0]), 1.0)
+    a = np.asarray(alpha, dtype=np.float64)[None]
+    nodes = gauss_nodes(a, np.asarray(beta, dtype=np.float64)[None], row=-1)
+    if nodes is None:  # no convergence in the QL sweeps: LAPACK
+        from scipy.linalg import eigh_tridiagonal
+
+        theta, S = eigh_tridiagonal(a[0], np.asarray(beta, dtype=np.float64))
+        return (float(theta[0]), float(S[-1, 0])), (float(theta[-1]), float(S[-1, -1]))
+    theta, last = nodes[0][0], nodes[1][0]
+    i, j = int(np.argmin(theta)), int(np.argmax(theta))
+    return (float(theta[i]), float(last[i])), (float(theta[j]), float(last[j]))
 
 
 def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=None, start=None):
@@ -103,8 +112,7 @@ def lanczos_extremes(matvec, n, rng, tol=LANCZOS_TOL, *, ends="both", maxiter=No
         alpha.append(a)
         b = float(np.sqrt(b2))
         if k % 5 == 4 or b == 0.0 or k == maxiter - 1:
-            theta_lo, s_lo = _ritz_pair(alpha, beta, 0)
-            theta_hi, s_hi = _ritz_pair(alpha, beta, len(alpha) - 1)
+            (theta_lo, s_lo), (theta_hi, s_hi) = _ritz_extremes(alpha, beta)
             r_lo, r_hi = b * abs(s_lo), b * abs(s_hi)
             # widened by the residual bounds: an eigenvalue lies within r of each Ritz value, so the
             # interval encloses the extremes once the extreme Ritz values have found them
@@ -328,8 +336,7 @@ def structured_spectrum(coupling, rng, tol=LANCZOS_TOL):
         bmin, bmax = _offdiag_extremes(None, n, rng, tol, weights=(coupling.weight_matvec, P, L, w_bipartite))
     elif bipartite:
         probe = rng.standard_normal(n)
-        red = coupling.red_pixels
-        start = _leaning_start(rng, [x[red] for x in coupling.likely_extreme_vectors()])
+        start = _leaning_start(rng, list(coupling.likely_extreme_vectors(red_only=True)))
         # hi^2 <= rho^2 / (1 - tol (2 - tol)) = (rho / (1 - tol))^2: the bound on the other paths
         _, square, _ = lanczos_extremes(coupling.red_square_matvec, coupling.red_size, rng, tol * (2.0 - tol),
                                         ends="max", start=start)
