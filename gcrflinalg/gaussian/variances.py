@@ -101,7 +101,7 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
         stderr = xp.zeros(per_probe.shape[1:])
         for c in range(num_classes):
             cols = xp.asarray(np.flatnonzero(entry_class == c))
-            vals = per_probe[probe_class == c][..., cols]
+            vals = per_probe[xp.asarray(np.flatnonzero(probe_class == c))][..., cols]
             values[..., cols] = vals.mean(axis=0)
             stderr[..., cols] = vals.std(axis=0, ddof=1) / math.sqrt(vals.shape[0])
     shape = op.batch_shape + op.vector_shape
