@@ -34,11 +34,11 @@ import numpy as np
 from ..backend import to_host
 from ..solve import solve
 from ..tolerances import default_rtol
-from ._common import as_generator, check_operator, form_kind, positive_int, rademacher
+from ._common import as_generator, check_operator, form_kind, positive_int
 from .exact import (GRADIENT_EXACT_MAX_SIZE, inverse_columns_logdet_gradients, lowrank_logdet_gradients,
                     video_logdet_gradients)
 from .logdet import logdet
-from .probes import probe_classes
+from .probes import class_signs, probe_classes
 
 __all__ = ["gaussian_nll", "NLLResult", "logdet_gradients"]
 
@@ -91,15 +91,12 @@ def logdet_gradients(op, *, method="auto", num_probes=30, rng=None, solve_method
     num_probes = positive_int(num_probes, "num_probes")
     gen = as_generator(rng)
     xp = op.xp
-    z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp)
     # coloured probes (see gcrflinalg.gaussian.probes): probe k carries signs on its class c_k and
     # weighs 1 / K_c, so that sum_k z_k z_k^T / K_{c_k} has expectation I as with plain probes
     entry_class, num_classes = probe_classes(op, num_probes)
     probe_class = np.arange(num_probes) % num_classes
     weight = 1.0 / np.bincount(probe_class, minlength=num_classes)[probe_class]
-    if entry_class is not None:
-        z *= xp.asarray((entry_class[None, :] == probe_class[:, None]).reshape(
-            (num_probes,) + (1,) * len(op.batch_shape) + (op.size,)))
+    z = class_signs(gen, (num_probes,) + op.batch_shape + (op.size,), entry_class, probe_class, xp)
     z = z.astype(op.dtype)
     w = solve(op, z, method=solve_method, rtol=default_rtol(op.dtype) * 1e-2).x
     total = None

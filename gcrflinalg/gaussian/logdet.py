@@ -9,10 +9,10 @@ import numpy as np
 
 from ..backend import to_host
 from ._common import (as_generator, block_lanczos_step, block_product, block_product_quadratic, check_operator, form_kind,
-                      positive_int, rademacher, random_bits)
+                      positive_int, random_bits)
 from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
 from .lanczos import LanczosState, quadrature
-from .probes import PROBINGS, class_estimate, probe_classes, probe_columns
+from .probes import check_probing, class_estimate, class_signs, probe_classes, probe_columns
 from .results import LogDetResult
 
 __all__ = ["logdet", "slq_logdet", "AUTO_EXACT_MAX_SIZE"]
@@ -91,8 +91,7 @@ def logdet(op, *, method="auto", num_probes=30, degree=30, rng=None, max_size=LO
     t0 = time.perf_counter()
     if method not in ("auto", "exact", "slq"):
         raise ValueError(f"method must be 'auto', 'exact' or 'slq'; got {method!r}")
-    if probing not in PROBINGS:
-        raise ValueError(f"probing must be one of {PROBINGS}; got {probing!r}")
+    check_probing(probing)
     kind = form_kind(op)
     quad = None if inv_quad_rhs is None else _inv_quad(op, inv_quad_rhs, kind)
     if method == "auto":
@@ -142,10 +141,7 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False,
         bits = random_bits(gen, num_probes * n).reshape(num_probes, n)
         z = probe_columns(bits, entry_class, probe_class).T
     else:
-        z = rademacher(gen, (num_probes,) + op.batch_shape + (n,), op.xp)
-        if entry_class is not None:
-            mask = entry_class[None, :] == probe_class[:, None]  # (K, N)
-            z *= op.xp.asarray(mask.reshape((num_probes,) + (1,) * len(op.batch_shape) + (n,)))
+        z = class_signs(gen, (num_probes,) + op.batch_shape + (n,), entry_class, probe_class, op.xp)
     # ||z_k||^2: N for plain probes, the size of the probe's class otherwise
     norms2 = (np.full(num_probes, float(n)) if entry_class is None
               else np.bincount(entry_class, minlength=num_classes)[probe_class].astype(np.float64))

@@ -25,11 +25,19 @@ import numba
 import numpy as np
 
 from ..backend import _array_kernels_on
+from ._common import rademacher
 
-__all__ = ["lattice_colouring", "probe_classes", "class_estimate", "probe_columns", "PROBINGS"]
+__all__ = ["lattice_colouring", "probe_classes", "check_probing", "class_signs", "class_estimate", "probe_columns",
+           "PROBINGS"]
 
 #: the values of the ``probing`` option of the SLQ estimator
 PROBINGS = ("auto", "rademacher", "coloured")
+
+
+def check_probing(probing) -> None:
+    """``ValueError`` unless ``probing`` is one of :data:`PROBINGS`."""
+    if probing not in PROBINGS:
+        raise ValueError(f"probing must be one of {PROBINGS}; got {probing!r}")
 
 
 def lattice_colouring(offsets, max_colours=16):
@@ -68,8 +76,7 @@ def probe_classes(op, num_probes, probing="auto"):
         class.
     C : int
     """
-    if probing not in PROBINGS:
-        raise ValueError(f"probing must be one of {PROBINGS}; got {probing!r}")
+    check_probing(probing)
     if probing == "rademacher":
         return None, 1
     offsets = getattr(op, "offsets", None)
@@ -88,6 +95,17 @@ def probe_classes(op, num_probes, probing="auto"):
     colour = ((a * i + b * j) % m).astype(np.int8)
     entry_class = np.broadcast_to(colour, (op.num_labels,) + colour.shape).reshape(-1)
     return entry_class, m
+
+
+def class_signs(rng, shape, entry_class, probe_class, xp=np):
+    """Probes ``z`` of ``shape = (K, *batch, N)`` (float64, on ``xp``): the signs of
+    :func:`gcrflinalg.gaussian._common.rademacher`, zeroed where unknown ``i`` is not in probe
+    ``k``'s class (``entry_class`` None: plain signs everywhere)."""
+    z = rademacher(rng, shape, xp)
+    if entry_class is not None:
+        mask = entry_class[None, :] == probe_class[:, None]  # (K, N)
+        z *= xp.asarray(mask.reshape((shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)))
+    return z
 
 
 @numba.njit(cache=True, nogil=True)

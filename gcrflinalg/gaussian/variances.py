@@ -10,9 +10,9 @@ import numpy as np
 from ..backend import to_host
 from ..solve import solve
 from ..tolerances import default_rtol
-from ._common import as_generator, check_operator, form_kind, positive_int, rademacher
+from ._common import as_generator, check_operator, form_kind, positive_int
 from .exact import VARIANCES_EXACT_MAX_SIZE, structured_variances
-from .probes import PROBINGS, probe_classes
+from .probes import check_probing, class_signs, probe_classes
 from .results import VarianceResult
 
 __all__ = ["marginal_variances", "AUTO_EXACT_MAX_SIZE"]
@@ -66,8 +66,7 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
     t0 = time.perf_counter()
     if method not in ("auto", "exact", "stochastic"):
         raise ValueError(f"method must be 'auto', 'exact' or 'stochastic'; got {method!r}")
-    if probing not in PROBINGS:
-        raise ValueError(f"probing must be one of {PROBINGS}; got {probing!r}")
+    check_probing(probing)
     kind = form_kind(op)
     if method == "auto":
         exact_ok = kind in ("lowrank", "lowrank_potts", "video") or (
@@ -84,10 +83,7 @@ def marginal_variances(op, *, method="auto", num_probes=64, rng=None, max_size=V
     entry_class, num_classes = probe_classes(op, num_probes, probing)
     probe_class = np.arange(num_probes) % num_classes
     gen = as_generator(rng)
-    z = rademacher(gen, (num_probes,) + op.batch_shape + (op.size,), xp)
-    if entry_class is not None:
-        mask = entry_class[None, :] == probe_class[:, None]  # (K, N): probe k carries signs on its class
-        z *= xp.asarray(mask.reshape((num_probes,) + (1,) * len(op.batch_shape) + (op.size,)))
+    z = class_signs(gen, (num_probes,) + op.batch_shape + (op.size,), entry_class, probe_class, xp)
     if rtol is None:
         rtol = 1e-10 if op.dtype == np.float64 else default_rtol(op.dtype)
     result = solve(op, z.astype(op.dtype), method=solve_method, rtol=rtol)
