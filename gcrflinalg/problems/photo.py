@@ -181,10 +181,10 @@ def unaries_from_clusters(image, num_labels: int, seed: int = 0, noise: float = 
     -------
     numpy.ndarray, shape ``(L, H, W)``, float64
     """
-    img = np.asarray(image, dtype=np.float64)
-    _, centres = colour_clusters(img, num_labels, seed)
     from ._kernels import unaries_from_distances
 
+    img = np.asarray(image, dtype=np.float64)
+    _, centres = colour_clusters(img, num_labels, seed)
     d = squared_distances(img, centres)
     scale = float(np.median(d)) or 1.0
     rng = np.random.default_rng([int(seed), 1])

@@ -321,23 +321,17 @@ def pixel_major(pw):
 
 
 @numba.njit(inline="always")
-def _rows_update(cp, b, p, k, src, s_idx, dst, d_idx, L, L4, E, transpose):  # pragma: no cover - compiled
-    # dst[:, d] += C src[:, s] (transpose: C^T), C = cp[b, p, k]: output rows two at a time and
-    # input rows four at a time (unroll and jam), so that each load of an input row serves two
-    # output rows and each load and store of an output row four input rows.
+def _rows_update(c, src, s_idx, dst, d_idx, b, L, L4, E):  # pragma: no cover - compiled
+    # dst[:, d] += c src[:, s] for an L x L block c (or a transposed view of one): output rows two at
+    # a time and input rows four at a time (unroll and jam), so that each load of an input row
+    # serves two output rows and each load and store of an output row four input rows.
     L2 = L - L % 2
     for m in range(0, L2, 2):
         o0 = dst[b, m, d_idx]
         o1 = dst[b, m + 1, d_idx]
         for n in range(0, L4, 4):
-            if transpose:
-                a0, a1, a2, a3 = cp[b, p, k, n, m], cp[b, p, k, n + 1, m], cp[b, p, k, n + 2, m], cp[b, p, k, n + 3, m]
-                e0, e1, e2, e3 = (cp[b, p, k, n, m + 1], cp[b, p, k, n + 1, m + 1], cp[b, p, k, n + 2, m + 1],
-                                  cp[b, p, k, n + 3, m + 1])
-            else:
-                a0, a1, a2, a3 = cp[b, p, k, m, n], cp[b, p, k, m, n + 1], cp[b, p, k, m, n + 2], cp[b, p, k, m, n + 3]
-                e0, e1, e2, e3 = (cp[b, p, k, m + 1, n], cp[b, p, k, m + 1, n + 1], cp[b, p, k, m + 1, n + 2],
-                                  cp[b, p, k, m + 1, n + 3])
+            a0, a1, a2, a3 = c[m, n], c[m, n + 1], c[m, n + 2], c[m, n + 3]
+            e0, e1, e2, e3 = c[m + 1, n], c[m + 1, n + 1], c[m + 1, n + 2], c[m + 1, n + 3]
             v0 = src[b, n, s_idx]
             v1 = src[b, n + 1, s_idx]
             v2 = src[b, n + 2, s_idx]
@@ -350,10 +344,7 @@ def _rows_update(cp, b, p, k, src, s_idx, dst, d_idx, L, L4, E, transpose):  # p
                 o0[e] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
                 o1[e] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
         for n in range(L4, L):
-            if transpose:
-                a0, e0 = cp[b, p, k, n, m], cp[b, p, k, n, m + 1]
-            else:
-                a0, e0 = cp[b, p, k, m, n], cp[b, p, k, m + 1, n]
+            a0, e0 = c[m, n], c[m + 1, n]
             v0 = src[b, n, s_idx]
             for e in range(E):
                 x0 = v0[e]
@@ -362,10 +353,7 @@ def _rows_update(cp, b, p, k, src, s_idx, dst, d_idx, L, L4, E, transpose):  # p
     for m in range(L2, L):
         o0 = dst[b, m, d_idx]
         for n in range(0, L4, 4):
-            if transpose:
-                a0, a1, a2, a3 = cp[b, p, k, n, m], cp[b, p, k, n + 1, m], cp[b, p, k, n + 2, m], cp[b, p, k, n + 3, m]
-            else:
-                a0, a1, a2, a3 = cp[b, p, k, m, n], cp[b, p, k, m, n + 1], cp[b, p, k, m, n + 2], cp[b, p, k, m, n + 3]
+            a0, a1, a2, a3 = c[m, n], c[m, n + 1], c[m, n + 2], c[m, n + 3]
             v0 = src[b, n, s_idx]
             v1 = src[b, n + 1, s_idx]
             v2 = src[b, n + 2, s_idx]
@@ -373,7 +361,7 @@ def _rows_update(cp, b, p, k, src, s_idx, dst, d_idx, L, L4, E, transpose):  # p
             for e in range(E):
                 o0[e] += a0 * v0[e] + a1 * v1[e] + a2 * v2[e] + a3 * v3[e]
         for n in range(L4, L):
-            a0 = cp[b, p, k, n, m] if transpose else cp[b, p, k, m, n]
+            a0 = c[m, n]
             v0 = src[b, n, s_idx]
             for e in range(E):
                 o0[e] += a0 * v0[e]
@@ -396,8 +384,9 @@ def _pixel_edges(cp, v, out, b, p, i, j, di, dj, height, width, q_lo=0, q_hi=-1)
         q = qi * width + qj
         if q_hi >= 0 and (q < q_lo or q >= q_hi):
             continue
-        _rows_update(cp, b, p, k, v, q, out, p, L, L4, E, False)
-        _rows_update(cp, b, p, k, v, p, out, q, L, L4, E, True)
+        c = cp[b, p, k]
+        _rows_update(c, v, q, out, p, b, L, L4, E)
+        _rows_update(c.T, v, p, out, q, b, L, L4, E)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
