@@ -79,3 +79,32 @@ def test_last_row_components(name, a, b):
         i, j = np.argmin(theta[0]), np.argmax(theta[0])
         np.testing.assert_allclose(abs(last[0][i]), abs(V[-1, 0]), rtol=1e-9, atol=1e-14)
         np.testing.assert_allclose(abs(last[0][j]), abs(V[-1, -1]), rtol=1e-9, atol=1e-14)
+
+
+def test_fallbacks_when_the_ql_sweep_does_not_converge(monkeypatch):
+    """Were the QL sweep to give up (None), SLQ's Gauss rule and Lanczos's Ritz checks fall back to
+    LAPACK and give the same results to rounding."""
+    import sys
+
+    import gcrflinalg
+    import gcrflinalg.gaussian.lanczos
+    from gaussian_cases import case_by_id
+    from gcrflinalg.gaussian import _kernels
+    from gcrflinalg.problems.spectrum import _ritz_extremes
+
+    op, params = case_by_id("grid-n4-L3-3x5").make(np.random.default_rng(1))
+    ref = gcrflinalg.logdet(op, method="slq", num_probes=8, degree=12, rng=2)
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(1, 3, 25), rng.uniform(-1, 1, 24)
+    (lo, s_lo), (hi, s_hi) = _ritz_extremes(list(a), list(b))
+    w, V = np.linalg.eigh(_dense(a, b))
+    np.testing.assert_allclose([lo, hi], [w[0], w[-1]], rtol=1e-13)
+    np.testing.assert_allclose([abs(s_lo), abs(s_hi)], [abs(V[-1, 0]), abs(V[-1, -1])], rtol=1e-7, atol=1e-14)
+    monkeypatch.setattr(sys.modules["gcrflinalg.gaussian.lanczos"], "gauss_nodes", lambda *args, **kw: None)
+    monkeypatch.setattr(_kernels, "gauss_nodes", lambda *args, **kw: None)
+    fallback = gcrflinalg.logdet(op, method="slq", num_probes=8, degree=12, rng=2)
+    np.testing.assert_allclose(fallback.value, ref.value, rtol=1e-12)
+    np.testing.assert_allclose(fallback.stderr, ref.stderr, rtol=1e-8)
+    (lo2, s_lo2), (hi2, s_hi2) = _ritz_extremes(list(a), list(b))
+    np.testing.assert_allclose([lo2, hi2], [lo, hi], rtol=1e-13)
+    np.testing.assert_allclose([abs(s_lo2), abs(s_hi2)], [abs(s_lo), abs(s_hi)], rtol=1e-7, atol=1e-14)
