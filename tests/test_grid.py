@@ -306,8 +306,23 @@ def test_bad_input(rng):
     nan_pw, nan_wt = pw.copy(), wt.copy()
     nan_pw[0, 0, 1, 1, 1] = np.nan
     nan_wt[1, 0, 2] = np.inf
-    with pytest.raises(ValueError, match="pairwise"):
-        GridGCRF(nan_pw, 1.0)
+    # a copied or read-only array is checked at construction; a viewed writeable one at its first
+    # read, whichever it is (docs/guarantees.md, "Parameters"), and again at every later one
+    ro_pw = nan_pw.copy()
+    ro_pw.flags.writeable = False
+    for arr in (nan_pw.tolist(), ro_pw, nan_pw[..., ::-1]):
+        with pytest.raises(ValueError, match="pairwise"):
+            GridGCRF(arr, 1.0)
+    first_reads = (lambda o: o.matvec(np.ones(o.size)), lambda o: gcrflinalg.solve(o, np.ones(o.size)),
+                   lambda o: gcrflinalg.solve(o, np.ones(o.size), method="direct"), lambda o: o.to_dense(),
+                   lambda o: o.gershgorin_bound(), lambda o: o.check_positive_definite(),
+                   lambda o: o.red_black_layout(), lambda o: o.matvec_columns(np.ones((o.size, 2))),
+                   lambda o: o.to_sparse())
+    for read in first_reads:
+        op = GridGCRF(nan_pw, 1.0)
+        for _ in range(2):
+            with pytest.raises(ValueError, match="pairwise"):
+                read(op)
     with pytest.raises(ValueError, match="weights"):
         GridPottsGCRF(nan_wt, 1.0, L)
     with pytest.raises(ValueError):

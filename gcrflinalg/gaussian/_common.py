@@ -10,12 +10,19 @@ import numpy as np
 from ..operator import GCRFOperator
 
 __all__ = ["check_operator", "form_kind", "rademacher", "random_bits", "block_product", "block_product_quadratic", "block_lanczos_step",
-           "as_generator", "positive_int"]
+           "as_generator", "positive_int", "synced"]
 
 
 def check_operator(op) -> None:
     if not isinstance(op, GCRFOperator):
         raise TypeError(f"op must be a GCRFOperator (a G-CRF precision matrix); got {type(op).__name__}")
+
+
+def synced(op):
+    """A context in which ``op``'s viewed parameters are checked once (a changed array refreshes what
+    the operator caches from it) and not again by each product of a long run (the column products
+    of the grid form re-check them otherwise)."""
+    return op._synced()
 
 
 def form_kind(op) -> str:

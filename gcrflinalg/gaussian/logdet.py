@@ -9,7 +9,7 @@ import numpy as np
 
 from ..backend import to_host
 from ._common import (as_generator, block_lanczos_step, block_product, block_product_quadratic, check_operator, form_kind,
-                      positive_int, random_bits)
+                      positive_int, random_bits, synced)
 from .exact import LOGDET_EXACT_MAX_SIZE, lowrank_inv_quad, structured_logdet
 from .lanczos import LanczosState, quadrature
 from .probes import check_probing, class_estimate, class_signs, probe_classes, probe_columns
@@ -145,10 +145,11 @@ def slq_logdet(op, *, num_probes=30, degree=30, rng=None, reorthogonalize=False,
     # ||z_k||^2: N for plain probes, the size of the probe's class otherwise
     norms2 = (np.full(num_probes, float(n)) if entry_class is None
               else np.bincount(entry_class, minlength=num_classes)[probe_class].astype(np.float64))
-    state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
-                         apply_quadratic=block_product_quadratic(op), fused_step=block_lanczos_step(op), overwrite=True,
-                         breakdown=256 * np.finfo(op.dtype).eps)
-    state.run(min(degree, n))
+    with synced(op):  # the parameters checked once for all the products
+        state = LanczosState(block_product(op), z, reorthogonalize=reorthogonalize,
+                             apply_quadratic=block_product_quadratic(op), fused_step=block_lanczos_step(op),
+                             overwrite=True, breakdown=256 * np.finfo(op.dtype).eps)
+        state.run(min(degree, n))
     per_probe = quadrature(state, op.xp.log, what=type(op).__name__)  # z^T log(M) z / ||z||^2
     per_probe = np.asarray(to_host(per_probe), dtype=np.float64)
     per_probe = per_probe * norms2.reshape((num_probes,) + (1,) * (per_probe.ndim - 1))

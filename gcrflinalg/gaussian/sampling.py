@@ -48,7 +48,7 @@ from solvers import NotPositiveDefiniteError
 from ..backend import get_array_module, to_host
 from ..solve import solve
 from ..tolerances import default_rtol
-from ._common import as_generator, block_product, check_operator, form_kind, positive_int
+from ._common import as_generator, block_product, check_operator, form_kind, positive_int, synced
 from .lanczos import LanczosState, tridiagonal_eigh
 from .results import SampleResult
 
@@ -287,6 +287,11 @@ def _video_square_root(op, bflat, num_samples, gen):
 
 # ----------------------------------------------------------------------------- Lanczos
 def _lanczos_samples(op, bflat, num_samples, gen, rtol, maxiter, check_every):
+    with synced(op):  # the parameters checked once for the mean's solve and every product
+        return _lanczos_samples_synced(op, bflat, num_samples, gen, rtol, maxiter, check_every)
+
+
+def _lanczos_samples_synced(op, bflat, num_samples, gen, rtol, maxiter, check_every):
     xp = op.xp
     n = op.size
     rtol = (1e-7 if op.dtype == np.float64 else 1e-4) if rtol is None else float(rtol)

@@ -250,16 +250,26 @@ class GridGCRF(_GridOperator):
         Pairwise blocks; ``K`` = 2, 4, 6 for the 4, 8, 12 neighbourhoods.  Entries of edges leaving
         the image are ignored.  Float32 or float64 (other reals become float64).  Never modified.  Results describe the parameters as they are at the call (docs/guarantees.md):
         a writeable NumPy input is viewed, not copied, and re-checked by every solve (cached factors
-        are rebuilt when it changed); the public attribute is a read-only view.
+        are rebuilt when it changed); the public attribute is a read-only view.  A viewed array is
+        first read (NaN/Inf check, fingerprint, Gershgorin radii, red-black blocks) by the first
+        product, solve or other use, not by the construction; any other input at construction.
     lam : float or array of shape ``batch``
         Diagonal shift, ``> 0``.
     neighbourhood : {4, 8, 12}
+
+    Raises
+    ------
+    ValueError
+        NaN or Inf in ``pairwise``: at construction, or for a viewed array at its first read.
 
     Attributes
     ----------
     pairwise : a read-only view of the parameter (of the caller's array when it was writeable NumPy)
     num_labels, height, width, neighbourhood, offsets
     """
+
+    #: the pixel-major copy of the blocks that the column products read (:meth:`matvec_columns`)
+    _CACHED = ("_pixel_blocks",)
 
     def __init__(self, pairwise, lam, neighbourhood=4):
         offsets = neighbourhood_offsets(neighbourhood)
@@ -273,24 +283,59 @@ class GridGCRF(_GridOperator):
         self.pairwise = readonly(pw)
         self._setup_grid(xp=xp, dtype=pw.dtype, batch_shape=pw.shape[:-5], num_labels=L1, height=H,
                          width=W, neighbourhood=neighbourhood, lam=lam)
-        self._params = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
+        self._blocks_flat = xp.ascontiguousarray(pw.reshape((self._n_systems, K, L1, L1, H, W)))
         self._rb_blocks = None
         self._bound = self._radii = None
-        fingerprint = self._scan_parameters()
+        self._scan_pending = False
+        if watched and getattr(self, "_eager_layout", True) and kernels._use_numba(self._blocks_flat):
+            # viewed: the first read of the parameters (a product, a solve, ...) scans them, so that
+            # a first solve reads them once, not once here and once more to see whether they changed
+            self._scan_pending = True
+            self._watch("pairwise", pw, None, lazy=True)
+            return
+        fingerprint = self._scan_parameters(fingerprint=watched)
         if watched:
             self._watch("pairwise", pw, fingerprint)
 
-    def _scan_parameters(self):
-        """Check ``pairwise`` for NaN/Inf, and on NumPy compute in the same read its fingerprint,
+    @property
+    def _params(self):
+        """The pairwise blocks ``(B, K, L, L, H, W)``; the deferred scan of a viewed array runs on
+        first access (:meth:`_scan_now`)."""
+        if self._scan_pending:
+            self._scan_now()
+        return self._blocks_flat
+
+    def _scan_now(self):
+        """The scan deferred from the construction (:meth:`_scan_parameters`): NaN/Inf raise here,
+        and its fingerprint is the one later solves compare against."""
+        self._scan_pending = False
+        try:
+            fingerprint = self._scan_parameters()
+        except BaseException:
+            self._scan_pending = True  # raised again by the next read
+            raise
+        for entry in self._watched:
+            if entry[0] == "pairwise":
+                entry[2] = int(fingerprint)
+
+    def _sync_parameters(self):
+        if self._scan_pending:  # nothing derived yet: the scan reads the values as they are now
+            self._scan_now()
+            return False
+        return super()._sync_parameters()
+
+    def _scan_parameters(self, fingerprint=True):
+        """Check ``pairwise`` for NaN/Inf, and on NumPy compute in the same read its fingerprint
+        (unless ``fingerprint`` is False: a copied or read-only array, never re-read),
         the Gershgorin bound per system (:meth:`gershgorin_bound`) and, on the 4-neighbourhood,
         the red-black blocks of ``method="reduced_cg"`` (:func:`gcrflinalg.forms.grid.scan.scan_pairwise`).
-        Returns the fingerprint (None off NumPy)."""
+        Returns the fingerprint (None off NumPy or without one)."""
         if not kernels._use_numba(self._params):
             check_finite(self._params, "pairwise")
             return None
         eager = self.neighbourhood == 4 and getattr(self, "_eager_layout", True)
         finite, fingerprint, bound, blocks, radii = scan_pairwise(self._params, self.offsets,
-                                                                  build_blocks=eager)
+                                                                  build_blocks=eager, fingerprint=fingerprint)
         if not finite:
             raise ValueError("pairwise contains NaN or Inf")
         self._bound, self._rb_blocks, self._radii = bound, blocks, radii
@@ -306,7 +351,7 @@ class GridGCRF(_GridOperator):
             finalizer.detach()  # the old blocks may still be held by a caller: not pooled
         self._rb_blocks = None
         self._bound = self._radii = None
-        self._scan_parameters()
+        self._scan_parameters(fingerprint=False)  # the sync that saw the change took the new one
 
     def _accumulate_pairwise(self, v, out):
         pairwise_product(self._params, v, out, self.offsets)
@@ -340,6 +385,7 @@ class GridGCRF(_GridOperator):
         """
         xp = self.xp
         V = xp.asarray(V)
+        self._sync_parameters()  # the pixel-major copy below describes the values as they are now
         if V.ndim != len(self.batch_shape) + 2 or V.shape[:-1] != self.batch_shape + (self.size,):
             raise ValueError(f"V must have shape (*{self.batch_shape}, {self.size}, E); got {tuple(V.shape)}")
         E = V.shape[-1]
@@ -347,7 +393,7 @@ class GridGCRF(_GridOperator):
             (self._n_systems,) + self.vector_shape + (E,))
         out = xp.empty_like(vv)
         if xp is np and getattr(self, "_pixel_blocks", None) is None:
-            self._pixel_blocks = pixel_major(self._params)  # cached: the parameters never change
+            self._pixel_blocks = pixel_major(self._params)  # cached; dropped when watched values change
         dots = xp.empty((self._n_systems, E), dtype=np.float64) if quadratic else None
         pairwise_product_columns(self._params, vv, out, self.offsets, self._lam_flat,
                                  pixel_blocks=getattr(self, "_pixel_blocks", None), dots=dots)
@@ -363,6 +409,7 @@ class GridGCRF(_GridOperator):
         does not depend on it."""
         from .kernels import lanczos_columns
 
+        self._sync_parameters()
         if getattr(self, "_pixel_blocks", None) is None:
             self._pixel_blocks = pixel_major(self._params)
         H, W_ = self.vector_shape[1:]

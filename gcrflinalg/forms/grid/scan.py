@@ -35,7 +35,7 @@ def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  
     # it is in cache.  Its fingerprint words: float64 entries are words, hashed in the same loop
     # (one read); float32 entries pair up into words that may straddle two rows, so each row's
     # words (a word belongs to the row holding its first entry) are hashed first and the row is
-    # then summed from cache.
+    # then summed from cache.  per_word = 0: no fingerprint (the sums alone).
     B, K, L, _, H, W = pw.shape
     P = H * W
     parts = cols.shape[1]
@@ -61,7 +61,8 @@ def _scan_pairwise_nb(pw, words, per_word, rows, cols, partial, G, build, wp):  
                         row_sum[p] += a
                         col_sum[p] += a
                 else:
-                    h += hash_words(words, (first + 1) // 2, min(words.size, (first + P + 1) // 2))
+                    if per_word == 2:
+                        h += hash_words(words, (first + 1) // 2, min(words.size, (first + P + 1) // 2))
                     for p in range(P):
                         a = abs(src[p])
                         row_sum[p] += a
@@ -98,14 +99,14 @@ def _radii_nb(rows, cols, mask, shift, R):  # pragma: no cover - compiled
                     out[0] += col_sum[p] * mk[p]
 
 
-def scan_blocks(pw, *, blocks=None, build_blocks=False):
+def scan_blocks(pw, *, blocks=None, build_blocks=False, fingerprint=True):
     """Read ``pw`` ``(B, K, L, L, H, W)`` (C-contiguous NumPy float array) once: its fingerprint and
     the sums of ``|pw|`` over either label, and, when asked, the red-black blocks.
 
     Returns
     -------
-    fingerprint : int
-        As :func:`gcrflinalg._fingerprint.scan` computes it.
+    fingerprint : int or None
+        As :func:`gcrflinalg._fingerprint.scan` computes it; None with ``fingerprint=False``.
     rows : ndarray, shape ``(B, K, L, H * W)``
         ``rows[b, k, m] = sum_n |pw[b, k, m, n]|`` (NaN where an entry is NaN or Inf).
     cols : ndarray, shape ``(B, parts, K, L, H * W)``
@@ -134,14 +135,17 @@ def scan_blocks(pw, *, blocks=None, build_blocks=False):
         G = np.zeros((1, 2, 4, 1, 1, 1), dtype=pw.dtype)
     words, tail = words_of(pw.reshape(-1))
     with threads_policy.parallel_kernel(min(threads, B * K * parts)):
-        _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize, rows, cols, partial, G, bool(build_blocks), wp)
+        _scan_pairwise_nb(pw, words, 8 // pw.dtype.itemsize if fingerprint else 0, rows, cols, partial, G,
+                          bool(build_blocks), wp)
+    if not fingerprint:
+        return None, rows, cols, (blocks if build_blocks else None)
     h = int(partial.sum(dtype=np.uint64))
     if tail >= 0:  # an odd float32 count: the last entry is a word of its own
         h = (h + tail_term(tail, words.size)) % (1 << 64)
     return h, rows, cols, (blocks if build_blocks else None)
 
 
-def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
+def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False, fingerprint=True):
     """Read ``pw`` ``(B, K, L, L, H, W)`` (C-contiguous NumPy float array) once.
 
     Parameters
@@ -156,12 +160,14 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
         ``build_blocks`` and not given.
     build_blocks : bool
         Write the red-black blocks (4-neighbourhood only).
+    fingerprint : bool
+        Compute the fingerprint (an operator that does not watch ``pw`` has no use for it).
 
     Returns
     -------
     finite : bool
-    fingerprint : int
-        As :func:`gcrflinalg._fingerprint.scan` computes it.
+    fingerprint : int or None
+        As :func:`gcrflinalg._fingerprint.scan` computes it (None with ``fingerprint=False``).
     bound : ndarray, shape ``(B,)``
         Largest Gershgorin radius of ``A`` per system.
     blocks : ndarray or None
@@ -170,7 +176,7 @@ def scan_pairwise(pw, offsets, *, blocks=None, build_blocks=False):
     """
     B, K, L, _, H, W = pw.shape
     P = H * W
-    h, rows, cols, blocks = scan_blocks(pw, blocks=blocks, build_blocks=build_blocks)
+    h, rows, cols, blocks = scan_blocks(pw, blocks=blocks, build_blocks=build_blocks, fingerprint=fingerprint)
     mask = np.ascontiguousarray(edge_mask_of(offsets, H, W).reshape(K, P), dtype=pw.dtype)
     shift = np.array([di * W + dj for di, dj in offsets], dtype=np.int64)
     radii = np.empty((B, L, P), dtype=pw.dtype)
