@@ -158,32 +158,40 @@ def nearer_squared_distances(pix, centre, d2):
 
 
 @numba.njit(inline="always")
-def _assign_pixels(pix2, twice, centres, c2, labels, lo, hi):  # pragma: no cover - compiled
+def _assign_pixels(pix2, twice, centres, c2, labels, best, lo, hi):  # pragma: no cover - compiled
+    # label by label over the pixels lo..hi (the inner loop over pixels vectorises): the same
+    # distances as pixel by pixel, and the first minimum kept (a later label must be strictly nearer).
+    # The loops index views from 0, so that the compiler knows the indices are not negative.
     L = centres.shape[0]
-    for p in range(lo, hi):
-        a = pix2[p]
-        t0, t1, t2 = twice[p, 0], twice[p, 1], twice[p, 2]
-        lab = 0
-        dbest = (a - ((t0 * centres[0, 0] + t1 * centres[0, 1]) + t2 * centres[0, 2])) + c2[0]
-        for l in range(1, L):
-            d = (a - ((t0 * centres[l, 0] + t1 * centres[l, 1]) + t2 * centres[l, 2])) + c2[l]
-            if d < dbest:
-                dbest = d
-                lab = l
-        labels[p] = lab
+    q2, lab, bst = pix2[lo:hi], labels[lo:hi], best[lo:hi]
+    t0, t1, t2 = twice[0, lo:hi], twice[1, lo:hi], twice[2, lo:hi]
+    n = hi - lo
+    a0, a1, a2 = centres[0, 0], centres[0, 1], centres[0, 2]
+    for p in range(n):
+        bst[p] = (q2[p] - ((t0[p] * a0 + t1[p] * a1) + t2[p] * a2)) + c2[0]
+        lab[p] = 0
+    for l in range(1, L):
+        a0, a1, a2, cl = centres[l, 0], centres[l, 1], centres[l, 2], c2[l]
+        for p in range(n):  # selects and unconditional stores: no branch in the loop
+            d = (q2[p] - ((t0[p] * a0 + t1[p] * a1) + t2[p] * a2)) + cl
+            nearer = d < bst[p]
+            bst[p] = d if nearer else bst[p]
+            lab[p] = l if nearer else lab[p]
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign_serial(pix2, twice, centres, c2, labels):  # pragma: no cover - compiled
-    _assign_pixels(pix2, twice, centres, c2, labels, 0, labels.shape[0])
+def _assign_serial(pix2, twice, centres, c2, labels, best):  # pragma: no cover - compiled
+    P = labels.shape[0]
+    for lo in range(0, P, ASSIGN_CHUNK):  # a chunk's rows stay in cache over the labels
+        _assign_pixels(pix2, twice, centres, c2, labels, best, lo, min(P, lo + ASSIGN_CHUNK))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _assign_parallel(pix2, twice, centres, c2, labels):  # pragma: no cover - compiled
+def _assign_parallel(pix2, twice, centres, c2, labels, best):  # pragma: no cover - compiled
     P = labels.shape[0]
     chunks = -(-P // ASSIGN_CHUNK)
     for c in numba.prange(chunks):
-        _assign_pixels(pix2, twice, centres, c2, labels, c * ASSIGN_CHUNK, min(P, (c + 1) * ASSIGN_CHUNK))
+        _assign_pixels(pix2, twice, centres, c2, labels, best, c * ASSIGN_CHUNK, min(P, (c + 1) * ASSIGN_CHUNK))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -209,8 +217,9 @@ def assign_and_sum(pix, twice, pix2, centres, c2, labels, counts, sums):
     (the first minimum, as ``argmin``), with the label counts and the per-label colour sums
     accumulated in pixel order (as ``bincount``).
 
-    ``pix (P, 3)``, ``twice = 2 pix``, ``pix2 (P,)`` the squared norms, ``centres (L, 3)``, ``c2 (L,)``
-    their squared norms; writes ``labels (P,)``, ``counts (L,)``, ``sums (L, 3)``.  The three-term
+    ``pix (P, 3)``, ``twice = (2 pix)^T`` of shape ``(3, P)`` (C-contiguous), ``pix2 (P,)`` the squared
+    norms, ``centres (L, 3)``, ``c2 (L,)`` their squared norms; writes ``labels (P,)``, ``counts (L,)``,
+    ``sums (L, 3)``.  The three-term
     products are added left to right here, where a BLAS product may fuse them: distances can differ
     in the last bit, which changes a label only at a tie to rounding.  No BLAS call: the threads a
     BLAS library leaves spinning after a product slow the parallel kernels that follow it (the
@@ -220,12 +229,71 @@ def assign_and_sum(pix, twice, pix2, centres, c2, labels, counts, sums):
     """
     from .. import threads
 
+    best = np.empty(labels.shape[0])
     if pix.shape[0] * centres.shape[0] >= ASSIGN_PARALLEL_MIN and threads.get_num_threads() > 1:
         with threads.parallel_kernel():
-            _assign_parallel(pix2, twice, centres, c2, labels)
+            _assign_parallel(pix2, twice, centres, c2, labels, best)
     else:
-        _assign_serial(pix2, twice, centres, c2, labels)
+        _assign_serial(pix2, twice, centres, c2, labels, best)
     _label_sums(pix, labels, counts, sums)
+
+
+@numba.njit(inline="always")
+def _squared_norms(centres, out):  # pragma: no cover - compiled
+    # (centres ** 2).sum(1): NumPy adds a length-3 row left to right
+    for l in range(centres.shape[0]):
+        out[l] = (centres[l, 0] * centres[l, 0] + centres[l, 1] * centres[l, 1]) + centres[l, 2] * centres[l, 2]
+
+
+@numba.njit(inline="always")
+def _lloyd_update(centres, counts, sums, new):  # pragma: no cover - compiled
+    # new = where(counts > 0, sums / maximum(counts, 1), centres); returns all(|new - centres| <= 1e-10)
+    done = True
+    for l in range(centres.shape[0]):
+        for j in range(3):
+            v = sums[l, j] / float(max(counts[l], 1)) if counts[l] > 0 else centres[l, j]
+            if not abs(v - centres[l, j]) <= 1e-10:
+                done = False
+            new[l, j] = v
+    return done
+
+
+def _lloyd_kernel(parallel):
+    assign = _assign_parallel if parallel else _assign_serial
+
+    def lloyd(pix, twice, pix2, centres, iterations, labels, counts, sums, best):  # pragma: no cover - compiled
+        c2 = np.empty(centres.shape[0])
+        new = np.empty_like(centres)
+        for _ in range(iterations):
+            _squared_norms(centres, c2)
+            assign(pix2, twice, centres, c2, labels, best)
+            _label_sums(pix, labels, counts, sums)
+            done = _lloyd_update(centres, counts, sums, new)
+            centres[:] = new
+            if done:
+                break
+
+    return numba.njit(cache=True, nogil=True)(lloyd)
+
+
+_lloyd_serial = _lloyd_kernel(False)
+_lloyd_parallel = _lloyd_kernel(True)
+
+
+def lloyd_iterations(pix, twice, pix2, centres, iterations, labels, counts, sums):
+    """At most ``iterations`` Lloyd steps of k-means on ``centres (L, 3)`` (updated in place), in one
+    compiled loop: :func:`assign_and_sum`, then ``centres = where(counts > 0, sums / maximum(counts,
+    1), centres)``, stopping after the step that moved no centre coordinate by more than ``1e-10``
+    (the NumPy expressions' operations in their order: the same centres to the bit).  Large images
+    assign on the kernel threads, as :func:`assign_and_sum` does."""
+    from .. import threads
+
+    best = np.empty(labels.shape[0])
+    if pix.shape[0] * centres.shape[0] >= ASSIGN_PARALLEL_MIN and threads.get_num_threads() > 1:
+        with threads.parallel_kernel():
+            _lloyd_parallel(pix, twice, pix2, centres, int(iterations), labels, counts, sums, best)
+    else:
+        _lloyd_serial(pix, twice, pix2, centres, int(iterations), labels, counts, sums, best)
 
 
 #: pixels per tile of :func:`factor_product`: its ``D L x TILE`` block of gathered, weighted
