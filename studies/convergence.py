@@ -1174,31 +1174,44 @@ The study's `build_s` is taken between the solves of the other methods, on a mac
 cache and allocator the sweep keeps busy.  Building alone, with the script below (best of 5 builds
 and CG solves per problem at the thesis's size, one each at full resolution, `full` as its
 argument), on the idle 2-core machine, this version and the previous one alternated in two rounds
-(the range over the rounds):
+(the range over the rounds; one run each at full resolution):
 
 | problem | neighbourhood | thesis: build / CG, now | before | full resolution: build / CG, now | before |
 | ------- | ------------- | ----------------------: | -----: | -------------------------------: | -----: |
-| grid 0 | 4 | 1.24-1.44 | 1.47-1.77 | 1.00 | 0.99 |
-| grid 1 | 8 | 1.62-1.69 | 1.77-1.81 | 1.88 | 1.54 |
-| grid 2 | 4 | 1.21-1.26 | 1.41-1.50 | 1.19 | 1.29 |
-| grid 3 | 12 | 1.36-1.39 | 1.37-1.47 | 1.76 | 1.92 |
-| grid_potts 0 | 4 | 1.38-1.41 | 1.68-1.75 | 0.70 | 1.04 |
-| grid_potts 1 | 8 | 1.73-1.75 | 2.11-2.17 | 0.91 | 1.17 |
-| grid_potts 2 | 4 | 1.35 | 1.66-1.71 | 1.36 | 1.07 |
-| grid_potts 3 | 12 | 1.53-1.58 | 1.87-1.93 | 1.14 | 1.30 |
+| grid 0 | 4 | 1.17-1.25 | 1.28-1.35 | 0.92 | 0.96 |
+| grid 1 | 8 | 1.58-1.59 | 1.63-1.68 | 1.47 | 1.88 |
+| grid 2 | 4 | 1.15-1.19 | 1.23-1.30 | 1.07 | 1.19 |
+| grid 3 | 12 | 1.42-1.43 | 1.43-1.48 | 1.84 | 1.69 |
+| grid_potts 0 | 4 | 1.22-1.26 | 1.35-1.46 | 0.67 | 0.73 |
+| grid_potts 1 | 8 | 1.54-1.61 | 1.72-1.75 | 0.82 | 0.89 |
+| grid_potts 2 | 4 | 1.20 | 1.40-1.42 | 0.70 | 0.79 |
+| grid_potts 3 | 12 | 1.41-1.44 | 1.55-1.58 | 0.84 | 1.16 |
 
-At full resolution a single build of 60 to 140 MB of blocks varies by tens of percent with the
-page faults of its first touch, so one run each is a rough figure.  What changed from the previous
-version: the k-means assignment runs on the kernel threads (the same labels), the colour distances
-and unaries are one compiled pass each (the same bits as the NumPy expressions), the start of the
-4-neighbourhood Lanczos is built on the red pixels only, and Lanczos's Ritz checks take the extreme
-eigenvalues and last eigenvector components from a compiled QL sweep instead of two LAPACK calls
-(`lam` moved by at most `6e-11` relative on the problems checked; the unaries are unchanged).  What
-is left, per problem, for the general grid at the thesis's size: writing the 60 MB of pairwise
-blocks (18 to 35 ms, most of it the first touch of new pages: the same write into a reused buffer
-takes 1.6 ms), Lanczos (16 ms), two clusterings (11 ms), the operator's construction scan (9 ms)
-and the one-product check (6 ms), against a CG solve of 50 to 58 ms; on the 8- and
-12-neighbourhoods Lanczos needs both ends of the spectrum.
+At full resolution a single build of 2 to 6 GB of blocks (21 labels) varies by tens of percent
+with the page faults of its first touch, so one run each is a rough figure.  What changed from the
+previous version: k-means runs its Lloyd iterations as one compiled loop whose assignment goes label
+by label over blocks of pixels (a vectorised inner loop), with the same labels and centres to the
+bit, so every problem and its `lam` are unchanged; the two clusterings of a general-grid problem
+and the one of a Potts problem take 3.3-3.6 ms each instead of 5.0-5.3.  What is left, per
+problem, for the general grid at the thesis's size (4-neighbourhood, about 60 ms against a CG solve
+of 47-52 ms): Lanczos on `B^2` over the red pixels (15 ms, 10 steps of two half-size products), the
+one product of the operator that checks the factors and the operator's first read of its blocks
+that it triggers (16 ms together: NaN/Inf, Gershgorin radii, red-black blocks), the two
+clusterings and the unaries (12 ms), the start vectors (5 ms) and writing the 60 MB of blocks
+(6 ms).  On the 8- and 12-neighbourhoods Lanczos needs both ends of the spectrum: 25-30 steps of
+the factors' product (2.1-2.9 ms each), 70-90 ms of a 135-185 ms build against CG solves of
+85-130 ms.  On the Potts grid (16-20 ms against 12-14 ms) the clustering, the seeded noise of the
+unaries and the probe vector (2 ms each to draw), Lanczos on the `P x P` weights (4 ms) and the
+checking product (4 ms).
+
+Two changes were measured and dropped.  A pool that writes a problem's blocks into the array of
+an earlier problem of the same shape that nothing refers to any more saved 3-7 ms per
+general-grid problem (NumPy maps large arrays with huge pages, so the first touch of 60 MB costs
+about 8 ms rather than the 18-35 ms of small pages), too little to keep hundreds of MB alive
+behind the caller's back.  Checking the Lanczos residual bounds after every step (instead of every
+fifth) stops the 8- and 12-neighbourhood runs 3-4 steps earlier (5-10% of their build) but moves
+`lam` within the tolerance on 69 of 128 built-in problems, and with it every published figure on
+them.
 
 ```python
 import gc, sys, time
@@ -1224,8 +1237,8 @@ t = [time.perf_counter(), colour_clusters(image, 21, seed=1), time.perf_counter(
 print(f"colour_clusters, 100 x 85 pixels, 21 labels: {t[2] - t[0]:.4f} s")
 ```
 
-The colour clusters of the thesis-size photograph (21 labels) take 0.0055 to 0.0062 s (0.0070 s
-before)."""
+The colour clusters of the thesis-size photograph (21 labels) take 0.0038 to 0.0044 s (0.0062 to
+0.0064 s before)."""
 
 
 def main(argv=None) -> int:
