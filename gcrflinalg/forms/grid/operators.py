@@ -385,9 +385,9 @@ class GridGCRF(_GridOperator):
         """
         xp = self.xp
         V = xp.asarray(V)
-        self._sync_parameters()  # the pixel-major copy below describes the values as they are now
         if V.ndim != len(self.batch_shape) + 2 or V.shape[:-1] != self.batch_shape + (self.size,):
             raise ValueError(f"V must have shape (*{self.batch_shape}, {self.size}, E); got {tuple(V.shape)}")
+        self._sync_parameters()  # the pixel-major copy below describes the values as they are now
         E = V.shape[-1]
         vv = xp.ascontiguousarray(V.astype(self.dtype, copy=False)).reshape(
             (self._n_systems,) + self.vector_shape + (E,))
