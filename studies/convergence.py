@@ -1142,7 +1142,9 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "short of the extreme eigenvalue less often than a random start.  On the Potts grid `B = (1 1^T - I) "
         "(x) W`, so Lanczos runs on the `P x P` weight matrix `W` (`rho(B) = (L - 1) rho(W)`).  The operator "
         "is built once, with its `lam`, and one product with it checks the factors (were they wrong, its own "
-        "products would set `lam`).  Lanczos's updates and sums are compiled loops with fixed-order sums, the "
+        "products would set `lam`), for the first problem of each configuration (neighbourhood, labels, "
+        "image size) in a process: the check tests the conventions of the two products, which do not depend "
+        "on the values.  Lanczos's updates and sums are compiled loops with fixed-order sums, the "
         "same on any thread count, and nothing in the build calls BLAS: the threads a BLAS library leaves "
         "spinning after a product made the parallel kernels that followed it (Lanczos's products, the CG "
         "solve) two to four times slower.  The photograph is block-averaged once per stride; the colour "
@@ -1172,37 +1174,46 @@ def report_text(records, *, figures="../../studies/figures") -> str:
 BUILD_MEASUREMENTS = """\
 The study's `build_s` is taken between the solves of the other methods, on a machine whose page
 cache and allocator the sweep keeps busy.  Building alone, with the script below (best of 5 builds
-and CG solves per problem at the thesis's size, one each at full resolution, `full` as its
+and first CG solves per problem at the thesis's size, one each at full resolution, `full` as its
 argument), on the idle 2-core machine, this version and the previous one alternated in two rounds
 (the range over the rounds; one run each at full resolution):
 
 | problem | neighbourhood | thesis: build / CG, now | before | full resolution: build / CG, now | before |
 | ------- | ------------- | ----------------------: | -----: | -------------------------------: | -----: |
-| grid 0 | 4 | 1.17-1.25 | 1.28-1.35 | 0.92 | 0.96 |
-| grid 1 | 8 | 1.58-1.59 | 1.63-1.68 | 1.47 | 1.88 |
-| grid 2 | 4 | 1.15-1.19 | 1.23-1.30 | 1.07 | 1.19 |
-| grid 3 | 12 | 1.42-1.43 | 1.43-1.48 | 1.84 | 1.69 |
-| grid_potts 0 | 4 | 1.22-1.26 | 1.35-1.46 | 0.67 | 0.73 |
-| grid_potts 1 | 8 | 1.54-1.61 | 1.72-1.75 | 0.82 | 0.89 |
-| grid_potts 2 | 4 | 1.20 | 1.40-1.42 | 0.70 | 0.79 |
-| grid_potts 3 | 12 | 1.41-1.44 | 1.55-1.58 | 0.84 | 1.16 |
+| grid 0 | 4 | 0.75-0.78 | 1.24-1.32 | 0.35 | 0.96 |
+| grid 1 | 8 | 1.29-1.31 | 1.70-1.71 | 1.83 | 1.88 |
+| grid 2 | 4 | 0.73-0.74 | 1.23-1.24 | 0.36 | 1.19 |
+| grid 3 | 12 | 1.12-1.14 | 1.34-1.36 | 1.58 | 1.69 |
+| grid_potts 0 | 4 | 0.94-0.98 | 1.40 | 0.50 | 0.73 |
+| grid_potts 1 | 8 | 1.22-1.24 | 1.69-1.72 | 0.83 | 0.89 |
+| grid_potts 2 | 4 | 0.93-0.96 | 1.32-1.37 | 0.49 | 0.79 |
+| grid_potts 3 | 12 | 1.05-1.07 | 1.53-1.55 | 0.76 | 1.16 |
+
+What changed from the previous version:
+
+- The product that checks the factors against the operator runs for the first problem of each
+  configuration (Potts or general, neighbourhood, labels, image size) in a process, not for every
+  problem (`GridCoupling.agrees_with`).  The best of 5 builds is one without it; the first build of
+  a configuration pays one product of the operator more.  The operator reads its blocks (NaN/Inf,
+  Gershgorin radii, red-black blocks) at its first use: without the check that is the first CG
+  solve, which takes 3-4 ms more than a later one on the 4-neighbourhood (47 against 51 ms) and
+  saves the construction's read.  Build and first solve together: 89-90 ms against 105-109 ms on
+  the 4-neighbourhood, 192-194 ms against 220-225 ms on the 8-neighbourhood.
+- k-means runs its Lloyd iterations as one compiled loop whose assignment goes label by label over
+  blocks of pixels (a vectorised inner loop), with the same labels and centres to the bit, so every
+  problem and its `lam` are unchanged; a clustering of the thesis-size photograph takes 3.7-3.8 ms
+  instead of 5.7.
 
 At full resolution a single build of 2 to 6 GB of blocks (21 labels) varies by tens of percent
-with the page faults of its first touch, so one run each is a rough figure.  What changed from the
-previous version: k-means runs its Lloyd iterations as one compiled loop whose assignment goes label
-by label over blocks of pixels (a vectorised inner loop), with the same labels and centres to the
-bit, so every problem and its `lam` are unchanged; the two clusterings of a general-grid problem
-and the one of a Potts problem take 3.3-3.6 ms each instead of 5.0-5.3.  What is left, per
-problem, for the general grid at the thesis's size (4-neighbourhood, about 60 ms against a CG solve
-of 47-52 ms): Lanczos on `B^2` over the red pixels (15 ms, 10 steps of two half-size products), the
-one product of the operator that checks the factors and the operator's first read of its blocks
-that it triggers (16 ms together: NaN/Inf, Gershgorin radii, red-black blocks), the two
-clusterings and the unaries (12 ms), the start vectors (5 ms) and writing the 60 MB of blocks
-(6 ms).  On the 8- and 12-neighbourhoods Lanczos needs both ends of the spectrum: 25-30 steps of
-the factors' product (2.1-2.9 ms each), 70-90 ms of a 135-185 ms build against CG solves of
-85-130 ms.  On the Potts grid (16-20 ms against 12-14 ms) the clustering, the seeded noise of the
-unaries and the probe vector (2 ms each to draw), Lanczos on the `P x P` weights (4 ms) and the
-checking product (4 ms).
+with the page faults of its first touch, so one run each is a rough figure; the 8- and
+12-neighbourhood rows there include the check (the first problem of their configuration).  What
+is left, per problem, at the thesis's size: on the 8- and 12-neighbourhoods Lanczos needs both ends
+of the spectrum, 25-30 steps of the factors' product (2.1-2.9 ms each), 70-90 ms of a 110-140 ms
+build against CG solves of 85-125 ms; on the 4-neighbourhood (38 ms) Lanczos on `B^2` over the red
+pixels (13 ms), the two clusterings and the unaries (11 ms), the start vectors (4 ms) and writing
+the 60 MB of blocks (5 ms); on the Potts grid (13-15 ms against 11-15 ms) the clustering, the
+seeded noise of the unaries and the probe vector (2 ms each to draw) and Lanczos on the `P x P`
+weights (4 ms).
 
 Two changes were measured and dropped.  A pool that writes a problem's blocks into the array of
 an earlier problem of the same shape that nothing refers to any more saved 3-7 ms per
@@ -1237,8 +1248,8 @@ t = [time.perf_counter(), colour_clusters(image, 21, seed=1), time.perf_counter(
 print(f"colour_clusters, 100 x 85 pixels, 21 labels: {t[2] - t[0]:.4f} s")
 ```
 
-The colour clusters of the thesis-size photograph (21 labels) take 0.0038 to 0.0044 s (0.0062 to
-0.0064 s before)."""
+The colour clusters of the thesis-size photograph (21 labels) take 0.0037 to 0.0038 s (0.0057 s
+before)."""
 
 
 def main(argv=None) -> int:

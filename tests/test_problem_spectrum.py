@@ -16,8 +16,16 @@ import pytest
 import gcrflinalg
 from gcrflinalg import problems
 from gcrflinalg.problems import _kernels, photo, spectrum
-from gcrflinalg.problems.coupling import GridCoupling
+from gcrflinalg.problems.coupling import CHECKED_CONFIGURATIONS, GridCoupling
 from operator_cases import OFFSETS, dense_grid_coupling
+
+
+@pytest.fixture(autouse=True)
+def _check_every_configuration_again():
+    # the factors' check runs once per configuration and process: each test starts afresh
+    CHECKED_CONFIGURATIONS.clear()
+    yield
+    CHECKED_CONFIGURATIONS.clear()
 
 
 def _dense_offdiag(form, params, L, h, w):
@@ -268,14 +276,37 @@ def test_make_problem_builds_the_operator_once_and_checks_the_factors(monkeypatc
         p = problems.make_problem(form, index, size="large", stride=16, num_labels=3, margin=0.1)
         assert built == [np.float64] and products == [(p.size,)]  # one operator, one product: the check
         assert p.operator.lam == p.params["lam"]
-        built.clear()
+        built.clear(), products.clear()
         p32 = problems.make_problem(form, index, size="large", stride=16, num_labels=3, margin=0.1,
                                     dtype=np.float32)
         assert built == [np.float64, np.float32] and p32.operator.dtype == np.float32
         assert p32.meta["lam"] == p.meta["lam"]
+        assert products == []  # the configuration was checked by the first build
+
+
+def test_the_factors_are_checked_once_per_configuration(monkeypatch):
+    checks = []
+    matches = GridCoupling.matches
+    monkeypatch.setattr(GridCoupling, "matches", lambda self, op, v: checks.append(self.configuration)
+                        or matches(self, op, v))
+    kw = dict(size="large", stride=16, num_labels=3, margin=0.1)
+    # grid 0 and 2 share the 4-neighbourhood and the shape, grid 1 has the 8-neighbourhood
+    for form, index in (("grid", 0), ("grid", 2), ("grid", 1), ("grid_potts", 0), ("grid_potts", 2)):
+        problems.make_problem(form, index, **kw)
+    assert checks == [(False, 4, 3, 37, 32), (False, 8, 3, 37, 32), (True, 4, 3, 37, 32)]
+    problems.make_problem("grid", 0, **dict(kw, num_labels=4))  # another label count: checked
+    assert checks[-1] == (False, 4, 4, 37, 32) and len(checks) == 4
+    # the problems built without the check are the ones built with it
+    CHECKED_CONFIGURATIONS.clear()
+    checked = problems.make_problem("grid", 2, **kw)
+    assert len(checks) == 5
+    for name in ("lam", "pairwise"):
+        np.testing.assert_array_equal(checked.params[name], problems.make_problem("grid", 2, **kw).params[name])
+    assert len(checks) == 5
 
 
 def test_factors_that_disagree_with_the_operator_leave_lam_to_its_products(monkeypatch):
+    # (and are checked again by the next problem: a disagreement is not remembered as agreement)
     # factors off by 10%: the check rejects them and the operator's own products set lam
     matvec = GridCoupling.matvec
     monkeypatch.setattr(GridCoupling, "matvec", lambda self, v, out=None: 1.1 * matvec(self, v))
@@ -287,6 +318,7 @@ def test_factors_that_disagree_with_the_operator_leave_lam_to_its_products(monke
         rho = max(abs(ev[0]), abs(ev[-1]))
         assert rho <= p.meta["offdiag_radius"] <= rho * (1 + spectrum.spectrum_tolerance(0.05))
         assert p.operator.lam == p.params["lam"] == pytest.approx(1.05 * p.meta["offdiag_radius"], rel=1e-14)
+    assert not CHECKED_CONFIGURATIONS
 
 
 def test_lanczos_updates_are_the_numpy_updates_on_any_thread_count():

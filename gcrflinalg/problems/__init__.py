@@ -173,11 +173,12 @@ def _make_params(form, index, *, seed=0, size="small", synthetic=False, margin=N
     op = None
     if coupling is not None:
         # from the factors of the pairwise blocks; the operator is built once, with its lam, and one
-        # product of it checks the factors (if they disagree, its own products decide)
+        # product of it checks the factors, once per configuration (if they disagree, its own
+        # products decide)
         rho, pd_bound, probe = structured_spectrum(coupling, _rng(seed, form, index, synthetic, stream=1), tol)
         params["lam"] = _lam(rho, pd_bound, margin, lam_rule)
         op = build_operator(form, params)
-        if not coupling.matches(op, probe):
+        if not coupling.agrees_with(op, probe):
             rho, pd_bound = offdiag_spectrum(op, _rng(seed, form, index, synthetic, stream=1), tol=tol)
             op = None
     else:

@@ -30,7 +30,11 @@ import numpy as np
 from ..neighbourhoods import edge_mask, neighbourhood_offsets
 from ._kernels import factor_product
 
-__all__ = ["GridCoupling"]
+__all__ = ["GridCoupling", "CHECKED_CONFIGURATIONS"]
+
+#: ``(potts, neighbourhood, labels, height, width)`` of the grid problems whose factors agreed with
+#: their operator's product in this process (:meth:`GridCoupling.agrees_with`)
+CHECKED_CONFIGURATIONS: set = set()
 
 
 class GridCoupling:
@@ -217,6 +221,31 @@ class GridCoupling:
         return np.tile(red, self.num_labels)
 
     # ------------------------------------------------------------------ the check
+    @property
+    def configuration(self) -> tuple:
+        """``(potts, neighbourhood, labels, height, width)``: what the two products' conventions
+        (offsets, directions, transposes, the image's edges) can depend on."""
+        return (self.potts, self.neighbourhood, self.num_labels) + tuple(self._shape)
+
+    def agrees_with(self, op, v) -> bool:
+        """:meth:`matches` for the first problem of a configuration in this process; later problems
+        of the same configuration are taken to agree without the product.
+
+        The check tests code, not values: the factors and the operator's blocks come from the same
+        compatibilities and weights, and the two products agree or not by their conventions, which a
+        problem of the configuration with generic values (the built-in compatibilities have a random
+        antisymmetric part) exercises.  So a sweep pays the check's product once per configuration
+        instead of once per problem, and the operator's first read of its blocks (NaN/Inf, Gershgorin
+        radii, red-black blocks: :class:`~gcrflinalg.forms.grid.GridGCRF`) happens at its first solve.
+        Clear :data:`CHECKED_CONFIGURATIONS` to check every problem again."""
+        key = self.configuration
+        if key in CHECKED_CONFIGURATIONS:
+            return True
+        agree = self.matches(op, v)
+        if agree:
+            CHECKED_CONFIGURATIONS.add(key)
+        return agree
+
     def matches(self, op, v) -> bool:
         """Whether ``B v`` agrees with the operator's ``M v - diag(M) v`` (to ``1e-10`` relative) for
         the given vector ``v`` of shape ``(N,)``: one product that checks the factors against ``op``."""
