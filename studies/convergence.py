@@ -1131,7 +1131,7 @@ def report_text(records, *, figures="../../studies/figures") -> str:
         "the margin, relative: the accuracy `lam` needs, not full accuracy.  On the grid forms Lanczos does "
         "not use the operator's product but the factors of the pairwise blocks: the general grid's block of "
         "offset `k` at pixel `p` is `C_k w_k(p)` (an `L x L` label compatibility times a contrast weight), so "
-        "`B v` is one small matrix product per tile of pixels, `(L, 2 K L) x (2 K L, 64)`, four to five times "
+        "`B v` is one small matrix product per tile of pixels, `(L, 2 K L) x (2 K L, 64)`, five to seven times "
         "cheaper than the operator's product, which reads all `K L^2 P` stored entries.  On the "
         "4-neighbourhood `B` only couples red and black pixels, so Lanczos runs on `B^2` over the red pixels "
         "(vectors of half the length, each step two half-size products, a polynomial of twice the degree in "
@@ -1180,49 +1180,53 @@ argument), on the idle 2-core machine, this version and the previous one alterna
 
 | problem | neighbourhood | thesis: build / CG, now | before | full resolution: build / CG, now | before |
 | ------- | ------------- | ----------------------: | -----: | -------------------------------: | -----: |
-| grid 0 | 4 | 0.75-0.78 | 1.24-1.32 | 0.35 | 0.96 |
-| grid 1 | 8 | 1.29-1.31 | 1.70-1.71 | 1.83 | 1.88 |
-| grid 2 | 4 | 0.73-0.74 | 1.23-1.24 | 0.36 | 1.19 |
-| grid 3 | 12 | 1.12-1.14 | 1.34-1.36 | 1.58 | 1.69 |
-| grid_potts 0 | 4 | 0.94-0.98 | 1.40 | 0.50 | 0.73 |
-| grid_potts 1 | 8 | 1.22-1.24 | 1.69-1.72 | 0.83 | 0.89 |
-| grid_potts 2 | 4 | 0.93-0.96 | 1.32-1.37 | 0.49 | 0.79 |
-| grid_potts 3 | 12 | 1.05-1.07 | 1.53-1.55 | 0.76 | 1.16 |
+| grid 0 | 4 | 0.63-0.64 | 1.23-1.24 | 0.32 | 0.96 |
+| grid 1 | 8 | 0.90-0.92 | 1.59-1.61 | 1.13 (0.79) | 1.88 |
+| grid 2 | 4 | 0.58-0.63 | 1.20-1.21 | 0.35 | 1.19 |
+| grid 3 | 12 | 0.74 | 1.36-1.40 | 1.30 (0.51) | 1.69 |
+| grid_potts 0 | 4 | 0.93-0.94 | 1.40 | 0.46 | 0.73 |
+| grid_potts 1 | 8 | 1.22-1.26 | 1.70-1.71 | 0.80 | 0.89 |
+| grid_potts 2 | 4 | 0.91-0.93 | 1.36 | 0.56 | 0.79 |
+| grid_potts 3 | 12 | 1.07-1.08 | 1.53-1.56 | 0.94 | 1.16 |
 
 What changed from the previous version:
 
+- The factors' product (Lanczos's product on the general grid, and `W`'s on the Potts grid) takes
+  four rows of its tile at a time and four terms of each sum at a time: each partial sum is loaded
+  and stored once per four multiply-adds instead of once per one, so the loop is bound by the
+  arithmetic rather than the stores (47-50 against 25-27 GFlop/s for the tile's product on one
+  core).  Every sum is still one multiply-add per term in the same order, so the products, the
+  Lanczos runs and every problem's `lam` are the same to the bit.  At the thesis's size one product
+  takes 0.53 ms (4-neighbourhood), 1.00 ms (8) and 1.44 ms (12) against 0.81-0.90, 1.57-1.86 and
+  2.48-2.75 ms, five to seven times less than the operator's product.
 - The product that checks the factors against the operator runs for the first problem of each
   configuration (Potts or general, neighbourhood, labels, image size) in a process, not for every
   problem (`GridCoupling.agrees_with`).  The best of 5 builds is one without it; the first build of
-  a configuration pays one product of the operator more.  The operator reads its blocks (NaN/Inf,
-  Gershgorin radii, red-black blocks) at its first use: without the check that is the first CG
-  solve, which takes 3-4 ms more than a later one on the 4-neighbourhood (47 against 51 ms) and
-  saves the construction's read.  Build and first solve together: 89-90 ms against 105-109 ms on
-  the 4-neighbourhood, 192-194 ms against 220-225 ms on the 8-neighbourhood.
+  a configuration pays one product of the operator more, and so do the 8- and 12-neighbourhood rows
+  at full resolution, which are each the first of their configuration (in brackets: a second
+  problem of the configuration, best of 2).  The operator reads its blocks (NaN/Inf, Gershgorin
+  radii, red-black blocks) at its first use: without the check that is the first CG solve, which
+  takes a few ms more than a later one on the 4-neighbourhood and saves the construction's read.
+  Build and first solve together: 90-93 ms against 106-107 ms on the 4-neighbourhood, 168-169 ms
+  against 217-218 ms on the 8-neighbourhood, 218-221 ms against 288-290 ms on the 12-neighbourhood.
 - k-means runs its Lloyd iterations as one compiled loop whose assignment goes label by label over
-  blocks of pixels (a vectorised inner loop), with the same labels and centres to the bit, so every
-  problem and its `lam` are unchanged; a clustering of the thesis-size photograph takes 3.7-3.8 ms
-  instead of 5.7.
+  blocks of pixels (a vectorised inner loop), with the same labels and centres to the bit; a
+  clustering of the thesis-size photograph takes 3.7-4.2 ms instead of 5.8-5.9.
 
 At full resolution a single build of 2 to 6 GB of blocks (21 labels) varies by tens of percent
-with the page faults of its first touch, so one run each is a rough figure; the 8- and
-12-neighbourhood rows there include the check (the first problem of their configuration).  What
-is left, per problem, at the thesis's size: on the 8- and 12-neighbourhoods Lanczos needs both ends
-of the spectrum, 25-30 steps of the factors' product (2.1-2.9 ms each), 70-90 ms of a 110-140 ms
-build against CG solves of 85-125 ms; on the 4-neighbourhood (38 ms) Lanczos on `B^2` over the red
-pixels (13 ms), the two clusterings and the unaries (11 ms), the start vectors (4 ms) and writing
-the 60 MB of blocks (5 ms); on the Potts grid (13-15 ms against 11-15 ms) the clustering, the
-seeded noise of the unaries and the probe vector (2 ms each to draw) and Lanczos on the `P x P`
-weights (4 ms).
+with the page faults of its first touch, so one run each is a rough figure.  What is left above one
+CG solve is the Potts grid on the 8- and 12-neighbourhoods at the thesis's size: 13-16 ms against a
+CG solve of 12-14 ms, most of it fixed costs of the problem rather than of its spectrum (the
+clustering, the seeded noise of the unaries and the probe vector, about 2 ms each to draw; Lanczos
+on the `P x P` weights for both ends, about 4 ms).
 
 Two changes were measured and dropped.  A pool that writes a problem's blocks into the array of
 an earlier problem of the same shape that nothing refers to any more saved 3-7 ms per
 general-grid problem (NumPy maps large arrays with huge pages, so the first touch of 60 MB costs
 about 8 ms rather than the 18-35 ms of small pages), too little to keep hundreds of MB alive
 behind the caller's back.  Checking the Lanczos residual bounds after every step (instead of every
-fifth) stops the 8- and 12-neighbourhood runs 3-4 steps earlier (5-10% of their build) but moves
-`lam` within the tolerance on 69 of 128 built-in problems, and with it every published figure on
-them.
+fifth) stops the 8- and 12-neighbourhood runs 3-4 steps earlier but moves `lam` within the
+tolerance on 69 of 128 built-in problems, and with it every published figure on them.
 
 ```python
 import gc, sys, time
@@ -1248,8 +1252,8 @@ t = [time.perf_counter(), colour_clusters(image, 21, seed=1), time.perf_counter(
 print(f"colour_clusters, 100 x 85 pixels, 21 labels: {t[2] - t[0]:.4f} s")
 ```
 
-The colour clusters of the thesis-size photograph (21 labels) take 0.0037 to 0.0038 s (0.0057 s
-before)."""
+The colour clusters of the thesis-size photograph (21 labels) take 0.0037 to 0.0042 s (0.0058 to
+0.0059 s before)."""
 
 
 def main(argv=None) -> int:

@@ -342,6 +342,25 @@ def test_lanczos_updates_are_the_numpy_updates_on_any_thread_count():
         assert results[0] == results[1]  # fixed-order sums: the same bits on one thread or two
 
 
+@pytest.mark.parametrize("D,L,P", [(1, 1, 5), (3, 1, 70), (2, 3, 64), (3, 5, 130), (5, 6, 65), (4, 9, 200),
+                                   (6, 7, 1), (8, 21, 129)])
+def test_factor_product_against_its_definition(D, L, P):
+    # out[:, p] = sum_d M_d (u[d, p] v[:, index[d, p]]), M_d = stacked[:, d L:(d + 1) L]: every grouping
+    # of the tile's rows (fours, then singles) and of the sums over j = d L + n (fours, then the rest)
+    rng = np.random.default_rng([D, L, P])
+    stacked = rng.standard_normal((L, D * L))
+    weights = rng.standard_normal((D, P))
+    index = rng.integers(0, P, size=(D, P))
+    v = rng.standard_normal((L, P))
+    expect = np.zeros((L, P))
+    for d in range(D):
+        expect += stacked[:, d * L:(d + 1) * L] @ (weights[d] * v[:, index[d]])
+    for threads in (1, 2):
+        with gcrflinalg.num_threads(threads):
+            got = _kernels.factor_product(stacked, weights, index, v, np.empty((L, P)))
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("nbhd", [4, 8, 12])
 def test_factor_product_does_not_depend_on_the_thread_count(nbhd):
     rng = np.random.default_rng(nbhd)

@@ -321,33 +321,97 @@ def _factor_tile(stacked, weights, index, v, out, tile, z, acc):  # pragma: no c
             for t in range(T, TILE):
                 zr[t] = 0.0
     J = D * L
-    a0, a1 = acc[0], acc[1]
-    for m0 in range(0, L - 1, 2):  # two rows of the product at a time: each z row read once
+    # out[m, p0 + t] = sum_j stacked[m, j] z[j, t], each sum one multiply-add per j in order from
+    # zero (the same bits however the rows and the j are grouped).  Four rows at a time read each z
+    # row once for all four, and four j at a time load and store each partial sum once per four
+    # multiply-adds instead of once per one: the loop is then bound by the arithmetic, not the stores.
+    m0 = 0
+    while m0 + 4 <= L:
+        _product_rows(stacked, z, out, p0, T, acc, m0, 4, J)
+        m0 += 4
+    while m0 < L:
+        _product_rows(stacked, z, out, p0, T, acc, m0, 1, J)
+        m0 += 1
+
+
+@numba.njit(inline="always", fastmath={"contract"})
+def _product_rows(stacked, z, out, p0, T, acc, m0, rows, J):  # pragma: no cover - compiled
+    # rows 4 or 1 of the tile's product, starting at row m0 (see _factor_tile)
+    J4 = J - J % 4
+    if rows == 4:
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
         for t in range(TILE):
             a0[t] = 0.0
             a1[t] = 0.0
-        for j in range(J):
-            c0 = stacked[m0, j]
-            c1 = stacked[m0 + 1, j]
+            a2[t] = 0.0
+            a3[t] = 0.0
+        for j in range(0, J4, 4):
+            z0, z1, z2, z3 = z[j], z[j + 1], z[j + 2], z[j + 3]
+            c00, c01, c02, c03 = stacked[m0, j], stacked[m0, j + 1], stacked[m0, j + 2], stacked[m0, j + 3]
+            c10, c11, c12, c13 = stacked[m0 + 1, j], stacked[m0 + 1, j + 1], stacked[m0 + 1, j + 2], stacked[m0 + 1, j + 3]
+            c20, c21, c22, c23 = stacked[m0 + 2, j], stacked[m0 + 2, j + 1], stacked[m0 + 2, j + 2], stacked[m0 + 2, j + 3]
+            c30, c31, c32, c33 = stacked[m0 + 3, j], stacked[m0 + 3, j + 1], stacked[m0 + 3, j + 2], stacked[m0 + 3, j + 3]
+            for t in range(TILE):
+                x0, x1, x2, x3 = z0[t], z1[t], z2[t], z3[t]
+                s = a0[t]
+                s += c00 * x0
+                s += c01 * x1
+                s += c02 * x2
+                s += c03 * x3
+                a0[t] = s
+                s = a1[t]
+                s += c10 * x0
+                s += c11 * x1
+                s += c12 * x2
+                s += c13 * x3
+                a1[t] = s
+                s = a2[t]
+                s += c20 * x0
+                s += c21 * x1
+                s += c22 * x2
+                s += c23 * x3
+                a2[t] = s
+                s = a3[t]
+                s += c30 * x0
+                s += c31 * x1
+                s += c32 * x2
+                s += c33 * x3
+                a3[t] = s
+        for j in range(J4, J):
             zj = z[j]
+            c0, c1, c2, c3 = stacked[m0, j], stacked[m0 + 1, j], stacked[m0 + 2, j], stacked[m0 + 3, j]
             for t in range(TILE):
                 x = zj[t]
                 a0[t] += c0 * x
                 a1[t] += c1 * x
+                a2[t] += c2 * x
+                a3[t] += c3 * x
         for t in range(T):
             out[m0, p0 + t] = a0[t]
             out[m0 + 1, p0 + t] = a1[t]
-    if L % 2:
-        m = L - 1
+            out[m0 + 2, p0 + t] = a2[t]
+            out[m0 + 3, p0 + t] = a3[t]
+    else:
+        a0 = acc[0]
         for t in range(TILE):
             a0[t] = 0.0
-        for j in range(J):
-            c0 = stacked[m, j]
+        for j in range(0, J4, 4):
+            z0, z1, z2, z3 = z[j], z[j + 1], z[j + 2], z[j + 3]
+            c00, c01, c02, c03 = stacked[m0, j], stacked[m0, j + 1], stacked[m0, j + 2], stacked[m0, j + 3]
+            for t in range(TILE):
+                s = a0[t]
+                s += c00 * z0[t]
+                s += c01 * z1[t]
+                s += c02 * z2[t]
+                s += c03 * z3[t]
+                a0[t] = s
+        for j in range(J4, J):
             zj = z[j]
+            c0 = stacked[m0, j]
             for t in range(TILE):
                 a0[t] += c0 * zj[t]
         for t in range(T):
-            out[m, p0 + t] = a0[t]
+            out[m0, p0 + t] = a0[t]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
@@ -355,7 +419,7 @@ def _factor_product_parallel(stacked, weights, index, v, out):  # pragma: no cov
     D, P = weights.shape
     for tile in numba.prange((P + TILE - 1) // TILE):
         z = np.empty((D * v.shape[0], TILE))
-        acc = np.empty((2, TILE))
+        acc = np.empty((4, TILE))
         _factor_tile(stacked, weights, index, v, out, tile, z, acc)
 
 
@@ -363,7 +427,7 @@ def _factor_product_parallel(stacked, weights, index, v, out):  # pragma: no cov
 def _factor_product_serial(stacked, weights, index, v, out):  # pragma: no cover - compiled
     D, P = weights.shape
     z = np.empty((D * v.shape[0], TILE))
-    acc = np.empty((2, TILE))
+    acc = np.empty((4, TILE))
     for tile in range((P + TILE - 1) // TILE):
         _factor_tile(stacked, weights, index, v, out, tile, z, acc)
 

@@ -9,7 +9,7 @@ form's product is written twice; on the Potts grid, ``B = (1 1^T - I) (x) W`` wi
 ``P x P`` edge-weight matrix the operator assembles itself, so the spectrum of ``W`` gives that of
 ``B`` from products ``L`` times smaller.  The grid problems know their structure
 (:class:`gcrflinalg.problems.coupling.GridCoupling`): :func:`structured_spectrum` applies ``B`` from
-the ``L x L`` compatibilities and the edge weights, four to five times cheaper than the operator's
+the ``L x L`` compatibilities and the edge weights, five to seven times cheaper than the operator's
 read of the stored blocks, and on the 4-neighbourhood runs Lanczos on ``B^2`` over the red pixels.
 
 The Lanczos updates and inner products are compiled loops with fixed-order sums (per chunk, the
